@@ -1,0 +1,1 @@
+"""One module per ``sft-engine`` command; each exposes ``register(subparsers)``."""

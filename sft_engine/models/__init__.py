@@ -1,0 +1,26 @@
+"""Model registry and safe checkpoint loading."""
+
+from sft_engine.models.checkpoint import (
+    KeyReport,
+    apply_state_dict,
+    load_state_dict_file,
+    load_weights,
+    save_state_dict,
+    sha256_file,
+)
+from sft_engine.models.registry import ArchSpec, build_model, get_arch, head_prefix, list_archs, register_arch
+
+__all__ = [
+    "ArchSpec",
+    "KeyReport",
+    "apply_state_dict",
+    "build_model",
+    "get_arch",
+    "head_prefix",
+    "list_archs",
+    "load_state_dict_file",
+    "load_weights",
+    "register_arch",
+    "save_state_dict",
+    "sha256_file",
+]
