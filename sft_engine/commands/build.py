@@ -1,0 +1,102 @@
+"""``sft-engine build``: flags, a TOML spec (``--spec build/x.toml``) or ``--from-finetune DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from sft_engine.config import TARGETS, CPU_ENGINES, BuildConfig, load_build_spec, load_finetune_dir, read_labels
+from sft_engine.preprocess import parse_floats
+
+# flag dest → BuildConfig field (flags left at None are not applied)
+_FLAG_FIELDS = (
+    "arch", "weights", "pretrained", "num_classes", "input_size", "mean", "std", "max_batch_size", "name",
+    "repository", "target", "engine", "instance_count", "intra_op_threads", "max_queue_delay_us", "parity_atol",
+    "parity_rtol", "parity_min_top1_agreement", "parity_samples", "calibration_dir", "gpus", "seed",
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="compile fine-tuned weights into an engine and publish it to a Triton model repository",
+                       description="Export, verify against eager PyTorch, and publish version N+1 of a model.")
+    src = p.add_argument_group("source")
+    src.add_argument("--spec", metavar="FILE", help="TOML build spec (keys as the flags, under [build]); flags override it")
+    src.add_argument("--from-finetune", metavar="DIR", help="output directory of sft-engine finetune (weights + metadata)")
+    src.add_argument("--arch", help="architecture, e.g. resnet18, resnet50, mobilenet_v3_small, efficientnet_b0")
+    src.add_argument("--weights", metavar="FILE", help="fine-tuned weights (.safetensors, or .pt/.pth holding tensors only)")
+    src.add_argument("--pretrained", metavar="ENUM", help="torchvision weights enum name (downloads); instead of --weights")
+    src.add_argument("--allow-random-weights", action="store_true", default=None, help="build untrained weights (benchmarks only)")
+    src.add_argument("--num-classes", type=int)
+    src.add_argument("--labels", metavar="FILE", help="one label per line, in class-index order")
+    pre = p.add_argument_group("preprocessing (recorded in config.pbtxt)")
+    pre.add_argument("--input-size", type=int)
+    pre.add_argument("--mean", help="R,G,B mean, e.g. 0.485,0.456,0.406")
+    pre.add_argument("--std", help="R,G,B std, e.g. 0.229,0.224,0.225")
+    out = p.add_argument_group("engine and serving")
+    out.add_argument("--target", choices=TARGETS, help="cpu (default), tensorrt, torchscript-gpu, onnx, or auto")
+    out.add_argument("--engine", choices=CPU_ENGINES, help="CPU engine; auto measures both and keeps the fastest")
+    out.add_argument("--name", help="model name in the repository (default: the arch)")
+    out.add_argument("--repository", metavar="DIR", help="Triton model repository (default: model_repository)")
+    out.add_argument("--max-batch-size", type=int)
+    out.add_argument("--instance-count", type=int)
+    out.add_argument("--intra-op-threads", type=int, help="threads per instance (default: cores / instances)")
+    out.add_argument("--max-queue-delay-us", type=int, help="dynamic batching queue delay")
+    out.add_argument("--gpus", help="GPU ids for the instance group, e.g. 0,1")
+    gate = p.add_argument_group("parity gate")
+    gate.add_argument("--parity-atol", type=float)
+    gate.add_argument("--parity-rtol", type=float)
+    gate.add_argument("--parity-min-top1-agreement", type=float)
+    gate.add_argument("--parity-samples", type=int, help="random inputs for the gate")
+    gate.add_argument("--calibration", dest="calibration_dir", metavar="DIR", help="images (in class folders for accuracy)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> BuildConfig:
+    cfg = BuildConfig()
+    if args.from_finetune:
+        cfg = cfg.merged(load_finetune_dir(args.from_finetune), f"{args.from_finetune}/metadata.json")
+    if args.spec:
+        spec = load_build_spec(args.spec)
+        if "from_finetune" in spec:
+            cfg = cfg.merged(load_finetune_dir(spec.pop("from_finetune")), "fine-tuning metadata")
+        cfg = cfg.merged(spec, args.spec)
+    flags: dict[str, Any] = {k: getattr(args, k) for k in _FLAG_FIELDS if getattr(args, k, None) is not None}
+    if "mean" in flags:
+        flags["mean"] = parse_floats(flags["mean"], "--mean")
+    if "std" in flags:
+        flags["std"] = parse_floats(flags["std"], "--std")
+    if "gpus" in flags:
+        flags["gpus"] = tuple(int(g) for g in parse_floats(flags["gpus"], "--gpus"))
+    if args.labels:
+        flags["labels"] = read_labels(args.labels)
+    if args.allow_random_weights:
+        flags["allow_random_weights"] = True
+    return cfg.merged(flags, "flags")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sft_engine.build import build
+
+    cfg = config_from_args(args)
+    quiet = args.json
+    result = build(cfg, progress=(lambda _: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)))
+    pub = result.published
+    if args.json:
+        print(json.dumps({"model": pub.name, "version": pub.version, "path": str(pub.path), "target": result.target,
+                          "engine": result.engine, "parity": result.parity, "seconds": round(result.seconds, 2)}, indent=2))
+        return 0
+    print(f"published {pub.name} version {pub.version} ({result.target}/{result.engine}) at {pub.path}")
+    for cand in result.candidates:
+        lat = cand.get("latency")
+        status = "passed" if cand.get("parity", {}).get("passed") else ("failed parity" if cand.get("exported") else "not exported")
+        figure = f", {lat['p50_ms']:.2f} ms p50 at batch {lat['batch_size']}" if lat else ""
+        print(f"  candidate {cand['engine']}: {status}{figure}")
+    par = result.parity
+    if par:
+        print(f"  parity: max|diff| {par['max_abs_diff']:.3g} (allowed {par['allowed_abs_diff']:.3g}), top-1 agreement {par['top1_agreement']:.2%} on {par['samples']} inputs")
+    print(f"  serve it: sft-engine serve --repository {pub.repository}")
+    return 0

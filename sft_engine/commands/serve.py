@@ -1,0 +1,73 @@
+"""``sft-engine serve``: the embedded tritonserver on loopback, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from sft_engine.server import DEFAULT_TRITON_TAG, ServerConfig, TritonServer, docker_command
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a model repository with the embedded tritonserver (loopback by default)")
+    p.add_argument("--repository", default="model_repository", metavar="DIR")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; anything else exposes the server)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--model-control-mode", choices=("none", "poll", "explicit"), default="none")
+    p.add_argument("--load-model", action="append", default=[], metavar="NAME", help="with explicit mode: models to load at start")
+    p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--print-docker", action="store_true", help="print the equivalent NGC container command for GPU hosts and exit")
+    p.add_argument("--triton-tag", default=None, help=f"NGC container tag for --print-docker (default: from the build manifests, else {DEFAULT_TRITON_TAG})")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.print_docker:
+        tag = args.triton_tag or _tag_from_manifests(Path(args.repository)) or DEFAULT_TRITON_TAG
+        print(docker_command(Path(args.repository), tag=tag))
+        return 0
+    cfg = ServerConfig(
+        repository=Path(args.repository), host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port, model_control_mode=args.model_control_mode, load_models=args.load_model,
+        log_verbose=args.log_verbose,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server = TritonServer(cfg)
+    print(f"starting tritonserver on {cfg.host} for {cfg.repository} ...", flush=True)
+    with server:
+        print(f"ready\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  {server.metrics_url}", flush=True)
+        for name in _model_names(cfg.repository):
+            print(f"  model    http://{server.http_url}/v2/models/{name}/config", flush=True)
+        print("press Ctrl-C to stop", flush=True)
+        while not stop.wait(0.5):
+            if not server.is_alive():
+                print(f"tritonserver exited: {server.last_error()}", flush=True)
+                return 1
+        print("stopping ...", flush=True)
+    print("stopped", flush=True)
+    return 0
+
+
+def _model_names(repository: Path) -> list[str]:
+    return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+
+
+def _tag_from_manifests(repository: Path) -> str | None:
+    """The NGC tag a GPU build recorded (its TensorRT must match the container's)."""
+    import json
+
+    tags = set()
+    for manifest in repository.glob("*/*/build_manifest.json"):
+        try:
+            tag = json.loads(manifest.read_text()).get("compatibility", {}).get("triton_container_tag")
+        except (OSError, ValueError):
+            continue
+        if tag:
+            tags.add(tag)
+    return sorted(tags)[-1] if tags else None

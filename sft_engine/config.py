@@ -1,0 +1,224 @@
+"""Typed build settings: flags, a TOML build spec, or a fine-tuning output directory.
+
+One dataclass, ``BuildConfig``, is the only form the build pipeline accepts; the three
+sources above are merged into it (later ones win: finetune metadata < spec file <
+flags) and validated once, with errors that name the offending key or flag.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from sft_engine.errors import ConfigError
+from sft_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, parse_floats
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["BuildConfig", "validate_model_name", "load_toml", "load_build_spec", "read_labels", "TARGETS", "CPU_ENGINES"]
+
+TARGETS = ("auto", "cpu", "tensorrt", "torchscript-gpu", "onnx")
+CPU_ENGINES = ("auto", "onnxruntime", "torchscript")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def validate_model_name(name: str) -> str:
+    """A Triton model name that is also a safe directory name (no ``/``, ``..``, spaces)."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ConfigError(
+            f"model name {name!r} is not allowed",
+            hint="use letters, digits, '_', '-' or '.', starting with a letter or digit, without '/', '..' or spaces",
+        )
+    return name
+
+
+def load_toml(path: str | Path, what: str = "spec file") -> dict[str, Any]:
+    """Read a TOML file with a one-line error for a missing or malformed file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist", hint="check the path") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc}", hint="fix the TOML syntax") from None
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """One label per line; blank lines at the end are ignored."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"labels file {path} does not exist", hint="pass --labels with a file of one label per line") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"labels file {path} cannot be read: {exc}", hint="write it as UTF-8 text, one label per line") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    labels = [ln.strip() for ln in lines]
+    if any(not label for label in labels):
+        raise ConfigError(f"labels file {path} has an empty label", hint="remove blank lines between labels")
+    return labels
+
+
+@dataclass
+class BuildConfig:
+    """All settings of one ``sft-engine build``."""
+
+    arch: str = "resnet18"
+    num_classes: int | None = None
+    weights: Path | None = None
+    pretrained: str | None = None
+    allow_random_weights: bool = False
+    labels: list[str] | None = None
+    input_size: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    max_batch_size: int = 32
+    name: str | None = None
+    repository: Path = Path("model_repository")
+    target: str = "cpu"
+    engine: str = "auto"
+    instance_count: int = 1
+    intra_op_threads: int = 0
+    max_queue_delay_us: int = 200
+    parity_atol: float = 1e-3
+    parity_rtol: float = 1e-3
+    parity_min_top1_agreement: float = 0.99
+    parity_samples: int = 16
+    calibration_dir: Path | None = None
+    accuracy_max_drop: float = 0.3
+    gpus: tuple[int, ...] = ()
+    seed: int = 0
+    workdir: Path | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+
+    # -- construction ----------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], origin: str) -> "BuildConfig":
+        return cls().merged(data, origin)
+
+    def merged(self, data: Mapping[str, Any], origin: str) -> "BuildConfig":
+        """A copy with ``data``'s keys applied; an unknown key is an error, never ignored."""
+        known = {f.name: f for f in fields(self)}
+        updates: dict[str, Any] = {}
+        for key, value in data.items():
+            attr = key.replace("-", "_")
+            if attr == "labels_file":
+                updates["labels"] = read_labels(value)
+                continue
+            if attr not in known or attr == "source":
+                raise ConfigError(f"unknown key {key!r} in {origin}", hint=f"known keys: {', '.join(sorted(k for k in known if k != 'source'))}")
+            updates[attr] = value
+        new = replace(self, **updates)
+        new.source = {**self.source, **{k: origin for k in updates}}
+        return new
+
+    def validated(self) -> "BuildConfig":
+        """Coerce types and check every value; returns self for chaining."""
+        from sft_engine.models import get_arch
+
+        get_arch(self.arch)
+        for attr in ("weights", "calibration_dir", "workdir"):
+            value = getattr(self, attr)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, attr, Path(value))
+        self.repository = Path(self.repository)
+        self.mean = parse_floats(self.mean, "--mean")  # type: ignore[arg-type]
+        self.std = parse_floats(self.std, "--std")  # type: ignore[arg-type]
+        self.gpus = tuple(int(g) for g in self.gpus)
+        if self.target not in TARGETS:
+            raise ConfigError(f"unknown target {self.target!r}", hint=f"choose one of: {', '.join(TARGETS)}")
+        if self.engine not in CPU_ENGINES:
+            raise ConfigError(f"unknown CPU engine {self.engine!r}", hint=f"choose one of: {', '.join(CPU_ENGINES)}")
+        if self.labels is not None and self.num_classes is None:
+            self.num_classes = len(self.labels)
+        if self.num_classes is None:
+            raise ConfigError("the number of classes is not known", hint="pass --num-classes N or --labels FILE")
+        if not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ConfigError(f"num_classes must be an integer >= 2, got {self.num_classes!r}", hint="pass --num-classes N")
+        if self.labels is not None and len(self.labels) != self.num_classes:
+            raise ConfigError(
+                f"the labels file has {len(self.labels)} labels but num_classes is {self.num_classes}",
+                hint="give one label per class, in class-index order",
+            )
+        if self.weights is None and not self.pretrained and not self.allow_random_weights:
+            raise ConfigError("no weights given", hint="pass --weights FILE (.safetensors or .pt), --from-finetune DIR, or --pretrained ENUM_NAME")
+        if not isinstance(self.max_batch_size, int) or not 1 <= self.max_batch_size <= 4096:
+            raise ConfigError(f"max batch size {self.max_batch_size!r} is out of range", hint="pass --max-batch-size between 1 and 4096")
+        if not isinstance(self.instance_count, int) or not 1 <= self.instance_count <= 64:
+            raise ConfigError(f"instance count {self.instance_count!r} is out of range", hint="pass --instance-count between 1 and 64")
+        if self.max_queue_delay_us < 0:
+            raise ConfigError("max queue delay must be >= 0", hint="pass --max-queue-delay-us 0 or more")
+        if not 0 < self.parity_min_top1_agreement <= 1:
+            raise ConfigError("parity top-1 agreement must be in (0, 1]", hint="e.g. 0.99")
+        self.preprocessing  # validates input size, mean, std
+        self.name = validate_model_name(self.name or self.arch)
+        return self
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(input_size=int(self.input_size), mean=tuple(self.mean), std=tuple(self.std))  # type: ignore[arg-type]
+
+    @property
+    def label_list(self) -> list[str]:
+        """The labels, or ``class_0`` ... when none were given."""
+        assert self.num_classes is not None
+        return list(self.labels) if self.labels else [f"class_{i}" for i in range(self.num_classes)]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready settings, for the build manifest."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("source", "workdir"):
+                continue
+            out[f.name] = str(value) if isinstance(value, Path) else (list(value) if isinstance(value, tuple) else value)
+        return out
+
+
+def load_build_spec(path: str | Path) -> dict[str, Any]:
+    """A TOML build spec: keys at the top level or under ``[build]``; relative paths are relative to the spec."""
+    path = Path(path)
+    data = load_toml(path, "build spec")
+    data = data.get("build", data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"build spec {path} has no [build] table", hint="see build/resnet18_demo.toml")
+    base = path.parent
+    for key in ("weights", "labels_file", "calibration_dir", "from_finetune"):
+        if key in data and not Path(data[key]).is_absolute():
+            data[key] = str((base / data[key]).resolve()) if (base / data[key]).exists() else data[key]
+    return data
+
+
+FINETUNE_FORMAT = "sft-engine/finetune@1"
+
+
+def load_finetune_dir(path: str | Path) -> dict[str, Any]:
+    """Build settings from a ``sft-engine finetune`` output directory (metadata.json)."""
+    path = Path(path)
+    meta_path = path / "metadata.json"
+    if not meta_path.is_file():
+        raise ConfigError(f"{path} is not a fine-tuning output (no metadata.json)", hint="pass the --output directory of sft-engine finetune")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{meta_path} cannot be read: {exc}", hint="run sft-engine finetune again") from None
+    if meta.get("format") != FINETUNE_FORMAT:
+        raise ConfigError(f"{meta_path} has format {meta.get('format')!r}, expected {FINETUNE_FORMAT}", hint="run sft-engine finetune again")
+    return {
+        "arch": meta["arch"],
+        "num_classes": int(meta["num_classes"]),
+        "labels": list(meta["labels"]),
+        "input_size": int(meta["input_size"]),
+        "mean": tuple(meta["mean"]),
+        "std": tuple(meta["std"]),
+        "weights": path / meta.get("weights", "model.safetensors"),
+    }

@@ -1,0 +1,101 @@
+"""Triton Python-backend model serving an sft-engine CPU engine (copied as ``model.py``).
+
+This one file is both what Triton runs and what the build measures in-process
+(``EngineRunner``), so the in-process figures and the parity gate exercise exactly the
+serving code. It depends only on numpy and the engine's runtime (onnxruntime, or torch
+for TorchScript), not on sft-engine, so the same repository loads in the stock NGC
+Triton container. The engine and its settings live in the version directory
+(``engine.json``): versions are self-contained and never share mutable files.
+
+Requests that the dynamic batcher hands over together are concatenated and run as
+one engine call (zero-copy ``as_numpy`` in, one contiguous slice per response out).
+"""
+
+import json
+import os
+
+import numpy as np
+
+
+class EngineRunner:
+    """Runs one exported engine on NCHW float32 numpy batches."""
+
+    def __init__(self, version_dir, settings=None):
+        if settings is None:
+            with open(os.path.join(version_dir, "engine.json")) as fh:
+                settings = json.load(fh)
+        self.settings = settings
+        self.kind = settings["engine"]
+        path = os.path.join(version_dir, settings["file"])
+        threads = int(settings.get("intra_op_threads") or 0) or (os.cpu_count() or 1)
+        if self.kind == "onnxruntime":
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if not settings.get("allow_spinning", True):
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+            self._input = self._session.get_inputs()[0].name
+            self._outputs = [self._session.get_outputs()[0].name]
+            self.run = self._run_ort
+        elif self.kind == "torchscript":
+            import torch
+
+            torch.set_num_threads(threads)
+            try:
+                torch.set_num_interop_threads(1)
+            except RuntimeError:  # already set in this process (it may be set only once)
+                pass
+            import warnings
+
+            self._torch = torch
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = torch.jit.load(path, map_location="cpu").eval()
+                if settings.get("optimize_for_inference"):
+                    module = torch.jit.optimize_for_inference(module)
+            self._module = module
+            self.run = self._run_torchscript
+        else:
+            raise ValueError("unknown engine kind %r" % self.kind)
+
+    def _run_ort(self, batch):
+        return self._session.run(self._outputs, {self._input: batch})[0]
+
+    def _run_torchscript(self, batch):
+        with self._torch.inference_mode():
+            return self._module(self._torch.from_numpy(batch)).numpy()
+
+
+class TritonPythonModel:
+    """The Python-backend entry point."""
+
+    def initialize(self, args):
+        import triton_python_backend_utils as pb_utils
+
+        self._pb = pb_utils
+        config = json.loads(args["model_config"])
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        self._runner = EngineRunner(version_dir)
+        self._input_name = config["input"][0]["name"]
+        self._output_name = config["output"][0]["name"]
+
+    def execute(self, requests):
+        pb = self._pb
+        arrays = [pb.get_input_tensor_by_name(r, self._input_name).as_numpy() for r in requests]
+        if len(arrays) == 1:
+            outputs = [self._runner.run(arrays[0])]
+        else:
+            result = self._runner.run(np.concatenate(arrays))
+            outputs, start = [], 0
+            for arr in arrays:
+                outputs.append(result[start:start + len(arr)])
+                start += len(arr)
+        return [pb.InferenceResponse(output_tensors=[pb.Tensor(self._output_name, np.ascontiguousarray(out))]) for out in outputs]
+
+    def finalize(self):
+        self._runner = None

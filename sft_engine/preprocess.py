@@ -1,0 +1,153 @@
+"""Image preprocessing recorded at build time and reproduced exactly by every client.
+
+The build writes these fields into ``config.pbtxt`` ``parameters`` (keys
+``preprocess_*``), so any client - ours, a raw tritonclient script, or curl plus a few
+lines of numpy - can turn an image into the tensor the engine was verified with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from sft_engine.errors import ConfigError
+
+__all__ = ["Preprocessing", "IMAGENET_MEAN", "IMAGENET_STD", "load_image"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_PREFIX = "preprocess_"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB image becomes the model's input tensor.
+
+    Steps, in order: convert to RGB; resize to ``input_size``×``input_size`` with
+    bilinear interpolation (PIL, antialiased); scale to [0, 1]; subtract ``mean``,
+    divide by ``std`` per channel; lay out as ``layout`` (NCHW) float32.
+    """
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    layout: str = "NCHW"
+    color: str = "RGB"
+    resize: str = "bilinear"
+    scale: float = 1.0 / 255.0
+    channels: int = field(default=3, init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.input_size, int) or not 8 <= self.input_size <= 4096:
+            raise ConfigError(f"input size {self.input_size!r} is out of range", hint="pass --input-size between 8 and 4096")
+        for name in ("mean", "std"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if len(values) != 3:
+                raise ConfigError(f"--{name} needs 3 values (R,G,B), got {len(values)}", hint=f"e.g. --{name} 0.5,0.5,0.5")
+            object.__setattr__(self, name, values)
+        if any(v <= 0 for v in self.std):
+            raise ConfigError(f"--std values must be > 0, got {self.std}", hint="e.g. --std 0.229,0.224,0.225")
+        if self.layout != "NCHW" or self.color != "RGB" or self.resize != "bilinear":
+            raise ConfigError(f"unsupported preprocessing {self.layout}/{self.color}/{self.resize}", hint="use NCHW, RGB, bilinear")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Input dims without the batch dimension."""
+        return (self.channels, self.input_size, self.input_size)
+
+    # -- Triton config parameters ----------------------------------------------------
+    def to_parameters(self) -> dict[str, str]:
+        return {
+            _PREFIX + "input_size": str(self.input_size),
+            _PREFIX + "mean": ",".join(repr(v) for v in self.mean),
+            _PREFIX + "std": ",".join(repr(v) for v in self.std),
+            _PREFIX + "layout": self.layout,
+            _PREFIX + "color": self.color,
+            _PREFIX + "resize": self.resize,
+            _PREFIX + "scale": repr(self.scale),
+        }
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, Any]) -> "Preprocessing":
+        """Read back from a config's ``parameters`` (protobuf or JSON form)."""
+
+        def get(key: str) -> str:
+            value = params.get(_PREFIX + key)
+            if value is None:
+                raise ConfigError(f"model config has no parameter {_PREFIX + key}", hint="rebuild the model with sft-engine build")
+            if isinstance(value, Mapping):
+                value = value.get("string_value", "")
+            elif hasattr(value, "string_value"):
+                value = value.string_value
+            return str(value)
+
+        return cls(
+            input_size=int(get("input_size")),
+            mean=tuple(float(v) for v in get("mean").split(",")),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in get("std").split(",")),  # type: ignore[arg-type]
+            layout=get("layout"),
+            color=get("color"),
+            resize=get("resize"),
+            scale=float(get("scale")),
+        )
+
+    # -- applying it -----------------------------------------------------------------
+    def image_to_array(self, image: Any) -> np.ndarray:
+        """One image (path, PIL image, or HWC uint8 array) → CHW float32."""
+        from PIL import Image
+
+        if isinstance(image, (str, Path)):
+            image = load_image(image)
+        elif isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3):
+                raise ConfigError(f"array image must be HWC or HW uint8, got {image.dtype} {image.shape}", hint="pass uint8 pixels, or a ready NCHW float32 batch")
+            image = Image.fromarray(image)
+        if not isinstance(image, Image.Image):
+            raise ConfigError(f"cannot use a {type(image).__name__} as an image", hint="pass a file path, a PIL image or an HWC uint8 array")
+        image = image.convert("RGB")
+        if image.size != (self.input_size, self.input_size):
+            image = image.resize((self.input_size, self.input_size), Image.BILINEAR)
+        arr = np.asarray(image, dtype=np.float32) * np.float32(self.scale)
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def batch(self, images: Iterable[Any]) -> np.ndarray:
+        """Many images → NCHW float32 batch."""
+        arrays = [self.image_to_array(img) for img in images]
+        if not arrays:
+            raise ConfigError("no images given", hint="pass at least one image")
+        return np.stack(arrays)
+
+    def normalize_tensor(self, images01: np.ndarray) -> np.ndarray:
+        """NCHW float in [0, 1] → normalized NCHW float32 (used for calibration data)."""
+        mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, 3, 1, 1)
+        return ((images01.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+def load_image(path: str | Path) -> Any:
+    """Open an image file, with a clear error naming the file when it is unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except FileNotFoundError:
+        raise ConfigError(f"image {path} does not exist", hint="check the path") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ConfigError(f"image {path} cannot be read ({exc.__class__.__name__})", hint="pass a PNG or JPEG file") from None
+
+
+def parse_floats(text: str | Sequence[float], flag: str) -> tuple[float, ...]:
+    """``"0.5,0.5,0.5"`` → floats, with a one-line error naming the flag."""
+    if not isinstance(text, str):
+        return tuple(float(v) for v in text)
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"{flag} must be comma-separated numbers, got {text!r}", hint=f"e.g. {flag} 0.5,0.5,0.5") from None

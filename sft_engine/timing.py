@@ -1,0 +1,63 @@
+"""Small, honest timing helpers shared by the build's engine selection and the benchmarks.
+
+Candidates are timed interleaved (A, B, A, B, ...) rather than one after another, so
+that a noisy neighbour on a shared machine slows them alike and the *ratio* stays
+meaningful even when absolute times drift.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+__all__ = ["LatencyStats", "time_interleaved"]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    iterations: int
+    batch_size: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch_size / (self.p50_ms / 1000.0) if self.p50_ms > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "iterations": self.iterations, "batch_size": self.batch_size, "p50_ms": round(self.p50_ms, 4),
+            "p99_ms": round(self.p99_ms, 4), "mean_ms": round(self.mean_ms, 4), "images_per_s": round(self.images_per_s, 2),
+        }
+
+
+def _stats(samples: list[float], batch: int) -> LatencyStats:
+    arr = np.asarray(samples) * 1000.0
+    return LatencyStats(len(arr), batch, float(np.percentile(arr, 50)), float(np.percentile(arr, 99)), float(arr.mean()))
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[np.ndarray], object]],
+    batch: np.ndarray,
+    min_iters: int = 5,
+    budget_s: float = 3.0,
+    warmup: int = 2,
+) -> dict[str, LatencyStats]:
+    """Time each function on ``batch`` in round-robin until ``min_iters`` rounds and ``budget_s`` have passed."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(batch)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_iters or (time.perf_counter() - start < budget_s and rounds < 10_000):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(batch)
+            samples[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {name: _stats(vals, len(batch)) for name, vals in samples.items()}

@@ -1,0 +1,32 @@
+"""Identity model that stalls exactly once, when a flag file asks for it.
+
+Why a file: the test decides *when* the stall happens (inside the measured
+interval) without a second input or a control endpoint; deleting the file before
+sleeping makes the stall happen once even if executions overlap.
+"""
+
+import os
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.flag = os.path.join(args["model_repository"], "STALL_MS")
+
+    def execute(self, requests):
+        if os.path.exists(self.flag):
+            try:
+                with open(self.flag) as f:
+                    stall_ms = float(f.read().strip() or 0)
+                os.remove(self.flag)
+            except (OSError, ValueError):
+                stall_ms = 0.0
+            if stall_ms > 0:
+                time.sleep(stall_ms / 1000.0)
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT0", data)]))
+        return responses
