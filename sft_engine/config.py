@@ -96,6 +96,7 @@ class BuildConfig:
     calibration_dir: Path | None = None
     accuracy_max_drop: float = 0.3
     gpus: tuple[int, ...] = ()
+    selection_budget_s: float = 3.0
     seed: int = 0
     workdir: Path | None = None
     source: dict[str, Any] = field(default_factory=dict)
@@ -149,6 +150,8 @@ class BuildConfig:
                 f"the labels file has {len(self.labels)} labels but num_classes is {self.num_classes}",
                 hint="give one label per class, in class-index order",
             )
+        if self.weights is not None and not self.weights.is_file():
+            raise ConfigError(f"checkpoint {self.weights} does not exist", hint="pass --weights with the path of a .safetensors or .pt file")
         if self.weights is None and not self.pretrained and not self.allow_random_weights:
             raise ConfigError("no weights given", hint="pass --weights FILE (.safetensors or .pt), --from-finetune DIR, or --pretrained ENUM_NAME")
         if not isinstance(self.max_batch_size, int) or not 1 <= self.max_batch_size <= 4096:

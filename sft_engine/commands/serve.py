@@ -65,7 +65,7 @@ def _tag_from_manifests(repository: Path) -> str | None:
     tags = set()
     for manifest in repository.glob("*/*/build_manifest.json"):
         try:
-            tag = json.loads(manifest.read_text()).get("compatibility", {}).get("triton_container_tag")
+            tag = (json.loads(manifest.read_text()).get("compatibility") or {}).get("triton_container_tag")
         except (OSError, ValueError):
             continue
         if tag:

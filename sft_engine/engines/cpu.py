@@ -154,4 +154,5 @@ def export(ctx: ExportContext) -> EngineArtifact:
     """Target ``cpu``: the uniform exporter entry point."""
     b = ctx.build
     config = cpu_config(b.name, b.num_classes, b.preprocessing.shape, b.max_batch_size, b.instance_count, b.max_queue_delay_us, ctx.parameters)
-    return export_cpu(ctx.model, b.engine, ctx.workdir, ctx.data, ctx.reference, ctx.tolerance, config, b.instance_count, b.intra_op_threads)
+    return export_cpu(ctx.model, b.engine, ctx.workdir, ctx.data, ctx.reference, ctx.tolerance, config, b.instance_count,
+                      b.intra_op_threads, timing_budget_s=b.selection_budget_s)

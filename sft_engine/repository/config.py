@@ -108,7 +108,7 @@ def to_proto(spec: ModelConfigSpec) -> mc.ModelConfig:
             out.label_filename = tensor.label_filename
     for group in spec.instance_groups:
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(group.kind), count=group.count, gpus=list(group.gpus))
-    if spec.dynamic_batching is not None and spec.max_batch_size > 0:
+    if spec.dynamic_batching is not None:
         cfg.dynamic_batching.SetInParent()
         cfg.dynamic_batching.max_queue_delay_microseconds = spec.dynamic_batching.max_queue_delay_us
         cfg.dynamic_batching.preferred_batch_size.extend(spec.dynamic_batching.preferred_batch_sizes)

@@ -1,0 +1,92 @@
+"""Single-process or ``torchrun`` multi-process training, behind one small interface.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) each process joins the process group (NCCL on
+CUDA, Gloo on CPU) and trains on its own shard through DistributedDataParallel;
+otherwise everything here is a no-op, so the trainer has one code path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from sft_engine.errors import ConfigError
+
+__all__ = ["DistContext", "setup", "teardown", "barrier", "all_reduce_sum", "is_initialized"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: its rank, the world size and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files and prints progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _device(flag: str, local_rank: int, distributed: bool) -> torch.device:
+    cuda = torch.cuda.is_available()
+    if flag == "auto":
+        flag = "cuda" if cuda else "cpu"
+    if flag.startswith("cuda"):
+        if not cuda:
+            raise ConfigError(f"device {flag} was asked for but CUDA is not available", hint="pass --device cpu or --device auto")
+        if distributed or flag == "cuda":
+            return torch.device("cuda", local_rank if distributed else torch.cuda.current_device())
+    return torch.device(flag)
+
+
+def is_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def setup(device: str) -> DistContext:
+    """Join the process group when launched by ``torchrun``; pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    distributed = world_size > 1
+    dev = _device(device, local_rank, distributed)
+    owns = False
+    if distributed and not is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+        owns = True
+        LOGGER.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, dev)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, owns_group=owns)
+
+
+def teardown(ctx: DistContext) -> None:
+    """Leave the process group if ``setup`` joined it (a caller's own group is left alone)."""
+    if ctx.owns_group and is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_initialized():
+        torch.distributed.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum ``values`` over all processes (in place); identity when not distributed."""
+    if is_initialized():
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+    return values
