@@ -68,7 +68,7 @@ class FinetuneConfig:
     head_lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = None
     min_lr_ratio: float = 0.0
     reg: str = "auto"
     reg_lambda: float | None = None
@@ -146,6 +146,8 @@ class FinetuneConfig:
             _float(c, "head_lr", 0.0, low_open=True, hint="pass --head-lr greater than 0 or leave it out to use --lr")
         _float(c, "momentum", 0.0, 1.0, high_open=True, hint="e.g. --momentum 0.9")
         _float(c, "weight_decay", 0.0, hint="pass --weight-decay 0 or more")
+        if c.warmup_epochs is None:  # one epoch, but never more than a fifth of the run
+            c.warmup_epochs = min(1.0, c.epochs / 5)
         _float(c, "warmup_epochs", 0.0, hint="pass --warmup-epochs 0 or more")
         if c.warmup_epochs >= c.epochs:
             raise ConfigError(

@@ -167,6 +167,11 @@ class _Run:
         self.state_dir = self.out / writer.STATE_DIR
         self.show = config.progress and ctx.is_main
 
+    def _info(self, msg: str, *args: Any) -> None:
+        """Log on rank 0 only: every rank sees the same summed figures."""
+        if self.ctx.is_main:
+            LOGGER.info(msg, *args)
+
     # -- setup ---------------------------------------------------------------------------
     def _load_resume_state(self, data: DataBundle) -> dict[str, Any] | None:
         if not self.config.resume:
@@ -366,7 +371,7 @@ class _Run:
             self.bad_epochs = int(resumed["bad_epochs"])
             self.history = list(resumed["history"])
             start = int(resumed["epoch"]) + 1
-            LOGGER.info("resuming %s after epoch %d (best top-1 %.4f at epoch %d)", self.out, start - 1, self.best_top1, self.best_epoch)
+            self._info("resuming %s after epoch %d (best top-1 %.4f at epoch %d)", self.out, start - 1, self.best_top1, self.best_epoch)
 
         if ctx.is_main and not c.resume:
             writer.prepare_output(self.out, overwrite=c.overwrite)
@@ -375,7 +380,7 @@ class _Run:
         if ctx.distributed:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-        LOGGER.info(
+        self._info(
             "fine-tuning %s from %s on %s: %d classes, %d train / %d val images, %d epochs, reg %s (λ=%g), %s on %s x%d",
             c.arch, self.init_desc, data.name, len(self.labels), len(data.train), len(data.val), c.epochs, c.reg, c.reg_lambda, c.optimizer, ctx.device, ctx.world_size,
         )
@@ -397,7 +402,7 @@ class _Run:
             row["best_top1"] = self.best_top1
             row["seconds"] = round(time.perf_counter() - started, 3)
             self.history.append(row)
-            LOGGER.info(
+            self._info(
                 "epoch %d/%d: loss %.4f = task %.4f + %g x pre %.4g (+ head %.4g); train top-1 %.4f; val loss %.4f, top-1 %.4f%s",
                 epoch, c.epochs, row["train_loss"], row["train_task_loss"], c.reg_lambda, row["train_pre_loss"], row["train_head_l2"],
                 row["train_top1"], row["val_loss"], row["val_top1"], " (best)" if improved else "",
@@ -410,7 +415,7 @@ class _Run:
             if self.on_epoch_end is not None:
                 self.on_epoch_end(dict(row))
             if c.early_stopping_patience is not None and self.bad_epochs >= c.early_stopping_patience and epoch < c.epochs:
-                LOGGER.info("early stopping after epoch %d: no better val top-1 for %d epochs", epoch, self.bad_epochs)
+                self._info("early stopping after epoch %d: no better val top-1 for %d epochs", epoch, self.bad_epochs)
                 early_stopped = True
                 break
         if hasattr(epochs, "close"):

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv and install sft-engine with the embedded server, ONNX Runtime,
+# load-test and test extras. Idempotent: a second run only checks the install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.sft-engine-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[server,onnx,loadtest,test]" 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -c "import sft_engine, torch, torchvision, onnxruntime, tritonclient.grpc, hdrh, pytriton" || {
+    echo "error: the installation is incomplete (see the pip output above)" >&2; exit 1; }
+  touch "$stamp"
+fi

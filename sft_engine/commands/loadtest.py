@@ -1,0 +1,224 @@
+"""``sft-engine loadtest``: does a deployment meet its SLO, and what is its capacity?
+
+Flags override the scenario file given with ``--slo`` (which may set the load too,
+so ``--slo loadtest/default.toml --url ... --model ...`` is a complete run).
+Exit codes: 0 PASS (or a valid run without SLO), 1 FAIL, 2 invalid run or bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sft_engine.errors import ConfigError
+
+__all__ = ["register", "run", "config_from_args"]
+
+_EPILOG = """\
+examples:
+  sft-engine loadtest --url 127.0.0.1:8001 --model resnet18 --concurrency 1,2,4,8 --duration 10
+  sft-engine loadtest --url 127.0.0.1:8001 --model resnet18 --rate 200 --arrival poisson --slo loadtest/default.toml
+  sft-engine loadtest --slo loadtest/capacity.toml --url 127.0.0.1:8001 --model resnet18 --find-capacity --report out/
+exit codes: 0 pass, 1 SLO failed, 2 invalid run (generator saturated, too few samples, server gone) or bad input
+"""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "loadtest",
+        help="load-test a served model against an SLO; find its capacity",
+        description="Closed-loop (concurrency) or open-loop (rate, coordinated-omission-free) load test of a Triton model, "
+                    "with HDR percentiles, server-side statistics, an SLO gate and a capacity search.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    target = p.add_argument_group("target")
+    target.add_argument("--url", action="append", default=[], metavar="HOST:PORT",
+                        help="Triton endpoint; repeat to spread the load over replicas (default: 127.0.0.1 on Triton's port)")
+    target.add_argument("--protocol", choices=("grpc", "http"), default=None, help="wire protocol (default grpc, or the URL's scheme)")
+    target.add_argument("--model", default=None, help="model name (or 'model' in the scenario file)")
+    target.add_argument("--model-version", default="", help="model version (default: the server's latest)")
+    target.add_argument("--metrics-url", action="append", default=[], metavar="URL",
+                        help="Prometheus /metrics of each server (default: port 8002 when --url uses 8000/8001)")
+    target.add_argument("--allow-remote", action="store_true", help="allow non-loopback --url/--metrics-url hosts")
+
+    load = p.add_argument_group("load")
+    load.add_argument("--concurrency", default=None, metavar="N[,N...]", help="closed loop: concurrent requests; a list or start:stop:step sweeps")
+    load.add_argument("--rate", default=None, metavar="R[,R...]", help="open loop: requests/s; a list or start:stop:step sweeps")
+    load.add_argument("--arrival", choices=("constant", "poisson"), default=None, help="open-loop arrivals (default constant)")
+    load.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="measured time per step (default 10)")
+    load.add_argument("--warmup", type=float, default=None, metavar="SECONDS", help="unmeasured load before each step (default 2)")
+    load.add_argument("--window", type=float, default=None, metavar="SECONDS", help="measurement window (default 1)")
+    load.add_argument("--batch-size", type=int, default=None, help="batch size of each request (default 1)")
+    load.add_argument("--shape", action="append", default=[], metavar="NAME:D1,D2", help="shape of a variable-size input, without the batch dim")
+    load.add_argument("--input-data", type=Path, default=None, metavar="FILE.npz", help="input arrays by name (default: random data)")
+    load.add_argument("--timeout-ms", type=float, default=None, help="client timeout; a timeout is a failure at that latency")
+    load.add_argument("--workers", type=int, default=None, help="load-generator processes (default: half the cores)")
+    load.add_argument("--max-in-flight", type=int, default=None, help="open-loop cap on unanswered requests per worker (default 4096)")
+    load.add_argument("--seed", type=int, default=None, help="seed of Poisson arrivals and input data (default 0)")
+
+    gate = p.add_argument_group("SLO and validity")
+    gate.add_argument("--slo", type=Path, default=None, metavar="FILE", help="scenario TOML: [load], [slo], [validity], [capacity]")
+    gate.add_argument("--target", action="append", default=[], metavar="KEY=VALUE", help="SLO target, e.g. p99_ms=50, max_error_rate=0.001 (repeatable)")
+    gate.add_argument("--max-send-lag-ms", type=float, default=None, help="send lag p99 above this makes the run invalid (default 10)")
+    gate.add_argument("--min-tail-samples", type=int, default=None, help="samples needed beyond a gated percentile (default 10)")
+    gate.add_argument("--find-capacity", action="store_true", help="bisect the open-loop rate for the highest one meeting the SLO")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--report", type=Path, default=None, metavar="PATH", help="directory (or prefix) for JSON, CSV, Markdown and PNG reports")
+    out.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    out.add_argument("--prometheus-port", type=int, default=None, help="serve live client figures on 127.0.0.1:PORT/metrics")
+    out.add_argument("--quiet", action="store_true", help="no live progress")
+    p.set_defaults(func=run)
+
+
+def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    if ":" not in text:
+        raise ConfigError(f"--shape {text!r} is not NAME:D1,D2", hint="e.g. --shape INPUT0:3,224,224")
+    name, dims = text.rsplit(":", 1)
+    try:
+        shape = tuple(int(d) for d in dims.split(",") if d.strip())
+    except ValueError:
+        raise ConfigError(f"--shape {text!r} has a non-integer dimension", hint="e.g. --shape INPUT0:3,224,224") from None
+    return name.strip(), shape
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """Scenario file first, flags on top: the LoadTestConfig of this invocation."""
+    from sft_engine.loadtest.config import (
+        DEFAULT_PORTS, CapacitySpec, LoadSpec, LoadTestConfig, parse_endpoint, parse_number_list, parse_target,
+        load_scenario, default_workers,
+    )
+
+    scenario = load_scenario(args.slo) if args.slo else None
+    load = replace(LoadSpec(), **(scenario.load if scenario else {}))
+    if args.concurrency is not None and args.rate is not None:
+        raise ConfigError("--concurrency and --rate are both given", hint="closed loop takes --concurrency, open loop --rate: pick one")
+    if args.concurrency is not None:
+        load = replace(load, mode="closed", concurrency=tuple(int(c) for c in parse_number_list(args.concurrency, "--concurrency", integer=True)))
+    if args.rate is not None:
+        load = replace(load, mode="open", rates=parse_number_list(args.rate, "--rate"))
+    overrides = {
+        "arrival": args.arrival, "duration_s": args.duration, "warmup_s": args.warmup, "window_s": args.window,
+        "batch_size": args.batch_size, "timeout_ms": args.timeout_ms, "max_in_flight": args.max_in_flight, "seed": args.seed,
+    }
+    load = replace(load, **{k: v for k, v in overrides.items() if v is not None})
+    if args.window is None and (scenario is None or "window_s" not in scenario.load):
+        load = replace(load, window_s=min(load.window_s, load.duration_s) if load.duration_s > 0 else load.window_s)
+
+    slo = scenario.slo if scenario else None
+    for text in args.target:
+        slo = parse_target(text, slo)
+    validity = scenario.validity if scenario else None
+    from sft_engine.loadtest.config import ValiditySpec
+
+    validity = validity or ValiditySpec()
+    if args.max_send_lag_ms is not None:
+        validity = replace(validity, max_send_lag_p99_ms=args.max_send_lag_ms)
+    if args.min_tail_samples is not None:
+        validity = replace(validity, min_tail_samples=args.min_tail_samples)
+
+    urls = args.url or [f"127.0.0.1:{DEFAULT_PORTS[args.protocol or 'grpc']}"]
+    endpoints = [parse_endpoint(u, args.protocol, args.allow_remote) for u in urls]
+    if args.metrics_url and len(args.metrics_url) not in (1, len(endpoints)):
+        raise ConfigError(f"{len(args.metrics_url)} --metrics-url for {len(endpoints)} --url", hint="give one per --url, in the same order")
+    metrics = list(args.metrics_url) * (len(endpoints) if len(args.metrics_url) == 1 and len(endpoints) > 1 else 1)
+    resolved = []
+    for i, ep in enumerate(endpoints):
+        if metrics:
+            url = metrics[i]
+            _check_metrics_url(url, args.allow_remote)
+        elif ep.port in (8000, 8001):
+            url = f"http://{ep.url.rsplit(':', 1)[0]}:8002/metrics"
+        else:
+            url = None
+        resolved.append(replace(ep, metrics_url=url))
+
+    model = args.model or (scenario.model if scenario else None)
+    if not model:
+        raise ConfigError("no model to load-test", hint="pass --model NAME (or set model = \"...\" in the scenario file)")
+    shapes = dict(_parse_shape(s) for s in args.shape)
+    capacity = scenario.capacity if scenario else None
+    if args.find_capacity and capacity is None:
+        capacity = CapacitySpec()
+    return LoadTestConfig(
+        endpoints=tuple(resolved),
+        model=model,
+        model_version=args.model_version or "",
+        load=load,
+        slo=slo,
+        validity=validity,
+        capacity=capacity,
+        find_capacity=bool(args.find_capacity),
+        workers=args.workers if args.workers is not None else default_workers(),
+        shapes=shapes,
+        input_data=args.input_data,
+        report=args.report,
+        prometheus_port=args.prometheus_port,
+        allow_remote=bool(args.allow_remote),
+        scenario_path=args.slo,
+    )
+
+
+def _check_metrics_url(url: str, allow_remote: bool) -> None:
+    from urllib.parse import urlparse
+
+    from sft_engine.loadtest.config import parse_endpoint
+
+    parsed = urlparse(url)
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise ConfigError(f"--metrics-url {url!r} is not an http:// URL", hint="e.g. http://127.0.0.1:8002/metrics")
+    parse_endpoint(f"{parsed.hostname}:{parsed.port or 80}", "http", allow_remote)
+
+
+def _step_line(step: Any) -> str:
+    lat = step.latency_ms
+    parts = [
+        f"step {step.index} {step.label}: {step.verdict}",
+        f"{step.throughput_rps:,.1f} req/s (offered {step.offered_rps:,.1f})",
+        f"p50 {_ms(lat.get(50.0))} p90 {_ms(lat.get(90.0))} p99 {_ms(lat.get(99.0))} p99.9 {_ms(lat.get(99.9))} max {_ms(lat.max_ms)}",
+        f"errors {step.requests.failed}",
+        f"send lag p99 {_ms(step.send_lag_ms.get(99.0))}",
+    ]
+    return " | ".join(parts)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def run(args: argparse.Namespace) -> int:
+    from sft_engine.loadtest.progress import TerminalProgress
+    from sft_engine.loadtest.runner import run_loadtest
+
+    config = config_from_args(args)
+    out = sys.stderr if args.json else sys.stdout
+    progress = TerminalProgress(sys.stderr, quiet=args.quiet)
+
+    def on_step(step: Any) -> None:
+        print(_step_line(step), file=out, flush=True)
+        for reason in step.validity.reasons:
+            print(f"  invalid: {reason}", file=out)
+        if step.slo:
+            for t in step.slo.targets:
+                if not t.passed:
+                    print(f"  FAIL {t.name}: {t.measured} (limit {t.comparison} {t.limit:g})", file=out)
+
+    result = run_loadtest(config, progress=progress, on_step=on_step)
+    if result.capacity is not None:
+        c = result.capacity
+        cap = "none" if c.capacity_rps is None else f"{c.capacity_rps:,.1f} req/s"
+        knee = "-" if c.knee_rps is None else f"{c.knee_rps:,.1f} req/s"
+        print(f"capacity: {cap} (knee {knee}, bracket {c.bracket_rps}{', limited by ' + c.limited_by if c.limited_by else ''})", file=out)
+    print(f"verdict: {result.verdict} (exit {result.exit_code})", file=out)
+    for reason in result.reasons:
+        print(f"  {reason}", file=out)
+    for kind, path in result.report_files.items():
+        print(f"report {kind}: {path}", file=out)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    return result.exit_code

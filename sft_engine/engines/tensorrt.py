@@ -1,0 +1,245 @@
+"""Target ``tensorrt``: Torch-TensorRT FP16 → serialized TensorRT plan for Triton's TensorRT backend.
+
+The pipeline, per GPU architecture of the build host:
+
+1. the eager model, as a half-precision module (FP16 in, FP32 logits out; see
+   ``gpu_common``), traced by ``torch_tensorrt.dynamo.trace`` with a dynamic batch
+   dimension (profile min 1 / opt / max = max_batch_size);
+2. ``dynamo.convert_exported_program_to_serialized_trt_engine`` with the FP16 arguments
+   of the installed Torch-TensorRT version (``precision.fp16_recipe``): one whole-graph
+   engine, no PyTorch fallback, exactly what ``platform: "tensorrt_plan"`` loads;
+3. the plan is deserialized with TensorRT and checked: a silently FP32 engine fails the
+   build (``fp16_check``), then the plan itself runs the parity and accuracy gate
+   against eager FP32 with FP16 tolerances.
+
+Plans are tied to the GPU architecture, so a host with several architectures gets one
+plan per compute capability and a ``cc_model_filenames`` map; and to the TensorRT
+version, so the compatibility manifest names the NGC Triton container to serve with.
+
+Config: ``optimization { cuda { graphs: true } }`` (the TensorRT backend captures CUDA
+graphs; with dynamic batching and no preferred sizes it captures batch 1 and
+max_batch_size, other sizes run uncaptured), KIND_GPU instances, dynamic batching,
+warmup of batch 1 and max_batch_size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from sft_engine.engines.base import EngineArtifact, ExportContext
+from sft_engine.engines.compat import GpuInfo, compatibility_manifest, list_gpus, require_torch_tensorrt, select_gpus
+from sft_engine.engines.fp16_check import assess_fp16
+from sft_engine.engines.gpu_common import dynamic_batching, gpu_instance_group, half_module, warmup_batches
+from sft_engine.engines.precision import Fp16Recipe, fp16_recipe, fp16_tolerance
+from sft_engine.errors import ExportError, ParityError
+from sft_engine.repository.config import ModelConfigSpec, TensorSpec
+from sft_engine.verify import check_parity
+
+__all__ = ["export", "check_available", "tensorrt_config", "batch_profile", "plan_filenames", "compile_plan", "INPUT_NAME", "OUTPUT_NAME"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: engine tensor names: Torch-TensorRT names inputs after forward()'s arguments and outputs ``output{i}``
+INPUT_NAME = "images"
+OUTPUT_NAME = "output0"
+
+
+def check_available(build: Any = None) -> None:
+    """Raise TargetUnavailable (one line, naming what is missing and what works instead)."""
+    require_torch_tensorrt("tensorrt")
+
+
+def batch_profile(max_batch_size: int) -> tuple[int, int, int]:
+    """Optimization profile of the batch dimension: min 1, opt = max = ``max_batch_size``.
+
+    Opt at the maximum: with dynamic batching under load, batches run near the maximum
+    and TensorRT tunes its kernels for the opt shape.
+    """
+    if max_batch_size < 1:
+        raise ValueError("max_batch_size must be >= 1")
+    return 1, max_batch_size, max_batch_size
+
+
+def plan_filenames(compute_capabilities: list[str]) -> dict[str, str]:
+    """Compute capability → plan file: ``model.plan`` for one architecture, ``model_sm90.plan``... for several."""
+    ccs = sorted(set(compute_capabilities), key=lambda c: tuple(int(p) for p in c.split(".")))
+    if len(ccs) == 1:
+        return {ccs[0]: "model.plan"}
+    return {cc: f"model_sm{cc.replace('.', '')}.plan" for cc in ccs}
+
+
+def tensorrt_config(
+    name: str,
+    num_classes: int,
+    shape: tuple[int, ...],
+    max_batch_size: int,
+    instance_count: int,
+    max_queue_delay_us: int,
+    gpus: tuple[int, ...],
+    parameters: dict[str, str],
+    plans: dict[str, str] | None = None,
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
+    input_dtype: str = "FP16",
+) -> ModelConfigSpec:
+    """Model-level Triton config of an FP16 TensorRT plan.
+
+    ``plans`` maps compute capability → plan file; with several architectures the
+    config carries ``cc_model_filenames`` (Triton picks the plan of the serving GPU and
+    fails to load on an architecture without one), else ``default_model_filename``.
+    """
+    plans = plans or {"any": "model.plan"}
+    several = len(plans) > 1
+    return ModelConfigSpec(
+        name=name,
+        platform="tensorrt_plan",
+        max_batch_size=max_batch_size,
+        inputs=(TensorSpec(input_name, input_dtype, tuple(shape)),),
+        outputs=(TensorSpec(output_name, "FP32", (num_classes,), label_filename="labels.txt"),),
+        instance_groups=(gpu_instance_group(instance_count, gpus),),
+        dynamic_batching=dynamic_batching(max_queue_delay_us),
+        parameters=tuple(sorted(parameters.items())),
+        warmup_batch_sizes=warmup_batches(max_batch_size),
+        default_model_filename=None if several else next(iter(plans.values())),
+        cc_model_filenames=tuple(sorted(plans.items())) if several else (),
+        cuda_graphs=True,
+    )
+
+
+@contextlib.contextmanager
+def _detailed_profile(version: tuple[int, int], logdir: Path) -> Iterator[bool]:
+    """Build with detailed profiling verbosity so the inspector reports layer precisions.
+
+    Torch-TensorRT ≥ 2.9 switches it on inside ``dynamo.Debugger(save_engine_profile=True)``.
+    The Debugger reconfigures the root logger, so the logging setup is restored after.
+    Yields whether detailed profiling is on; any failure just leaves it off.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    debugger = None
+    if version >= (2, 9):
+        try:
+            from torch_tensorrt.dynamo import Debugger
+
+            logdir.mkdir(parents=True, exist_ok=True)
+            debugger = Debugger(log_level="warning", save_engine_profile=True, engine_builder_monitor=False, logging_dir=str(logdir))
+        except Exception as exc:  # diagnostics only
+            LOGGER.info("detailed TensorRT profiling unavailable: %s", exc)
+            debugger = None
+    try:
+        if debugger is None:
+            yield False
+        else:
+            with debugger:
+                yield True
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def compile_plan(module: nn.Module, recipe: Fp16Recipe, gpu: GpuInfo, shape: tuple[int, ...], max_batch_size: int, logdir: Path | None = None) -> tuple[bytes, bool]:
+    """Serialized FP16 plan of ``module`` (already half, on ``gpu``); returns (plan, detailed_profile)."""
+    import torch_tensorrt
+
+    lo, opt, hi = batch_profile(max_batch_size)
+    device = torch.device("cuda", gpu.index)
+    if lo == hi:
+        spec = torch_tensorrt.Input(shape=(hi, *shape), dtype=recipe.input_dtype)
+    else:
+        spec = torch_tensorrt.Input(min_shape=(lo, *shape), opt_shape=(opt, *shape), max_shape=(hi, *shape), dtype=recipe.input_dtype)
+    kwargs = dict(recipe.compile_kwargs)
+    with torch.cuda.device(device), torch.no_grad(), _detailed_profile(recipe.version, logdir or Path("trt-debug")) as detailed:
+        exported = torch_tensorrt.dynamo.trace(module, inputs=(spec,))
+        plan = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine(
+            exported, inputs=(spec,), device=device, require_full_compilation=True, min_block_size=1, **kwargs,
+        )
+    return bytes(plan), detailed
+
+
+def _compile_one(ctx: ExportContext, recipe: Fp16Recipe, gpu: GpuInfo, path: Path) -> dict[str, Any]:
+    """Build, check FP16, check parity, for one architecture. Returns what the manifest records."""
+    from sft_engine.engines.trt_runtime import PlanRunner
+
+    b = ctx.build
+    device = torch.device("cuda", gpu.index)
+    if not recipe.half_model:
+        raise ValueError("the tensorrt target compiles the half model; autocast recipes are for dynamo.compile")
+    module = half_module(ctx.model, device)
+    parameters = sum(p.numel() for p in ctx.model.parameters())
+    LOGGER.info("compiling FP16 TensorRT plan on GPU %d (%s, sm %s)", gpu.index, gpu.name, gpu.compute_capability)
+    try:
+        plan, detailed = compile_plan(module, recipe, gpu, tuple(b.preprocessing.shape), b.max_batch_size, ctx.workdir / f"trt-debug-{gpu.sm}")
+    except Exception as exc:  # an unconvertible layer is an expected outcome, told apart from our bugs by the message
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"Torch-TensorRT could not compile {b.arch} for {gpu.name}: {type(exc).__name__}: {first}",
+                          hint="try --target torchscript-gpu, or run with -vv for the TensorRT log") from exc
+    finally:
+        del module  # the half copy's weights: TensorRT holds its own from here on
+        torch.cuda.empty_cache()
+    path.write_bytes(plan)
+    runner = PlanRunner(plan, gpu.index)
+    verdict = assess_fp16(runner.io(), runner.layers(batch_profile(b.max_batch_size)[1]), len(plan), parameters)
+    if not verdict.passed:
+        raise ExportError(f"the TensorRT plan for {gpu.name} is not FP16: {'; '.join(verdict.reasons)}",
+                          hint=f"Torch-TensorRT {'.'.join(map(str, recipe.version))} ignored the FP16 request; nothing was published")
+    tolerance = fp16_tolerance(ctx.tolerance, getattr(b, "source", {}))
+    report = check_parity(f"tensorrt-fp16@{gpu.sm}", ctx.reference, runner.run, ctx.data, tolerance, batch_size=min(b.max_batch_size, 16))
+    if not report.passed:
+        raise ParityError(f"the FP16 TensorRT plan disagrees with eager FP32 on {gpu.name}: {', '.join(report.reasons)}",
+                          hint="nothing was published; check the model, or pass --parity-atol / --parity-min-top1-agreement to loosen the gate",
+                          report=report.to_dict())
+    return {
+        "runner": runner, "report": report, "verdict": verdict, "detailed_profile": detailed,
+        "io": runner.io(), "bytes": len(plan), "tolerance": tolerance,
+    }
+
+
+def export(ctx: ExportContext) -> EngineArtifact:
+    """Target ``tensorrt``: the uniform exporter entry point."""
+    check_available(ctx.build)
+    import torch_tensorrt
+
+    b = ctx.build
+    gpus = select_gpus(tuple(b.gpus), list_gpus())
+    by_cc: dict[str, GpuInfo] = {}
+    for gpu in gpus:
+        by_cc.setdefault(gpu.compute_capability, gpu)
+    plans = plan_filenames(list(by_cc))
+    recipe = fp16_recipe(torch_tensorrt.__version__)
+    LOGGER.info("Torch-TensorRT %s: FP16 via %s", torch_tensorrt.__version__, recipe.api)
+    results: dict[str, dict[str, Any]] = {}
+    for cc, filename in plans.items():
+        results[cc] = _compile_one(ctx, recipe, by_cc[cc], ctx.workdir / filename)
+    first = results[next(iter(plans))]
+    names = {(r["runner"].input_name, r["runner"].output_name) for r in results.values()}
+    if len(names) != 1:
+        raise ExportError(f"the plans disagree on tensor names: {sorted(names)}", hint="report this as a bug")
+    input_name, output_name = names.pop()
+    config = tensorrt_config(b.name, b.num_classes, tuple(b.preprocessing.shape), b.max_batch_size, b.instance_count,
+                             b.max_queue_delay_us, tuple(b.gpus), ctx.parameters, plans, input_name, output_name,
+                             first["io"][input_name]["dtype"])
+    compat = compatibility_manifest("tensorrt", list(by_cc.values()), plans)
+    if compat.get("triton_container_tag") is None:
+        LOGGER.warning("%s", compat["triton_container_note"])
+    details = {
+        "parity": first["report"].to_dict(),
+        "parity_per_architecture": {cc: r["report"].to_dict() for cc, r in results.items()},
+        "fp16_check": {cc: {**r["verdict"].to_dict(), "detailed_profile": r["detailed_profile"]} for cc, r in results.items()},
+        "fp16_recipe": recipe.describe(),
+        "tolerance": dataclasses.asdict(first["tolerance"]),
+        "batch_profile": list(batch_profile(b.max_batch_size)),
+        "io": first["io"],
+        "plan_bytes": {plans[cc]: r["bytes"] for cc, r in results.items()},
+        "compatibility": compat,
+    }
+    return EngineArtifact(
+        target="tensorrt", engine="tensorrt-fp16", files={f: ctx.workdir / f for f in plans.values()}, config=config,
+        runner=first["runner"].run, details=details,
+    )

@@ -1,0 +1,141 @@
+"""Target ``torchscript-gpu``: FP16 TorchScript on CUDA, for Triton's PyTorch (libtorch) backend.
+
+The half-precision module (FP16 in, FP32 logits out; see ``gpu_common``) is traced on
+the GPU with a half example batch and frozen, so weights become FP16 constants of the
+graph and the batch dimension stays dynamic. It needs no TensorRT anywhere: the
+fallback GPU path when torch_tensorrt is missing or cannot convert the model.
+
+Config notes (server docs, model_configuration.md and model_config.proto):
+
+* tensors are named ``INPUT__0`` / ``OUTPUT__0``, the PyTorch backend's ``NAME__index``
+  convention, because a TorchScript file carries no usable tensor names;
+* ``optimization { cuda { graphs } }`` is read only by the TensorRT backend and
+  ``execution_accelerators`` only by ONNX Runtime and TensorFlow: neither does anything
+  for this backend, so neither is written;
+* the container's libtorch loads TorchScript saved by the same or an older torch: serve
+  with an NGC Triton container whose PyTorch is at least the build's (recorded in the
+  compatibility manifest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sft_engine.engines.base import EngineArtifact, ExportContext
+from sft_engine.engines.compat import GpuInfo, compatibility_manifest, list_gpus, require_cuda, select_gpus
+from sft_engine.engines.gpu_common import DeviceRunner, dynamic_batching, gpu_instance_group, half_module, warmup_batches
+from sft_engine.engines.precision import fp16_tolerance
+from sft_engine.errors import ExportError, ParityError
+from sft_engine.repository.config import ModelConfigSpec, TensorSpec
+from sft_engine.verify import check_parity
+
+__all__ = ["export", "check_available", "torchscript_gpu_config", "export_fp16_torchscript", "weight_dtypes", "INPUT_NAME", "OUTPUT_NAME", "MODEL_FILE"]
+
+LOGGER = logging.getLogger(__name__)
+
+INPUT_NAME = "INPUT__0"
+OUTPUT_NAME = "OUTPUT__0"
+MODEL_FILE = "model.pt"
+
+
+def check_available(build: Any = None) -> None:
+    require_cuda("torchscript-gpu")
+
+
+def torchscript_gpu_config(name: str, num_classes: int, shape: tuple[int, ...], max_batch_size: int, instance_count: int,
+                           max_queue_delay_us: int, gpus: tuple[int, ...], parameters: dict[str, str]) -> ModelConfigSpec:
+    """Model-level Triton config of an FP16 TorchScript model (no CUDA graphs, no accelerators: unused by this backend)."""
+    return ModelConfigSpec(
+        name=name,
+        platform="pytorch_libtorch",
+        max_batch_size=max_batch_size,
+        inputs=(TensorSpec(INPUT_NAME, "FP16", tuple(shape)),),
+        outputs=(TensorSpec(OUTPUT_NAME, "FP32", (num_classes,), label_filename="labels.txt"),),
+        instance_groups=(gpu_instance_group(instance_count, gpus),),
+        dynamic_batching=dynamic_batching(max_queue_delay_us),
+        parameters=tuple(sorted(parameters.items())),
+        warmup_batch_sizes=warmup_batches(max_batch_size),
+        default_model_filename=MODEL_FILE,
+    )
+
+
+def export_fp16_torchscript(model: nn.Module, example: np.ndarray, device: torch.device, path: Path) -> None:
+    """Trace the half module on ``device`` with a half example batch, freeze, save."""
+    module = half_module(model, device)
+    x = torch.from_numpy(np.ascontiguousarray(example)).to(device, dtype=torch.float16)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, x, check_trace=False)
+        frozen = torch.jit.freeze(traced.eval())
+    frozen.save(str(path))
+
+
+def weight_dtypes(module: torch.jit.ScriptModule) -> dict[str, int]:
+    """Bytes of floating-point tensor constants in a frozen graph, by dtype (the weights after freezing)."""
+    out: dict[str, int] = {}
+    for node in module.graph.findAllNodes("prim::Constant"):
+        value = node.output().toIValue() if node.output().type().kind() == "TensorType" else None
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            key = str(value.dtype).replace("torch.", "")
+            out[key] = out.get(key, 0) + value.numel() * value.element_size()
+    for tensor in list(module.parameters()) + list(module.buffers()):  # unfrozen leftovers, if any
+        if tensor.is_floating_point():
+            key = str(tensor.dtype).replace("torch.", "")
+            out[key] = out.get(key, 0) + tensor.numel() * tensor.element_size()
+    return out
+
+
+def _check_fp16(weights: dict[str, int]) -> list[str]:
+    total = sum(weights.values())
+    half = weights.get("float16", 0)
+    if total == 0:
+        return ["the frozen module holds no floating-point weights"]
+    if half / total < 0.9:
+        return [f"only {half / total:.0%} of the weight bytes are FP16 ({weights})"]
+    return []
+
+
+def export(ctx: ExportContext) -> EngineArtifact:
+    """Target ``torchscript-gpu``: the uniform exporter entry point."""
+    check_available(ctx.build)
+    b = ctx.build
+    gpus = select_gpus(tuple(b.gpus), list_gpus())
+    gpu: GpuInfo = gpus[0]
+    device = torch.device("cuda", gpu.index)
+    path = ctx.workdir / MODEL_FILE
+    try:
+        export_fp16_torchscript(ctx.model, ctx.data.inputs[: min(2, b.max_batch_size)], device, path)
+    except Exception as exc:  # an untraceable model is an expected outcome
+        raise ExportError(f"{b.arch} could not be traced to FP16 TorchScript: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
+                          hint="try --target onnx") from exc
+    loaded = torch.jit.load(str(path), map_location=device).eval()
+    weights = weight_dtypes(loaded)
+    problems = _check_fp16(weights)
+    if problems:
+        raise ExportError(f"the TorchScript module is not FP16: {'; '.join(problems)}", hint="report this as a bug; nothing was published")
+    runner = DeviceRunner(loaded, device, torch.float16)
+    tolerance = fp16_tolerance(ctx.tolerance, getattr(b, "source", {}))
+    report = check_parity(f"torchscript-fp16@{gpu.sm}", ctx.reference, runner.run, ctx.data, tolerance, batch_size=min(b.max_batch_size, 16))
+    if not report.passed:
+        raise ParityError(f"the FP16 TorchScript module disagrees with eager FP32 on {gpu.name}: {', '.join(report.reasons)}",
+                          hint="nothing was published; check the model, or pass --parity-atol / --parity-min-top1-agreement to loosen the gate",
+                          report=report.to_dict())
+    config = torchscript_gpu_config(b.name, b.num_classes, tuple(b.preprocessing.shape), b.max_batch_size, b.instance_count,
+                                    b.max_queue_delay_us, tuple(b.gpus), ctx.parameters)
+    compat = compatibility_manifest("torchscript-gpu", [gpu])
+    compat["triton_container_note"] = f"needs an NGC Triton container whose PyTorch is torch {torch.__version__.split('+')[0]} or newer (TorchScript loads forward, not backward)"
+    details = {
+        "parity": report.to_dict(),
+        "tolerance": dataclasses.asdict(tolerance),
+        "fp16_check": {"weight_bytes_by_dtype": weights, "passed": True},
+        "compatibility": compat,
+    }
+    return EngineArtifact(target="torchscript-gpu", engine="torchscript-fp16", files={MODEL_FILE: path}, config=config, runner=runner.run, details=details)

@@ -1,0 +1,559 @@
+"""Worker processes: each runs one asyncio loop that applies its share of the load.
+
+Why processes: one Python process tops out at a few thousand requests/s, and a load
+generator that runs out of CPU silently turns an open loop into a slower one. Several
+processes, each with its own event loop and connections, keep the generator ahead of
+the server; the send lag they measure proves it (or declares the run invalid).
+
+Per request, a worker does: read the clock, await the prebuilt send, read the clock,
+append five numbers to arrays. Everything else - windowing, HDR histograms, error
+counts - happens after the step, with numpy, while no load is applied. Results go
+back to the coordinator as encoded histograms per window, so merging across
+processes is exact.
+
+Processes are started with ``spawn`` (gRPC is not fork-safe) once per run and reused
+for every step of a sweep or capacity search.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, Sequence
+
+import numpy as np
+
+from sft_engine.errors import LoadTestError
+from sft_engine.loadtest.config import Endpoint
+from sft_engine.loadtest.histogram import LatencyHistogram
+from sft_engine.loadtest.payload import Payload
+from sft_engine.loadtest.schedule import WorkerPlan, intended_times
+from sft_engine.loadtest.transport import (
+    CANCELLED, OK, SLOW_STATUSES, STATUS_NAMES, UNAVAILABLE, UNFINISHED, Transport, make_transport,
+)
+
+__all__ = ["WorkerInit", "WindowData", "WorkerStepResult", "WorkerPool", "worker_main", "LIVE_FIELDS"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: layout of each worker's slot in the shared live-progress array
+LIVE_FIELDS = ("sent", "succeeded", "failed", "in_flight", "recent_p50_ms", "recent_p99_ms", "recent_lag_p99_ms", "step")
+#: after an abort, in-flight requests get this long before they are cancelled
+ABORT_GRACE_S = 0.5
+MONITOR_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True)
+class WorkerInit:
+    worker_index: int
+    endpoints: tuple[Endpoint, ...]
+    payload: Payload
+    timeout_s: float | None
+    max_in_flight: int
+    unreachable_after_s: float
+
+
+@dataclass
+class WindowData:
+    """One worker's view of one measurement window (requests by intended send time)."""
+
+    scheduled: int = 0
+    sent: int = 0  # actually sent within the window (by send time)
+    succeeded_done: int = 0  # successful answers received within the window (by completion time)
+    errors: dict[str, int] = field(default_factory=dict)
+    latency: str = ""
+    service: str = ""
+    lag: str = ""
+
+
+@dataclass
+class WorkerStepResult:
+    worker_index: int
+    windows: list[WindowData]
+    #: every request of the step (warmup and drain included), by outcome
+    totals: dict[str, int]
+    per_endpoint: list[int]
+    examples: dict[str, str]
+    cpu_s: float
+    wall_s: float
+    cap_waits: int = 0
+    max_in_flight_seen: int = 0
+    aborted: str | None = None
+
+
+# -- inside the worker process -----------------------------------------------------------
+class _StepRun:
+    """One step in one worker: schedule, send, record raw timestamps, summarize."""
+
+    def __init__(self, plan: WorkerPlan, transport: Transport, init: WorkerInit, abort_event: Any, live: Any) -> None:
+        self.plan = plan
+        self.step = plan.step
+        self.transport = transport
+        self.init = init
+        self.abort_event = abort_event
+        self.live = live
+        self.n_endpoints = len(init.endpoints)
+        # raw per-request records (append-only; read with numpy after the step)
+        self.t_intended = array.array("d")
+        self.t_ready = array.array("d")
+        self.t_sent = array.array("d")
+        self.t_done = array.array("d")
+        self.status = array.array("b")
+        self.endpoint = array.array("B")
+        self.in_flight = 0
+        self.max_in_flight_seen = 0
+        self.cap_waits = 0
+        self.ok = 0
+        self.failed = 0
+        self.stop = False
+        self.stop_time = 0.0
+        self.aborted: str | None = None
+        self.unavailable_since: list[float | None] = [None] * self.n_endpoints
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._slot_free = asyncio.Event()
+        self._waiting_for_slot = False
+        self._cpu_marks: dict[int, float] = {}
+        self._parent = os.getppid()
+
+    # -- recording ------------------------------------------------------------------
+    def _record(self, intended: float, ready: float, sent: float, done: float, status: int, ep: int) -> None:
+        self.t_intended.append(intended)
+        self.t_ready.append(ready)
+        self.t_sent.append(sent)
+        self.t_done.append(done)
+        self.status.append(status)
+        self.endpoint.append(ep)
+        if status == OK:
+            self.ok += 1
+            self.unavailable_since[ep] = None
+        else:
+            self.failed += 1
+            if status == UNAVAILABLE:
+                since = self.unavailable_since[ep]
+                if since is None:
+                    self.unavailable_since[ep] = done
+                elif done - since >= self.init.unreachable_after_s and not self.stop:
+                    example = self.transport.examples.get(UNAVAILABLE, "connection refused")
+                    self._abort(f"server unreachable: {self.init.endpoints[ep].url} refused every request for {done - since:.1f} s ({example})")
+
+    def _abort(self, reason: str) -> None:
+        if not self.stop:
+            self.stop = True
+            self.stop_time = time.monotonic()
+            self.aborted = self.aborted or reason
+            self.abort_event.set()
+            self._slot_free.set()
+
+    # -- closed loop ----------------------------------------------------------------
+    async def _user(self, uid: int) -> None:
+        step = self.step
+        total_users = step.concurrency or 1
+        k = self.plan.first_request + uid
+        await _sleep_until(step.start)
+        ready = step.start
+        send = self.transport.send
+        mono = time.monotonic
+        end = step.measure_end
+        while not self.stop:
+            t_send = mono()
+            if t_send >= end:
+                return
+            ep = k % self.n_endpoints
+            self.in_flight += 1
+            if self.in_flight > self.max_in_flight_seen:
+                self.max_in_flight_seen = self.in_flight
+            try:
+                status = await send(ep)
+            except asyncio.CancelledError:
+                self.in_flight -= 1
+                self._record(t_send, ready, t_send, mono(), CANCELLED if self.aborted else UNFINISHED, ep)
+                return
+            t_done = mono()
+            self.in_flight -= 1
+            self._record(t_send, ready, t_send, t_done, status, ep)
+            ready = t_done
+            k += total_users
+
+    # -- open loop ------------------------------------------------------------------
+    async def _fire(self, ep: int, intended: float, ready: float) -> None:
+        mono = time.monotonic
+        t_send = mono()
+        try:
+            status = await self.transport.send(ep)
+        except asyncio.CancelledError:
+            status = CANCELLED if self.aborted else UNFINISHED
+        t_done = mono()
+        self.in_flight -= 1
+        if self._waiting_for_slot:
+            self._slot_free.set()
+        self._record(intended, ready, t_send, t_done, status, ep)
+
+    async def _scheduler(self) -> None:
+        loop = asyncio.get_running_loop()
+        mono = time.monotonic
+        plan = self.plan
+        cap = self.init.max_in_flight
+        k = plan.worker_index
+        burst = 0
+        for t in intended_times(plan):
+            if self.stop:
+                return
+            delay = t - mono()
+            if delay > 0.0002:
+                await asyncio.sleep(delay)
+                burst = 0
+                if self.stop:
+                    return
+            elif burst >= 16:  # behind schedule: let the sends already created start
+                await asyncio.sleep(0)
+                burst = 0
+            ready = t
+            if self.in_flight >= cap:
+                self.cap_waits += 1
+                while self.in_flight >= cap and not self.stop:
+                    self._waiting_for_slot = True
+                    self._slot_free.clear()
+                    await self._slot_free.wait()
+                self._waiting_for_slot = False
+                if self.stop:
+                    return
+                ready = max(t, mono())
+            self.in_flight += 1
+            if self.in_flight > self.max_in_flight_seen:
+                self.max_in_flight_seen = self.in_flight
+            task = loop.create_task(self._fire(k % self.n_endpoints, t, ready))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            k += plan.n_workers
+            burst += 1
+
+    # -- supervision ----------------------------------------------------------------
+    async def _monitor(self) -> None:
+        slot = self.plan.worker_index * len(LIVE_FIELDS)
+        last_live = 0.0
+        while True:
+            now = time.monotonic()
+            if not self.stop and self.abort_event.is_set():
+                self._abort("aborted by the coordinator")
+            if os.getppid() != self._parent:
+                self._abort("the coordinating process is gone")
+            if now - last_live >= 0.25:
+                last_live = now
+                self._publish_live(slot, now)
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+
+    def _publish_live(self, slot: int, now: float) -> None:
+        live = self.live
+        n = len(self.t_done)
+        live[slot + 0] = float(n + self.in_flight)
+        live[slot + 1] = float(self.ok)
+        live[slot + 2] = float(self.failed)
+        live[slot + 3] = float(self.in_flight)
+        if n:
+            tail = min(n, 4000)
+            done = np.array(self.t_done[n - tail:])
+            recent = done >= now - 1.0
+            if recent.any():
+                lat = (done - np.array(self.t_intended[n - tail:]))[recent] * 1000.0
+                lag = (np.array(self.t_sent[n - tail:]) - np.array(self.t_ready[n - tail:]))[recent] * 1000.0
+                p50, p99 = np.percentile(lat, [50, 99])
+                live[slot + 4] = float(p50)
+                live[slot + 5] = float(p99)
+                live[slot + 6] = float(np.percentile(np.clip(lag, 0, None), 99))
+        live[slot + 7] = float(self.step.index)
+
+    def _cpu_mark(self, which: int) -> None:
+        self._cpu_marks[which] = time.process_time()
+
+    async def run(self) -> WorkerStepResult:
+        loop = asyncio.get_running_loop()
+        step = self.step
+        mono = time.monotonic
+        loop.call_at(max(loop.time(), step.measure_start), self._cpu_mark, 0)
+        loop.call_at(max(loop.time(), step.measure_end), self._cpu_mark, 1)
+        monitor = loop.create_task(self._monitor())
+        if step.mode == "closed":
+            work = [loop.create_task(self._user(u)) for u in range(self.plan.concurrency)]
+        else:
+            work = [loop.create_task(self._scheduler())] if self.plan.rate > 0 else []
+        deadline = step.measure_end + step.drain_s
+        pending: list[asyncio.Task[Any]] = []
+        while True:
+            pending = [t for t in work if not t.done()] + [t for t in self.tasks if not t.done()]
+            if not pending:
+                break
+            now = mono()
+            if self.stop:
+                deadline = min(deadline, self.stop_time + ABORT_GRACE_S)
+            if now >= deadline:
+                break
+            await asyncio.wait(pending, timeout=min(0.1, deadline - now))
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        monitor.cancel()
+        await asyncio.gather(monitor, return_exceptions=True)
+        self._publish_live(self.plan.worker_index * len(LIVE_FIELDS), mono())
+        return self._summarize()
+
+    def _summarize(self) -> WorkerStepResult:
+        step = self.step
+        windows = step.windows
+        n_windows = len(windows)
+        intended = np.frombuffer(self.t_intended, dtype=np.float64)
+        ready = np.frombuffer(self.t_ready, dtype=np.float64)
+        sent = np.frombuffer(self.t_sent, dtype=np.float64)
+        done = np.frombuffer(self.t_done, dtype=np.float64)
+        status = np.frombuffer(self.status, dtype=np.int8)
+        endpoint = np.frombuffer(self.endpoint, dtype=np.uint8)
+        ms, me, w = step.measure_start, step.measure_end, step.window_s
+
+        def window_of(times: np.ndarray) -> np.ndarray:
+            idx = np.floor((times - ms) / w).astype(np.int64)
+            return np.where((times >= ms) & (times < me), np.clip(idx, 0, n_windows - 1), -1)
+
+        win = window_of(intended)
+        sent_win = np.bincount(window_of(sent) + 1, minlength=n_windows + 1)[1:]
+        ok_done_win = np.bincount(window_of(done)[status == OK] + 1, minlength=n_windows + 1)[1:]
+        latency_us = (done - intended) * 1e6
+        service_us = (done - sent) * 1e6
+        lag_us = np.clip(sent - ready, 0.0, None) * 1e6
+        slow = np.isin(status, SLOW_STATUSES)
+
+        measured = np.flatnonzero(win >= 0)
+        order = measured[np.argsort(win[measured], kind="stable")]
+        bounds = np.searchsorted(win[order], np.arange(n_windows + 1))
+        out_windows = []
+        for i in range(n_windows):
+            sel = order[bounds[i]:bounds[i + 1]]
+            st = status[sel]
+            counts = np.bincount(st, minlength=len(STATUS_NAMES))
+            errors = {STATUS_NAMES[c]: int(n) for c, n in enumerate(counts) if c != OK and n}
+            sel_slow = sel[slow[sel]]
+            lat, svc, lag = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
+            lat.record_us(latency_us[sel_slow])
+            svc.record_us(service_us[sel_slow])
+            lag.record_us(lag_us[sel])
+            out_windows.append(WindowData(
+                scheduled=int(sel.size), sent=int(sent_win[i]), succeeded_done=int(ok_done_win[i]), errors=errors,
+                latency=lat.encode(), service=svc.encode(), lag=lag.encode(),
+            ))
+        totals_arr = np.bincount(status, minlength=len(STATUS_NAMES))
+        totals = {STATUS_NAMES[c]: int(n) for c, n in enumerate(totals_arr) if n}
+        per_endpoint = np.bincount(endpoint, minlength=self.n_endpoints).tolist() if endpoint.size else [0] * self.n_endpoints
+        cpu0 = self._cpu_marks.get(0)
+        cpu1 = self._cpu_marks.get(1, time.process_time())
+        wall = (min(time.monotonic(), me) - ms) if cpu0 is not None else 0.0
+        return WorkerStepResult(
+            worker_index=self.plan.worker_index,
+            windows=out_windows,
+            totals=totals,
+            per_endpoint=[int(x) for x in per_endpoint],
+            examples={STATUS_NAMES[k]: v for k, v in self.transport.examples.items()},
+            cpu_s=float(cpu1 - cpu0) if cpu0 is not None else 0.0,
+            wall_s=float(max(wall, 0.0)),
+            cap_waits=self.cap_waits,
+            max_in_flight_seen=self.max_in_flight_seen,
+            aborted=self.aborted,
+        )
+
+
+async def _sleep_until(t: float) -> None:
+    delay = t - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def _worker_async(conn: Connection, init: WorkerInit, abort_event: Any, live: Any) -> None:
+    transport = make_transport(init.endpoints, init.payload, init.timeout_s)
+    await transport.start()
+    try:
+        # one request per endpoint: connections are up before any timed request
+        for i, ep in enumerate(init.endpoints):
+            status = await transport.send(i)
+            if status != OK:
+                conn.send(("error", f"{ep.url}: {transport.examples.get(status, STATUS_NAMES[status])}"))
+                return
+        transport.examples.clear()
+        conn.send(("ready", os.getpid()))
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                message = await loop.run_in_executor(None, conn.recv)
+            except (EOFError, OSError):
+                return
+            if message[0] == "exit":
+                return
+            if message[0] == "step":
+                plan: WorkerPlan = message[1]
+                transport.examples.clear()
+                try:
+                    result = await _StepRun(plan, transport, init, abort_event, live).run()
+                except Exception as exc:  # noqa: BLE001 - report to the coordinator instead of dying silently
+                    LOGGER.exception("worker %d failed in step %d", init.worker_index, plan.step.index)
+                    conn.send(("error", f"worker {init.worker_index} failed: {type(exc).__name__}: {exc}"))
+                    continue
+                conn.send(("result", result))
+    finally:
+        await transport.close()
+
+
+def worker_main(conn: Connection, init: WorkerInit, abort_event: Any, live: Any) -> None:
+    """Entry point of a worker process."""
+    try:
+        asyncio.run(_worker_async(conn, init, abort_event, live))
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # noqa: BLE001 - the coordinator must learn why, not just see EOF
+        try:
+            conn.send(("error", f"worker {init.worker_index} crashed: {type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+    finally:
+        conn.close()
+
+
+# -- in the coordinating process -------------------------------------------------------
+class WorkerPool:
+    """Starts the worker processes once, hands them step plans, collects their results."""
+
+    def __init__(
+        self,
+        n_workers: int,
+        endpoints: Sequence[Endpoint],
+        payload: Payload,
+        timeout_s: float | None,
+        max_in_flight: int,
+        unreachable_after_s: float,
+        startup_timeout_s: float = 60.0,
+    ) -> None:
+        self.n_workers = n_workers
+        self._ctx = mp.get_context("spawn")
+        self.abort_event = self._ctx.Event()
+        self.live = self._ctx.Array("d", n_workers * len(LIVE_FIELDS), lock=False)
+        self._inits = [
+            WorkerInit(i, tuple(endpoints), payload, timeout_s, max_in_flight, unreachable_after_s) for i in range(n_workers)
+        ]
+        self._startup_timeout_s = startup_timeout_s
+        self._procs: list[Any] = []
+        self._conns: list[Connection] = []
+        self.pids: list[int] = []
+
+    def start(self) -> "WorkerPool":
+        for init in self._inits:
+            parent, child = self._ctx.Pipe(duplex=True)
+            proc = self._ctx.Process(target=worker_main, args=(child, init, self.abort_event, self.live), daemon=True, name=f"loadtest-worker-{init.worker_index}")
+            proc.start()
+            child.close()
+            self._procs.append(proc)
+            self._conns.append(parent)
+        deadline = time.monotonic() + self._startup_timeout_s
+        for i, conn in enumerate(self._conns):
+            message = self._receive(i, conn, deadline)
+            if message is None:
+                raise LoadTestError(f"load-test worker {i} did not start within {self._startup_timeout_s:.0f} s", hint="the machine may be overloaded; try fewer --workers")
+            if message[0] == "error":
+                raise LoadTestError(f"cannot send requests: {message[1]}", hint="check that the server is up and serves the model at --url")
+            self.pids.append(int(message[1]))
+        return self
+
+    def _receive(self, i: int, conn: Connection, deadline: float) -> tuple[str, Any] | None:
+        while time.monotonic() < deadline:
+            try:
+                if conn.poll(0.05):
+                    return conn.recv()
+            except (EOFError, OSError):
+                return ("error", f"worker {i} exited (code {self._procs[i].exitcode})")
+            if not self._procs[i].is_alive() and not conn.poll(0):
+                return ("error", f"worker {i} exited (code {self._procs[i].exitcode})")
+        return None
+
+    def send_step(self, plans: Sequence[WorkerPlan]) -> None:
+        self.abort_event.clear()
+        for conn, plan in zip(self._conns, plans):
+            conn.send(("step", plan))
+
+    def collect(self, deadline: float, on_wait: Any = None) -> tuple[list[WorkerStepResult], list[str]]:
+        """Results of the current step; workers that fail or miss the deadline give an error instead."""
+        results: list[WorkerStepResult] = []
+        errors: list[str] = []
+        pending = set(range(self.n_workers))
+        while pending and time.monotonic() < deadline:
+            for i in sorted(pending):
+                conn = self._conns[i]
+                try:
+                    ready = conn.poll(0)
+                except (EOFError, OSError):
+                    ready = False
+                if ready:
+                    try:
+                        kind, body = conn.recv()
+                    except (EOFError, OSError):
+                        errors.append(f"worker {i} exited (code {self._procs[i].exitcode})")
+                        pending.discard(i)
+                        continue
+                    pending.discard(i)
+                    if kind == "result":
+                        results.append(body)
+                    else:
+                        errors.append(str(body))
+                elif not self._procs[i].is_alive():
+                    errors.append(f"worker {i} exited (code {self._procs[i].exitcode})")
+                    pending.discard(i)
+            if pending:
+                if on_wait is not None:
+                    on_wait()
+                time.sleep(0.05)
+        for i in sorted(pending):
+            errors.append(f"worker {i} did not report within the step's deadline")
+        if pending:
+            # a worker that missed its deadline is in an unknown state: replace nothing, stop all
+            self.abort_event.set()
+        return results, errors
+
+    def live_rows(self) -> list[dict[str, float]]:
+        n = len(LIVE_FIELDS)
+        values = list(self.live)
+        return [dict(zip(LIVE_FIELDS, values[i * n:(i + 1) * n])) for i in range(self.n_workers)]
+
+    def abort(self) -> None:
+        self.abort_event.set()
+
+    def close(self) -> None:
+        """Ask workers to exit, then terminate and finally kill any that remain."""
+        for conn in self._conns:
+            try:
+                conn.send(("exit",))
+            except (OSError, BrokenPipeError):
+                pass
+        deadline = time.monotonic() + 3.0
+        for proc in self._procs:
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=2.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=2.0)
+        for conn in self._conns:
+            conn.close()
+        self._procs.clear()
+        self._conns.clear()
+
+    def __enter__(self) -> "WorkerPool":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
