@@ -88,6 +88,30 @@ def time_on_gpu(fn: Callable, x, seconds: float, warmup: int = 10) -> float:
     return statistics.median(samples)
 
 
+def _tensorrt_engine(model, shape: tuple[int, ...], max_batch: int, device, workdir: Path):
+    """The plan the ``tensorrt`` target would publish, run through TensorRT's runtime."""
+    import tensorrt
+    import torch
+    import torch_tensorrt
+
+    from sft_engine.engines.compat import GpuInfo
+    from sft_engine.engines.gpu_common import half_module
+    from sft_engine.engines.precision import fp16_recipe
+    from sft_engine.engines.tensorrt import compile_plan
+    from sft_engine.engines.trt_runtime import PlanRunner
+
+    props = torch.cuda.get_device_properties(device)
+    gpu = GpuInfo(device.index or 0, props.name, f"{props.major}.{props.minor}", 0.0)
+    recipe = fp16_recipe(torch_tensorrt.__version__)
+    module = half_module(model, device)
+    started = time.perf_counter()
+    plan, _ = compile_plan(module, recipe, gpu, shape, max_batch, workdir / "trt-debug")
+    print(f"  built the TensorRT plan in {time.perf_counter() - started:.0f} s ({len(plan) / 2**20:.1f} MiB)", flush=True)
+    del module
+    runner = PlanRunner(plan, device.index or 0)
+    return f"TensorRT plan (Torch-TensorRT {torch_tensorrt.__version__}, TensorRT {tensorrt.__version__}, FP16 via {recipe.api})", runner.run_device
+
+
 def fp16_engine(model, shape: tuple[int, ...], max_batch: int, device, workdir: Path, choice: str):
     """(name, callable on a CUDA FP16 batch) of the FP16 engine the GPU targets would publish."""
     import importlib.util
@@ -98,24 +122,12 @@ def fp16_engine(model, shape: tuple[int, ...], max_batch: int, device, workdir: 
 
     use_trt = choice == "tensorrt" or (choice == "auto" and importlib.util.find_spec("torch_tensorrt") is not None)
     if use_trt:
-        import tensorrt
-        import torch_tensorrt
-
-        from sft_engine.engines.compat import GpuInfo
-        from sft_engine.engines.precision import fp16_recipe
-        from sft_engine.engines.tensorrt import compile_plan
-        from sft_engine.engines.trt_runtime import PlanRunner
-
-        props = torch.cuda.get_device_properties(device)
-        gpu = GpuInfo(device.index or 0, props.name, f"{props.major}.{props.minor}", 0.0)
-        recipe = fp16_recipe(torch_tensorrt.__version__)
-        module = half_module(model, device)
-        started = time.perf_counter()
-        plan, _ = compile_plan(module, recipe, gpu, shape, max_batch, workdir / "trt-debug")
-        print(f"  built the TensorRT plan in {time.perf_counter() - started:.0f} s ({len(plan) / 2**20:.1f} MiB)", flush=True)
-        del module
-        runner = PlanRunner(plan, device.index or 0)
-        return f"TensorRT plan (Torch-TensorRT {torch_tensorrt.__version__}, TensorRT {tensorrt.__version__}, FP16 via {recipe.api})", runner.run_device
+        try:
+            return _tensorrt_engine(model, shape, max_batch, device, workdir)
+        except Exception as exc:
+            if choice == "tensorrt":
+                raise
+            print(f"  TensorRT engine failed ({type(exc).__name__}: {str(exc)[:200]}); falling back to FP16 TorchScript", flush=True)
     module = half_module(model, device)
     example = torch.zeros((min(2, max_batch), *shape), device=device, dtype=torch.float16)
     with warnings.catch_warnings(), torch.no_grad():

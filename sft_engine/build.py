@@ -49,7 +49,7 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
     started = time.monotonic()
     cfg = cfg.validated()
     target = resolve_target(cfg.target)
-    export = exporter_for(target)
+    export = exporter_for(target, cfg)
     torch.manual_seed(cfg.seed)
     progress(f"[1/4] building {cfg.arch} for {cfg.num_classes} classes")
     model = build_model(cfg.arch, cfg.num_classes, pretrained=cfg.pretrained)  # type: ignore[arg-type]

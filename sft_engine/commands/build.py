@@ -14,7 +14,7 @@ from sft_engine.preprocess import parse_floats
 _FLAG_FIELDS = (
     "arch", "weights", "pretrained", "num_classes", "input_size", "mean", "std", "max_batch_size", "name",
     "repository", "target", "engine", "instance_count", "intra_op_threads", "max_queue_delay_us", "parity_atol",
-    "parity_rtol", "parity_min_top1_agreement", "parity_samples", "calibration_dir", "gpus", "seed",
+    "parity_rtol", "parity_min_top1_agreement", "parity_samples", "accuracy_max_drop", "calibration_dir", "gpus", "seed",
 )
 
 
@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gate.add_argument("--parity-rtol", type=float)
     gate.add_argument("--parity-min-top1-agreement", type=float)
     gate.add_argument("--parity-samples", type=int, help="random inputs for the gate")
+    gate.add_argument("--accuracy-max-drop", type=float, help="allowed accuracy drop in points on labelled calibration images")
     gate.add_argument("--calibration", dest="calibration_dir", metavar="DIR", help="images (in class folders for accuracy)")
     p.add_argument("--seed", type=int)
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -27,7 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.print_docker:
-        tag = args.triton_tag or _tag_from_manifests(Path(args.repository)) or DEFAULT_TRITON_TAG
+        tag = args.triton_tag or _tag_from_manifests(Path(args.repository))
+        if tag is None:
+            if _has_gpu_engines(Path(args.repository)):
+                print(f"warning: no build manifest names an NGC container whose TensorRT matches; using {DEFAULT_TRITON_TAG} "
+                      "(pass --triton-tag; see docs/gpu.md)", file=sys.stderr)
+            tag = DEFAULT_TRITON_TAG
         print(docker_command(Path(args.repository), tag=tag))
         return 0
     cfg = ServerConfig(
@@ -52,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
         print("stopping ...", flush=True)
     print("stopped", flush=True)
     return 0
+
+
+def _has_gpu_engines(repository: Path) -> bool:
+    return any(repository.glob("*/*/model.plan")) or any(repository.glob("*/*/model.pt"))
 
 
 def _model_names(repository: Path) -> list[str]:

@@ -31,8 +31,12 @@ def resolve_target(target: str) -> str:
     return "cpu"
 
 
-def exporter_for(target: str):
-    """The ``export`` function of ``target``."""
+def exporter_for(target: str, build: object = None):
+    """The ``export`` function of ``target``, after the target's own availability check.
+
+    The check runs before any model is built, so a host that lacks CUDA or
+    torch_tensorrt learns it at once, in one line naming what works instead.
+    """
     name = TARGET_MODULES.get(target)
     if name is None:
         raise ConfigError(f"unknown target {target!r}", hint=f"choose one of: auto, {', '.join(TARGET_MODULES)}")
@@ -42,4 +46,7 @@ def exporter_for(target: str):
         if exc.name == name:
             raise ConfigError(f"target {target!r} is not available in this version", hint="use --target cpu") from None
         raise
+    check = getattr(module, "check_available", None)
+    if check is not None:
+        check(build)
     return module.export

@@ -23,7 +23,7 @@ from torch import nn
 
 from sft_engine.repository.config import DynamicBatchingSpec, InstanceGroupSpec
 
-__all__ = ["HalfPrecisionClassifier", "half_module", "gpu_instance_group", "dynamic_batching", "warmup_batches", "DeviceRunner"]
+__all__ = ["HalfPrecisionClassifier", "half_module", "cuda_device", "gpu_instance_group", "dynamic_batching", "warmup_batches", "DeviceRunner"]
 
 
 class HalfPrecisionClassifier(nn.Module):
@@ -40,6 +40,10 @@ class HalfPrecisionClassifier(nn.Module):
 def half_module(model: nn.Module, device: torch.device) -> HalfPrecisionClassifier:
     """A half-precision copy of ``model`` on ``device``, in eval mode (the original is untouched)."""
     return HalfPrecisionClassifier(copy.deepcopy(model).half()).to(device).eval()
+
+
+def cuda_device(index: int) -> torch.device:
+    return torch.device("cuda", index)
 
 
 def gpu_instance_group(instance_count: int, gpus: tuple[int, ...]) -> InstanceGroupSpec:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -145,7 +146,10 @@ def _detailed_profile(version: tuple[int, int], logdir: Path) -> Iterator[bool]:
 
 
 def compile_plan(module: nn.Module, recipe: Fp16Recipe, gpu: GpuInfo, shape: tuple[int, ...], max_batch_size: int, logdir: Path | None = None) -> tuple[bytes, bool]:
-    """Serialized FP16 plan of ``module`` (already half, on ``gpu``); returns (plan, detailed_profile)."""
+    """Serialized FP16 plan of ``module`` (already half, on ``gpu``); returns (plan, detailed_profile).
+
+    ``logdir`` receives Torch-TensorRT's debug output (a temporary directory if None).
+    """
     import torch_tensorrt
 
     lo, opt, hi = batch_profile(max_batch_size)
@@ -155,8 +159,13 @@ def compile_plan(module: nn.Module, recipe: Fp16Recipe, gpu: GpuInfo, shape: tup
     else:
         spec = torch_tensorrt.Input(min_shape=(lo, *shape), opt_shape=(opt, *shape), max_shape=(hi, *shape), dtype=recipe.input_dtype)
     kwargs = dict(recipe.compile_kwargs)
-    with torch.cuda.device(device), torch.no_grad(), _detailed_profile(recipe.version, logdir or Path("trt-debug")) as detailed:
-        exported = torch_tensorrt.dynamo.trace(module, inputs=(spec,))
+    with contextlib.ExitStack() as stack:
+        if logdir is None:
+            logdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sft-trt-debug-")))
+        stack.enter_context(torch.cuda.device(device))
+        stack.enter_context(torch.no_grad())
+        detailed = stack.enter_context(_detailed_profile(recipe.version, logdir))
+        exported = torch_tensorrt.dynamo.trace(module, inputs=(spec,), device=device)
         plan = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine(
             exported, inputs=(spec,), device=device, require_full_compilation=True, min_block_size=1, **kwargs,
         )

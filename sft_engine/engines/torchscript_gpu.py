@@ -31,6 +31,7 @@ from torch import nn
 
 from sft_engine.engines.base import EngineArtifact, ExportContext
 from sft_engine.engines.compat import GpuInfo, compatibility_manifest, list_gpus, require_cuda, select_gpus
+from sft_engine.engines import gpu_common
 from sft_engine.engines.gpu_common import DeviceRunner, dynamic_batching, gpu_instance_group, half_module, warmup_batches
 from sft_engine.engines.precision import fp16_tolerance
 from sft_engine.errors import ExportError, ParityError
@@ -109,14 +110,16 @@ def export(ctx: ExportContext) -> EngineArtifact:
     b = ctx.build
     gpus = select_gpus(tuple(b.gpus), list_gpus())
     gpu: GpuInfo = gpus[0]
-    device = torch.device("cuda", gpu.index)
+    device = gpu_common.cuda_device(gpu.index)
     path = ctx.workdir / MODEL_FILE
     try:
         export_fp16_torchscript(ctx.model, ctx.data.inputs[: min(2, b.max_batch_size)], device, path)
     except Exception as exc:  # an untraceable model is an expected outcome
         raise ExportError(f"{b.arch} could not be traced to FP16 TorchScript: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
                           hint="try --target onnx") from exc
-    loaded = torch.jit.load(str(path), map_location=device).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export; libtorch still serves it
+        loaded = torch.jit.load(str(path), map_location=device).eval()
     weights = weight_dtypes(loaded)
     problems = _check_fp16(weights)
     if problems:

@@ -1,0 +1,318 @@
+"""GPU targets without a GPU: configs, FP16 compile arguments per Torch-TensorRT version,
+the FP16 verdict, compatibility manifests, and the error a CPU host gives.
+
+What needs CUDA or TensorRT lives in ``tests/gpu`` (run by ``scripts/gpu_check.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from tritonclient.grpc import model_config_pb2 as mc
+
+from sft_engine.build import build
+from sft_engine.commands import serve as serve_cmd
+from sft_engine.config import BuildConfig
+from sft_engine.engines import compat
+from sft_engine.engines.compat import GpuInfo, compatibility_manifest, select_gpus, triton_tag_for_tensorrt, unavailable_reason
+from sft_engine.engines.fp16_check import assess_fp16, layer_precision_counts, normalize_precision
+from sft_engine.engines.onnx import onnx_config
+from sft_engine.engines.precision import FP16_TOLERANCE, fp16_recipe, fp16_tolerance, parse_version
+from sft_engine.engines.tensorrt import batch_profile, plan_filenames, tensorrt_config
+from sft_engine.engines.torchscript_gpu import export_fp16_torchscript, torchscript_gpu_config, weight_dtypes
+from sft_engine.errors import ConfigError, TargetUnavailable
+from sft_engine.repository.config import parse_pbtxt, to_pbtxt
+from sft_engine.repository.manifest import read_manifest
+from sft_engine.verify import Tolerance
+from tests.helpers import LABELS
+
+PARAMS = {"preprocess_input_size": "32"}
+
+
+def _pbtxt(spec):
+    """Render and parse back, as the repository writer does: what Triton would read."""
+    return parse_pbtxt(to_pbtxt(spec))
+
+
+# -- FP16 compile arguments per Torch-TensorRT version ---------------------------------------
+
+@pytest.mark.parametrize("version", ["2.5.0", "2.9.0+cu128"])
+def test_up_to_2_9_asks_for_fp16_kernels_with_enabled_precisions(version):
+    recipe = fp16_recipe(version)
+    assert recipe.api == "enabled_precisions"
+    assert recipe.compile_kwargs == {"enabled_precisions": {torch.float16}}
+    assert recipe.half_model and recipe.input_dtype == torch.float16
+
+
+@pytest.mark.parametrize("version", ["2.10.0", "2.12.1"])
+def test_2_10_to_2_12_never_pass_enabled_precisions_under_explicit_typing(version):
+    recipe = fp16_recipe(version)
+    assert recipe.api == "explicit_typing"
+    assert "enabled_precisions" not in recipe.compile_kwargs  # it raises there
+    assert recipe.half_model and recipe.input_dtype == torch.float16
+
+
+@pytest.mark.parametrize("version", ["2.13.0", "2.14.1.dev20260101+cu130"])
+def test_from_2_13_fp16_comes_from_the_half_model(version):
+    recipe = fp16_recipe(version)
+    assert recipe.api == "half_model"
+    assert recipe.compile_kwargs == {}  # enabled_precisions would be dropped silently
+    assert recipe.half_model and recipe.input_dtype == torch.float16
+
+
+@pytest.mark.parametrize("version", ["2.10.0", "2.12.0", "2.13.0", "2.14.0"])
+def test_autocast_form_for_dynamo_compile(version):
+    recipe = fp16_recipe(version, entry="compile", autocast=True)
+    assert recipe.compile_kwargs == {"enable_autocast": True, "autocast_low_precision_type": torch.float16}
+    assert not recipe.half_model and recipe.input_dtype == torch.float32
+
+
+def test_autocast_is_refused_where_it_does_not_exist():
+    with pytest.raises(ValueError, match="2.10"):
+        fp16_recipe("2.9.0", entry="compile", autocast=True)
+    with pytest.raises(ValueError, match="serialized"):
+        fp16_recipe("2.13.0", entry="serialized_engine", autocast=True)
+
+
+def test_too_old_torch_tensorrt_is_a_clear_error():
+    with pytest.raises(TargetUnavailable, match="2.4.1 is older than 2.5"):
+        fp16_recipe("2.4.1")
+
+
+def test_recipe_is_recorded_as_json():
+    described = fp16_recipe("2.9.0").describe()
+    assert json.loads(json.dumps(described))["compile_kwargs"] == {"enabled_precisions": ["float16"]}
+    assert parse_version("v2.13.0rc4") == (2, 13)
+
+
+# -- FP16 tolerance -------------------------------------------------------------------------
+
+def test_fp16_tolerance_defaults_unless_the_user_set_a_value():
+    given = Tolerance()  # FP32 defaults of the build
+    assert fp16_tolerance(given, {}) == FP16_TOLERANCE
+    assert FP16_TOLERANCE.min_top1_agreement == 0.995 and FP16_TOLERANCE.max_accuracy_drop == 0.3
+    user = Tolerance(atol=0.5, rtol=0.001, min_top1_agreement=0.9)
+    mixed = fp16_tolerance(user, {"parity_atol": "flags", "parity_min_top1_agreement": "spec.toml", "arch": "flags"})
+    assert (mixed.atol, mixed.rtol, mixed.min_top1_agreement) == (0.5, FP16_TOLERANCE.rtol, 0.9)
+
+
+# -- Triton configs -------------------------------------------------------------------------
+
+def test_tensorrt_config_single_architecture():
+    cfg = _pbtxt(tensorrt_config("m", 4, (3, 32, 32), 64, 2, 300, (0, 1), PARAMS, plans={"9.0": "model.plan"}))
+    assert cfg.platform == "tensorrt_plan" and not cfg.backend
+    assert cfg.max_batch_size == 64
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.input] == [("images", mc.TYPE_FP16, [3, 32, 32])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in cfg.output] == [("output0", mc.TYPE_FP32, [4])]
+    assert cfg.output[0].label_filename == "labels.txt"
+    group = cfg.instance_group[0]
+    assert (group.kind, group.count, list(group.gpus)) == (mc.ModelInstanceGroup.KIND_GPU, 2, [0, 1])
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 300
+    assert cfg.optimization.cuda.graphs is True
+    assert sorted(w.batch_size for w in cfg.model_warmup) == [1, 64]
+    assert all(w.inputs["images"].data_type == mc.TYPE_FP16 for w in cfg.model_warmup)
+    assert cfg.default_model_filename == "model.plan" and not cfg.cc_model_filenames
+    assert cfg.parameters["preprocess_input_size"].string_value == "32"
+
+
+def test_tensorrt_config_several_architectures_use_cc_model_filenames():
+    plans = plan_filenames(["9.0", "8.0", "9.0"])
+    assert plans == {"8.0": "model_sm80.plan", "9.0": "model_sm90.plan"}
+    cfg = _pbtxt(tensorrt_config("m", 4, (3, 32, 32), 8, 1, 0, (), PARAMS, plans=plans))
+    assert dict(cfg.cc_model_filenames) == plans
+    assert not cfg.default_model_filename
+    assert list(cfg.instance_group[0].gpus) == []  # every GPU of the serving host
+    assert plan_filenames(["8.6"]) == {"8.6": "model.plan"}
+
+
+def test_batch_profile():
+    assert batch_profile(1) == (1, 1, 1)
+    assert batch_profile(256) == (1, 256, 256)
+    with pytest.raises(ValueError):
+        batch_profile(0)
+
+
+def test_torchscript_gpu_config_follows_pytorch_backend_conventions():
+    cfg = _pbtxt(torchscript_gpu_config("m", 4, (3, 32, 32), 16, 1, 100, (0,), PARAMS))
+    assert cfg.platform == "pytorch_libtorch"
+    assert [t.name for t in cfg.input] == ["INPUT__0"] and [t.name for t in cfg.output] == ["OUTPUT__0"]
+    assert (cfg.input[0].data_type, cfg.output[0].data_type) == (mc.TYPE_FP16, mc.TYPE_FP32)
+    assert cfg.output[0].label_filename == "labels.txt"
+    assert cfg.default_model_filename == "model.pt"
+    assert not cfg.optimization.cuda.graphs, "CUDA graphs do nothing for the PyTorch backend"
+    assert not cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+
+
+def test_onnx_config_cpu_by_default_gpu_with_tensorrt_accelerator():
+    cpu = _pbtxt(onnx_config("m", 4, (3, 32, 32), 8, 3, 0, (), PARAMS))
+    assert cpu.platform == "onnxruntime_onnx" and cpu.default_model_filename == "model.onnx"
+    assert (cpu.instance_group[0].kind, cpu.instance_group[0].count) == (mc.ModelInstanceGroup.KIND_CPU, 3)
+    assert (cpu.input[0].data_type, cpu.output[0].data_type) == (mc.TYPE_FP32, mc.TYPE_FP32)
+    assert not cpu.optimization.execution_accelerators.gpu_execution_accelerator
+    gpu = _pbtxt(onnx_config("m", 4, (3, 32, 32), 8, 1, 0, (1,), PARAMS))
+    assert (gpu.instance_group[0].kind, list(gpu.instance_group[0].gpus)) == (mc.ModelInstanceGroup.KIND_GPU, [1])
+    (acc,) = gpu.optimization.execution_accelerators.gpu_execution_accelerator
+    assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"
+    assert [t.name for t in gpu.input] == ["input"] and [t.name for t in gpu.output] == ["logits"]
+
+
+# -- is it really FP16? ---------------------------------------------------------------------
+
+def _layer(kind, fmt):
+    return {"Name": kind, "LayerType": kind, "Inputs": [{"Name": "x", "Format/Datatype": fmt}], "Outputs": []}
+
+
+IO_FP16 = {"images": {"mode": "INPUT", "dtype": "FP16"}, "output0": {"mode": "OUTPUT", "dtype": "FP32"}}
+
+
+def test_precision_names_from_the_inspector():
+    assert normalize_precision("Channel major FP16 format where channel % 8 == 0") == "FP16"
+    assert normalize_precision("Row major linear FP32") == "FP32"
+    assert normalize_precision("Float") == "FP32"
+    assert normalize_precision("Half") == "FP16"
+    assert normalize_precision("Thirty-two wide channel vectorized row major Int8 format.") == "INT8"
+    assert normalize_precision("N/A due to dynamic shapes") == "unknown"
+    counts = layer_precision_counts([_layer("CaskConvolution", "Half"), _layer("Reformat", "Float"), "names-only layer"])
+    assert counts == {"compute": {"FP16": 1}, "all": {"FP16": 1, "FP32": 1}}
+
+
+def test_fp16_engine_passes_on_layer_precisions():
+    layers = [_layer("CaskConvolution", "Channel major FP16 format")] * 9 + [_layer("CaskGemmConvolution", "Row major linear FP32")]
+    verdict = assess_fp16(IO_FP16, layers, plan_bytes=24_000_000, parameters=11_000_000)
+    assert verdict.passed, verdict.reasons
+    assert verdict.half_share == pytest.approx(0.9) and "inspector" in verdict.evidence
+
+
+def test_silently_fp32_engine_fails_on_layer_precisions():
+    layers = [_layer("CaskConvolution", "Row major linear FP32")] * 10
+    verdict = assess_fp16(IO_FP16, layers, plan_bytes=24_000_000, parameters=11_000_000)
+    assert not verdict.passed and "0%" in verdict.reasons[0]
+
+
+def test_fp32_input_means_the_half_model_never_reached_tensorrt():
+    io = {"images": {"mode": "INPUT", "dtype": "FP32"}, "output0": {"mode": "OUTPUT", "dtype": "FP32"}}
+    verdict = assess_fp16(io, None, plan_bytes=23_000_000, parameters=11_000_000)
+    assert not verdict.passed and "expected FP16" in verdict.reasons[0]
+
+
+def test_without_layer_precisions_the_plan_size_decides():
+    fp16 = assess_fp16(IO_FP16, ["conv1", "conv2"], plan_bytes=23_500_000, parameters=11_700_000)
+    assert fp16.passed and "size" in fp16.evidence
+    fp32 = assess_fp16(IO_FP16, None, plan_bytes=47_000_000, parameters=11_700_000)
+    assert not fp32.passed and "look FP32" in fp32.reasons[0]
+    tiny = assess_fp16(IO_FP16, None, plan_bytes=4_000_000, parameters=50_000)
+    assert tiny.passed and "input dtype only" in tiny.evidence
+
+
+def test_fp16_torchscript_holds_fp16_weights(tmp_path):
+    """The torchscript-gpu export, on CPU: FP16 constants after freezing, FP32 logits out."""
+    from sft_engine.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3).eval()
+    example = torch.randn(2, 3, 32, 32).numpy()
+    export_fp16_torchscript(model, example, torch.device("cpu"), tmp_path / "model.pt")
+    loaded = torch.jit.load(str(tmp_path / "model.pt"))
+    weights = weight_dtypes(loaded)
+    assert set(weights) == {"float16"} and weights["float16"] > 2 * 11_000_000 * 0.9
+    out = loaded(torch.from_numpy(example).half())
+    assert out.dtype == torch.float32 and out.shape == (2, 3)
+    assert next(model.parameters()).dtype == torch.float32, "the eager model must stay FP32"
+
+
+# -- compatibility --------------------------------------------------------------------------
+
+def test_container_tag_for_tensorrt_version():
+    assert triton_tag_for_tensorrt("10.5.0.18").tag == "24.10"
+    assert triton_tag_for_tensorrt("10.0.1").tag == "24.05"
+    assert triton_tag_for_tensorrt("10.8.0.43").tag == "25.02", "newest release with that TensorRT"
+    assert triton_tag_for_tensorrt("10.16.0.72").tag == "26.03"
+    assert triton_tag_for_tensorrt("10.16.1") is None, "a patch release no container ships"
+    assert triton_tag_for_tensorrt("11.0.0") is None
+    tags = [r.tag for r in compat.TRITON_RELEASES]
+    assert tags == sorted(tags) and len(set(tags)) == len(tags)
+
+
+def test_compatibility_manifest_for_tensorrt(monkeypatch):
+    versions = {"tensorrt": "10.5.0.18", "torch_tensorrt": "2.5.0"}
+    monkeypatch.setattr(compat, "_version", lambda module: versions.get(module))
+    monkeypatch.setattr(compat, "driver_version", lambda: "550.54.15")
+    gpus = [GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0", 79.1), GpuInfo(1, "NVIDIA A100-SXM4-80GB", "8.0", 79.2)]
+    out = compatibility_manifest("tensorrt", gpus, {"9.0": "model_sm90.plan", "8.0": "model_sm80.plan"})
+    assert out["tensorrt"] == "10.5.0.18" and out["torch_tensorrt"] == "2.5.0" and out["driver"] == "550.54.15"
+    assert out["torch"] == torch.__version__ and "cuda" in out
+    assert out["compute_capabilities"] == ["8.0", "9.0"] and out["gpus"][0]["name"].startswith("NVIDIA H100")
+    assert out["triton_container_tag"] == "24.10" and out["triton_container"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert list(out["plans"]) == ["8.0", "9.0"]
+    monkeypatch.setattr(compat, "_version", lambda module: {"tensorrt": "10.16.1"}.get(module))
+    missing = compatibility_manifest("tensorrt", gpus[:1], {"9.0": "model.plan"})
+    assert missing["triton_container_tag"] is None and "nvcr.io/nvidia/pytorch" in missing["triton_container_note"]
+
+
+def test_print_docker_uses_the_tag_a_gpu_build_recorded(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(compat, "_version", lambda module: {"tensorrt": "10.5.0.18"}.get(module))
+    manifest = {"compatibility": compatibility_manifest("tensorrt", [GpuInfo(0, "H100", "9.0", 80.0)], {"9.0": "model.plan"})}
+    version_dir = tmp_path / "repo" / "m" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "build_manifest.json").write_text(json.dumps(manifest))
+    args = argparse.Namespace(print_docker=True, triton_tag=None, repository=str(tmp_path / "repo"))
+    assert serve_cmd.run(args) == 0
+    assert "nvcr.io/nvidia/tritonserver:24.10-py3" in capsys.readouterr().out
+
+
+def test_select_gpus():
+    gpus = [GpuInfo(0, "A", "9.0", 80.0), GpuInfo(1, "B", "8.0", 40.0)]
+    assert select_gpus((), gpus) == gpus
+    assert select_gpus((1, 1), gpus) == [gpus[1]]
+    with pytest.raises(ConfigError, match="GPU 2"):
+        select_gpus((2,), gpus)
+
+
+def test_unavailable_reasons_name_what_is_missing_and_what_works():
+    both = unavailable_reason("tensorrt", cuda=False, torch_tensorrt_problem="torch_tensorrt is not installed", needs_torch_tensorrt=True)
+    assert "a CUDA GPU and torch_tensorrt" in both.one_line() and "--target onnx" in both.one_line()
+    no_trt = unavailable_reason("tensorrt", cuda=True, torch_tensorrt_problem="torch_tensorrt is not installed", needs_torch_tensorrt=True)
+    assert "needs torch_tensorrt" in no_trt.one_line() and "--target torchscript-gpu" in no_trt.one_line()
+    assert unavailable_reason("tensorrt", cuda=True, torch_tensorrt_problem=None, needs_torch_tensorrt=True) is None
+    assert "\n" not in both.one_line()
+
+
+# -- through the CLI and the build ----------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error path of a host without CUDA")
+@pytest.mark.parametrize("target", ["tensorrt", "torchscript-gpu"])
+def test_cli_gpu_target_without_cuda_fails_in_one_line(target, tmp_path):
+    repo = tmp_path / "repo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sft_engine.cli", "build", "--target", target, "--arch", "resnet18", "--num-classes", "3",
+         "--allow-random-weights", "--input-size", "32", "--max-batch-size", "4", "--parity-samples", "2",
+         "--repository", str(repo), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: target {target} needs a CUDA GPU")
+    assert "--target onnx" in lines[0] and "Traceback" not in proc.stderr
+    assert not proc.stdout.strip()
+    assert not repo.exists(), "the repository must stay untouched"
+
+
+def test_onnx_target_builds_and_verifies_on_cpu(tiny_weights, tmp_path):
+    repo = tmp_path / "repo"
+    result = build(BuildConfig(arch="resnet18", num_classes=4, weights=tiny_weights, input_size=32, max_batch_size=8,
+                               repository=repo, name="tiny_onnx", target="onnx", labels=list(LABELS), parity_samples=8))
+    assert result.target == "onnx" and result.engine == "onnxruntime"
+    version = repo / "tiny_onnx" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["build_manifest.json", "model.onnx"], "no Python-backend files"
+    cfg = parse_pbtxt((repo / "tiny_onnx" / "config.pbtxt").read_text())
+    assert cfg.platform == "onnxruntime_onnx" and cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    manifest = read_manifest(version)
+    assert manifest["parity"]["passed"] and manifest["parity"]["max_abs_diff"] < 1e-3
+    assert manifest["compatibility"]["onnx_opset"] == 17 and manifest["compatibility"]["engine"] == "onnx"
