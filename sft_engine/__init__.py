@@ -1,5 +1,15 @@
 """sft-engine: fine-tune a pretrained vision model, compile it, publish it to a Triton
-model repository, serve it and load-test it."""
+model repository, serve it and load-test it.
+
+The public API is this module's ``__all__`` (a test pins it). Heavy parts (torch,
+tritonclient) are imported on first use, so ``import sft_engine`` stays cheap for a
+service that only needs the client.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from sft_engine.errors import (
     ConfigError,
@@ -16,6 +26,27 @@ from sft_engine.errors import (
 
 __version__ = "0.1.0"
 
+#: public name → module that defines it (imported lazily)
+_LAZY = {
+    "BuildConfig": "sft_engine.config",
+    "BuildResult": "sft_engine.build",
+    "build": "sft_engine.build",
+    "Preprocessing": "sft_engine.preprocess",
+    "ParityReport": "sft_engine.verify",
+    "PublishedVersion": "sft_engine.repository.writer",
+    "ServerConfig": "sft_engine.server",
+    "TritonServer": "sft_engine.server",
+    "build_model": "sft_engine.models",
+    "load_weights": "sft_engine.models",
+    "list_archs": "sft_engine.models",
+    "Client": "sft_engine.client",
+    "AsyncClient": "sft_engine.client",
+    "FinetuneConfig": "sft_engine.finetune",
+    "finetune": "sft_engine.finetune",
+    "LoadTestConfig": "sft_engine.loadtest",
+    "run_loadtest": "sft_engine.loadtest",
+}
+
 __all__ = [
     "ConfigError",
     "DataError",
@@ -28,4 +59,18 @@ __all__ = [
     "SftEngineError",
     "TargetUnavailable",
     "__version__",
+    *sorted(_LAZY),
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sft_engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
