@@ -167,6 +167,9 @@ def server_environment(install: TritonInstall) -> dict[str, str]:
     # The stub imports model.py with this interpreter's site-packages; the virtual env, if any:
     if sys.prefix != sys.base_prefix:
         env["VIRTUAL_ENV"] = sys.prefix
+    # The Python backend imports each version's model.py; without this it would write
+    # __pycache__/ into version directories, which are never to be modified.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     # One BLAS/OpenMP pool per model instance is set by the model; keep the server's own small.
     env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     return env

@@ -108,13 +108,14 @@ def export_cpu(
     for name in names:
         cand_dir = workdir / name
         cand_dir.mkdir(parents=True, exist_ok=True)
-        settings = {"engine": name, "file": ENGINE_FILES[name], "intra_op_threads": threads, "inter_op_threads": 1}
+        # intra_op_threads 0: the serving model shares the cores among its instances at load time
+        settings = {"engine": name, "file": ENGINE_FILES[name], "intra_op_threads": intra_op_threads, "inter_op_threads": 1}
         if name == "torchscript":
             settings["optimize_for_inference"] = True
         try:
             _EXPORTERS[name](model, example, cand_dir / ENGINE_FILES[name])
             (cand_dir / "engine.json").write_text(json.dumps(settings, indent=2) + "\n")
-            runner = serving_model.EngineRunner(str(cand_dir), settings)
+            runner = serving_model.EngineRunner(str(cand_dir), settings, instances=instance_count)
         except Exception as exc:  # an unconvertible model is an expected outcome, told apart from bugs in the report
             LOGGER.warning("engine %s could not be exported: %s", name, exc)
             candidates[name] = {"engine": name, "exported": False, "error": f"{type(exc).__name__}: {exc}"[:300]}

@@ -20,14 +20,17 @@ import numpy as np
 class EngineRunner:
     """Runs one exported engine on NCHW float32 numpy batches."""
 
-    def __init__(self, version_dir, settings=None):
+    def __init__(self, version_dir, settings=None, instances=1):
         if settings is None:
             with open(os.path.join(version_dir, "engine.json")) as fh:
                 settings = json.load(fh)
         self.settings = settings
         self.kind = settings["engine"]
         path = os.path.join(version_dir, settings["file"])
-        threads = int(settings.get("intra_op_threads") or 0) or (os.cpu_count() or 1)
+        # 0 = share the cores among the model's instances (so a re-tuned instance count
+        # needs no new engine.json)
+        threads = int(settings.get("intra_op_threads") or 0) or max(1, (os.cpu_count() or 1) // max(1, instances))
+        self.threads = threads
         if self.kind == "onnxruntime":
             import onnxruntime as ort
 
@@ -80,7 +83,8 @@ class TritonPythonModel:
         self._pb = pb_utils
         config = json.loads(args["model_config"])
         version_dir = os.path.join(args["model_repository"], args["model_version"])
-        self._runner = EngineRunner(version_dir)
+        instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+        self._runner = EngineRunner(version_dir, instances=instances)
         self._input_name = config["input"][0]["name"]
         self._output_name = config["output"][0]["name"]
 

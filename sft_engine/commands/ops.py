@@ -1,0 +1,285 @@
+"""``sft-engine rollout``, ``sft-engine tune`` and ``sft-engine deploy {k8s,compose}``.
+
+Operations on a served repository: switch a running server to a new version without
+dropping requests, search the serving configuration that meets an SLO at the least
+cost, and write what a cluster or a compose host needs to serve the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sft_engine.errors import ConfigError
+
+__all__ = ["register"]
+
+_ROLLOUT_EPILOG = """\
+the server must run in explicit model-control mode:
+  sft-engine serve --repository model_repository --model-control-mode explicit --load-model resnet18
+then:
+  sft-engine rollout --repository model_repository --model resnet18 --version 2
+exit codes: 0 switched (or already serving), 1 check or load failed and rolled back,
+2 bad input (no such version, server not in explicit mode), 3 rollback failed (inspect the server)
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_rollout(sub)
+    _register_tune(sub)
+    _register_deploy(sub)
+
+
+def _parse_gpus(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        gpus = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ConfigError(f"--gpus {text!r} is not a list of GPU ids", hint="e.g. --gpus 0,1") from None
+    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise ConfigError(f"--gpus {text!r} must list distinct ids >= 0", hint="e.g. --gpus 0,1")
+    return gpus
+
+
+def _control_url(text: str, allow_remote: bool) -> str:
+    from sft_engine.loadtest.config import parse_endpoint
+
+    endpoint = parse_endpoint(text, "http", allow_remote)
+    return endpoint.url
+
+
+# -- rollout --------------------------------------------------------------------------
+#: sft_engine.ops.check.CHECK_MODES, spelled out so that --help does not import the ops modules
+CHECK_MODES = ("parity", "top1", "sanity")
+
+
+def _register_rollout(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rollout", help="switch a running server to another model version without dropping requests",
+                       description="Load version N beside the served one, check it against the served one on the live server, "
+                                   "switch, unload the old one; roll back on any failure.",
+                       epilog=_ROLLOUT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repository", default="model_repository", metavar="DIR", help="the repository the server serves")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--version", type=int, required=True, help="version to roll out")
+    p.add_argument("--url", default="127.0.0.1:8000", metavar="HOST:PORT", help="the server's HTTP endpoint (default 127.0.0.1:8000)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
+    p.add_argument("--check", choices=CHECK_MODES, default="parity",
+                   help="parity: outputs within the build's parity tolerance of the served version (rebuilds); "
+                        "top1: top-1 classes agree (retrained weights); sanity: finite outputs of the right shape")
+    p.add_argument("--min-agreement", type=float, default=None, help="top-1 agreement needed with --check top1 (default: the build's)")
+    p.add_argument("--check-samples", type=int, default=None, help="inputs of the check (default: the build's parity samples)")
+    p.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run_rollout)
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    from sft_engine.ops.check import CheckSpec
+    from sft_engine.ops.control import ModelControl
+    from sft_engine.ops.rollout import RolloutPlan, rollout
+
+    if args.version < 1:
+        raise ConfigError(f"--version {args.version} is not a version number", hint="versions start at 1")
+    plan = RolloutPlan(
+        repository=Path(args.repository), model=args.model, version=args.version,
+        check=CheckSpec(mode=args.check, min_agreement=args.min_agreement, samples=args.check_samples),
+        ready_timeout_s=args.ready_timeout,
+    )
+    url = _control_url(args.url, args.allow_remote)
+    progress = (lambda _: None) if args.json else (lambda msg: print(msg, flush=True))
+    with ModelControl(url, load_timeout_s=max(60.0, args.ready_timeout)) as control:
+        result = rollout(plan, control, progress)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return result.exit_code
+    served = ", ".join(map(str, result.serving)) or "nothing"
+    if result.outcome in ("switched", "unchanged"):
+        print(f"{result.model}: serving version {served}" + (f" ({result.reason})" if result.reason else ""))
+    elif result.outcome == "rolled_back":
+        print(f"error: rollout of {result.model} version {result.version} failed: {result.reason}"
+              + (f" ({result.hint})" if result.hint else ""), file=sys.stderr)
+        print(f"rolled back: serving version {served} as before", file=sys.stderr)
+    else:
+        print(f"error: rollout of {result.model} version {result.version} failed ({result.reason}) AND THE ROLLBACK FAILED: "
+              f"the server now serves {served}; inspect it (GET /v2/repository/index) and load the wanted version by hand",
+              file=sys.stderr)
+    return result.exit_code
+
+
+# -- tune -----------------------------------------------------------------------------
+_TUNE_EPILOG = """\
+the SLO file is the load-test scenario format ([load], [slo], [validity], [capacity]), e.g.:
+  [load]
+  duration_s = 5
+  warmup_s = 1
+  [slo]
+  p99_ms = 50
+examples:
+  sft-engine tune --repository model_repository --model resnet18 --slo slo.toml --budget 600
+  sft-engine tune ... --max-batch-sizes 4,8,16 --queue-delays-us 0,500 --instance-counts 1,2 --dry-run
+  sft-engine tune ... --url 127.0.0.1:8000   (a running server in explicit mode, restored afterwards)
+exit codes: 0 a configuration meets the SLO (written as a new version, or printed with --dry-run),
+1 none meets it (the best is reported), 2 bad input
+"""
+
+
+def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a list of whole numbers", hint=f"e.g. {flag} 1,2,4") from None
+    if not values:
+        raise ConfigError(f"{flag} is empty", hint=f"e.g. {flag} 1,2,4")
+    return values
+
+
+def _register_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="search batch size, queue delay and instances for the most load within an SLO",
+                       description="Load each candidate configuration through the repository API, find its capacity under "
+                                   "open-loop load against the SLO, and publish the best as a new version.",
+                       epilog=_TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repository", default="model_repository", metavar="DIR")
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", type=int, default=None, help="version whose engine is tuned (default: the latest)")
+    p.add_argument("--slo", type=Path, required=True, metavar="FILE", help="SLO/scenario TOML (the load-test format)")
+    p.add_argument("--budget", type=float, default=600.0, metavar="SECONDS", help="time for the whole search (default 600)")
+    p.add_argument("--max-batch-sizes", default=None, metavar="B[,B...]", help="values to try (default: 1 and powers of two up to the built maximum)")
+    p.add_argument("--queue-delays-us", default=None, metavar="US[,US...]", help="dynamic-batching queue delays to try (default 0,100,500,2000 within half the SLO)")
+    p.add_argument("--instance-counts", default=None, metavar="N[,N...]", help="instance counts to try, per GPU with --gpus (default 1,2,4 up to the cores)")
+    p.add_argument("--gpus", default=None, metavar="IDS", help="GPU ids: candidates get KIND_GPU instance groups on these GPUs")
+    p.add_argument("--url", default=None, metavar="HOST:PORT", help="HTTP endpoint of a running server in explicit mode (default: start an embedded one)")
+    p.add_argument("--metrics-url", default=None, metavar="URL", help="that server's /metrics, for CPU/GPU use")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
+    p.add_argument("--workers", type=int, default=None, help="load-generator processes (default: half the cores)")
+    p.add_argument("--dry-run", action="store_true", help="print the winning config.pbtxt instead of publishing it")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run_tune)
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from sft_engine.ops.tune import TuneConfig, candidate_table, tune
+    from sft_engine.ops.tune_writer import publish_tuned
+
+    if args.metrics_url and not args.url:
+        raise ConfigError("--metrics-url needs --url", hint="the embedded server's metrics are found without it")
+    config = TuneConfig(
+        repository=Path(args.repository), model=args.model, slo_file=args.slo, budget_s=args.budget, version=args.version,
+        max_batch_sizes=_int_list(args.max_batch_sizes, "--max-batch-sizes"),
+        queue_delays_us=_int_list(args.queue_delays_us, "--queue-delays-us"),
+        instance_counts=_int_list(args.instance_counts, "--instance-counts"),
+        gpus=_parse_gpus(args.gpus), url=_control_url(args.url, args.allow_remote) if args.url else None,
+        metrics_url=args.metrics_url, allow_remote=args.allow_remote, workers=args.workers,
+    )
+    log = sys.stderr if args.json else sys.stdout
+    result = tune(config, progress=lambda msg: print(msg, file=log, flush=True))
+    print("", file=log)
+    print(candidate_table(result), file=log)
+    best = result.best
+    if best is None or not result.met:
+        what = f"best: #{best.index} {best.knobs.label()}, p{result.percentile:g} {best.latency_ms} ms at {best.at_rate_rps} req/s" if best else "no candidate could be measured"
+        print(f"no candidate meets the SLO {result.slo}; {what}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2))
+        return result.exit_code
+    print(f"best: #{best.index} {best.knobs.label()}: {best.capacity_rps:,.1f} req/s within the SLO "
+          f"(baseline {result.baseline.capacity_rps or 0:,.1f})", file=log)
+    if args.dry_run:
+        if not args.json:
+            print("\n# config.pbtxt (dry run, nothing written)")
+            print(result.config_text)
+    elif not result.improves:
+        print("the current configuration is the best found: nothing written", file=log)
+    else:
+        assert result.config_text is not None
+        published = publish_tuned(config.repository, config.model, result.version, result.config_text,
+                                  {"best": best.to_dict(), "slo": result.slo, "candidates": [c.to_dict() for c in result.candidates]})
+        result.published_version = published.version
+        print(f"published {published.name} version {published.version} with the tuned config.pbtxt at {published.path}", file=log)
+        print(f"  roll it out: sft-engine rollout --repository {config.repository} --model {config.model} --version {published.version}", file=log)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    return result.exit_code
+
+
+# -- deploy ---------------------------------------------------------------------------
+_DEPLOY_EPILOG = """\
+examples:
+  sft-engine deploy k8s --repository model_repository --output deploy/k8s --storage-uri pvc://models --max-replicas 8
+  sft-engine deploy k8s ... --gpus 0 --scale-metric pending_requests --target-pending-requests 16
+  sft-engine deploy compose --repository model_repository --output deploy/compose --replicas 2
+exit codes: 0 written, 2 bad input (no models in the repository, GPU ids a replica does not have)
+"""
+
+
+def _register_deploy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deploy", help="write Kubernetes or docker-compose files serving the repository with the NGC Triton container",
+                       epilog=_DEPLOY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    targets = p.add_subparsers(dest="deploy_target", metavar="TARGET", parser_class=type(p))
+    k8s = targets.add_parser("k8s", help="KServe InferenceService, or Deployment + Service + HPA on Triton metrics",
+                             epilog=_DEPLOY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    compose = targets.add_parser("compose", help="docker-compose.yml with Triton replicas and Prometheus",
+                                 epilog=_DEPLOY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for q, default_out in ((k8s, "deploy/k8s"), (compose, "deploy/compose")):
+        q.add_argument("--repository", default="model_repository", metavar="DIR")
+        q.add_argument("--output", default=default_out, metavar="DIR", help=f"where the files go (default {default_out})")
+        q.add_argument("--name", default="sft-engine", help="name of the service and its resources (default sft-engine)")
+        q.add_argument("--image", default=None, help="container image (default: NGC Triton, or the written Dockerfile's image)")
+        q.add_argument("--triton-tag", default=None, help="NGC tag (default: from GPU build manifests, else the embedded server's)")
+        q.add_argument("--gpus", default=None, metavar="IDS", help="GPUs per replica, e.g. 0,1 (model instance groups use ids 0..n-1)")
+        q.add_argument("--model-control-mode", choices=("none", "explicit"), default="none",
+                       help="explicit lets sft-engine rollout switch versions on a running replica")
+    k8s.add_argument("--namespace", default=None)
+    k8s.add_argument("--storage-uri", default=None, metavar="URI", help="where the cluster finds the repository: pvc://CLAIM[/PATH], s3://, gs://, as:// "
+                                                                       "(default pvc://NAME-model-repository)")
+    k8s.add_argument("--replicas", type=int, default=1, help="initial replicas of the Deployment")
+    k8s.add_argument("--min-replicas", type=int, default=1)
+    k8s.add_argument("--max-replicas", type=int, default=4)
+    k8s.add_argument("--cpu", default="2", help="CPU request per replica (default 2)")
+    k8s.add_argument("--memory", default="4Gi", help="memory request and limit per replica (default 4Gi)")
+    k8s.add_argument("--scale-metric", choices=("queue_time", "pending_requests"), default="queue_time",
+                     help="HPA metric from Triton: average queue time per request, or pending requests per pod")
+    k8s.add_argument("--target-queue-time-us", type=int, default=20_000, help="HPA target of queue_time per pod (default 20000 us)")
+    k8s.add_argument("--target-pending-requests", type=int, default=8, help="HPA target of pending_requests per pod (default 8)")
+    compose.add_argument("--replicas", type=int, default=1, help="Triton services (ports 8000+10i, 8001+10i, 8002+10i)")
+    compose.add_argument("--host", default="127.0.0.1", help="host address the ports are published on (default loopback)")
+    k8s.set_defaults(func=run_deploy)
+    compose.set_defaults(func=run_deploy)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    from sft_engine.ops.deploy import DeployOptions, deploy_compose, deploy_k8s
+
+    options = DeployOptions(
+        repository=Path(args.repository), output=Path(args.output), name=args.name, image=args.image,
+        triton_tag=args.triton_tag, gpus=_parse_gpus(args.gpus), model_control_mode=args.model_control_mode,
+        replicas=args.replicas,
+    )
+    if args.deploy_target == "k8s":
+        options.namespace = args.namespace
+        options.storage_uri = args.storage_uri
+        options.min_replicas, options.max_replicas = args.min_replicas, args.max_replicas
+        options.cpu, options.memory = args.cpu, args.memory
+        options.scale_metric = args.scale_metric
+        options.target_queue_time_us, options.target_pending_requests = args.target_queue_time_us, args.target_pending_requests
+        info, files = deploy_k8s(options)
+    else:
+        options.host = args.host
+        info, files = deploy_compose(options)
+    models = ", ".join(f"{m.name} (versions {', '.join(map(str, m.versions))}, {m.kind})" for m in info.models)
+    print(f"models: {models}")
+    for path in files:
+        print(f"wrote {path}")
+    if any(p.name == "Dockerfile" for p in files):
+        print(f"the Python-backend models need {', '.join(info.requirements)} in the container: build the image from the Dockerfile")
+    if args.deploy_target == "k8s":
+        print("plain Kubernetes: kubectl apply -k " + str(options.output) + " (HPA needs prometheus-adapter with prometheus-adapter-rules.yaml)")
+        print("KServe:           kubectl apply -f " + str(options.output / "inferenceservice.yaml"))
+    else:
+        print("start: docker compose -f " + str(options.output / "docker-compose.yml") + " up -d")
+    return 0

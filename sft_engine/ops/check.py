@@ -1,0 +1,188 @@
+"""The rollout gate: does the new version answer like the previous one, on the live server?
+
+Inputs and tolerance are the build's parity gate's (``sft_engine.verify``): the
+random normalized tensors of ``parity_inputs`` (plus the calibration images when the
+build had them and they are still there) and the ``Tolerance`` recorded in the new
+version's ``build_manifest.json``. The previous version's answers are the reference,
+the new version's the candidate, both asked by version number on the live endpoint -
+so what is compared is what clients will get, through the real server.
+
+A rebuild of the same weights (new engine, new settings) must pass ``parity``. A
+version with retrained weights differs on purpose: ``top1`` asks only that the top-1
+classes mostly agree, ``sanity`` only that answers have the right shape and are
+finite. The report says which weights each version was built from, so a failed
+``parity`` check of retrained weights names the mode to use instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
+
+from sft_engine.errors import ConfigError
+from sft_engine.ops.control import ModelControl
+from sft_engine.preprocess import Preprocessing
+from sft_engine.repository.config import parameters_of
+from sft_engine.repository.manifest import MANIFEST_NAME
+
+__all__ = ["CHECK_MODES", "CheckSpec", "CheckReport", "read_version_manifest", "gate_inputs", "compare_versions"]
+
+LOGGER = logging.getLogger(__name__)
+
+CheckMode = Literal["parity", "top1", "sanity"]
+CHECK_MODES: tuple[str, ...] = ("parity", "top1", "sanity")
+_MAX_CHECK_BATCH = 8
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """How strict the gate is. ``None`` fields come from the new version's build manifest."""
+
+    mode: CheckMode = "parity"
+    #: top-1 agreement needed in ``top1`` mode (default: the build's parity agreement)
+    min_agreement: float | None = None
+    samples: int | None = None
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.mode not in CHECK_MODES:
+            raise ConfigError(f"check mode {self.mode!r} is unknown", hint=f"use one of: {', '.join(CHECK_MODES)}")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"--min-agreement must be in [0, 1], got {self.min_agreement}", hint="e.g. 0.9")
+        if self.samples is not None and not 1 <= self.samples <= 10_000:
+            raise ConfigError(f"--check-samples must be in 1..10000, got {self.samples}", hint="e.g. 16")
+
+
+@dataclass
+class CheckReport:
+    mode: str
+    previous: int
+    new: int
+    samples: int
+    passed: bool
+    max_abs_diff: float
+    allowed_abs_diff: float | None
+    top1_agreement: float
+    min_agreement: float
+    reasons: list[str] = field(default_factory=list)
+    #: the sha256 of the weights each version was built from (None when unknown)
+    weights: dict[str, str | None] = field(default_factory=dict)
+    hint: str | None = None
+
+    def summary(self) -> str:
+        allowed = "" if self.allowed_abs_diff is None or not math.isfinite(self.allowed_abs_diff) else f" (allowed {self.allowed_abs_diff:.3g})"
+        return (f"{self.mode} check of version {self.new} against version {self.previous}: max|diff| {self.max_abs_diff:.3g}{allowed}, "
+                f"top-1 agreement {self.top1_agreement:.2%} on {self.samples} inputs - {'passed' if self.passed else 'FAILED'}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.allowed_abs_diff is not None and not math.isfinite(self.allowed_abs_diff):
+            out["allowed_abs_diff"] = None
+        return out
+
+
+def read_version_manifest(version_dir: Path) -> dict[str, Any] | None:
+    """The build manifest of a version, or None (a version sft-engine did not build)."""
+    path = Path(version_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        LOGGER.warning("cannot read %s: %s; using default tolerances", path, exc)
+        return None
+
+
+def _weights_sha(manifest: dict[str, Any] | None) -> str | None:
+    weights = ((manifest or {}).get("inputs") or {}).get("weights") or {}
+    return weights.get("sha256") if isinstance(weights, dict) else None
+
+
+def gate_inputs(cfg: mc.ModelConfig, manifest: dict[str, Any] | None, spec: CheckSpec) -> tuple[Any, Any]:
+    """(ParityData, Tolerance) for the gate, as the build's parity gate had them."""
+    from sft_engine.verify import ParityData, Tolerance, parity_inputs
+
+    settings = (manifest or {}).get("settings") or {}
+    tolerance = Tolerance(
+        atol=float(settings.get("parity_atol", Tolerance.atol)),
+        rtol=float(settings.get("parity_rtol", Tolerance.rtol)),
+        min_top1_agreement=float(settings.get("parity_min_top1_agreement", Tolerance.min_top1_agreement)),
+        max_accuracy_drop=float(settings.get("accuracy_max_drop", Tolerance.max_accuracy_drop)),
+    )
+    if spec.mode == "top1":
+        agreement = spec.min_agreement if spec.min_agreement is not None else tolerance.min_top1_agreement
+        tolerance = replace(tolerance, atol=math.inf, rtol=0.0, min_top1_agreement=agreement)
+    elif spec.mode == "sanity":
+        tolerance = replace(tolerance, atol=math.inf, rtol=0.0, min_top1_agreement=0.0, max_accuracy_drop=math.inf)
+    samples = int(spec.samples or settings.get("parity_samples") or 16)
+    seed = int(spec.seed if spec.seed is not None else settings.get("seed") or 0)
+    calibration = settings.get("calibration_dir")
+    if calibration and not Path(calibration).is_dir():
+        LOGGER.warning("calibration images %s of the build are gone; the check uses random inputs only", calibration)
+        calibration = None
+    try:
+        params = (manifest or {}).get("preprocessing") or parameters_of(cfg)
+        prep = Preprocessing.from_parameters(params)
+    except ConfigError:
+        prep = None
+    dims = tuple(int(d) for d in cfg.input[0].dims)
+    if prep is not None and prep.shape == dims:
+        data = parity_inputs(prep, samples, Path(calibration) if calibration else None, seed=seed)
+    else:  # not an sft-engine image model: random inputs of the configured shape
+        if any(d < 1 for d in dims):
+            raise ConfigError(f"input {cfg.input[0].name!r} has variable dims {list(dims)}", hint="the rollout check needs fixed input dims")
+        data = ParityData(np.random.default_rng(seed).standard_normal((samples, *dims)).astype(np.float32))
+    return data, tolerance
+
+
+def compare_versions(
+    control: ModelControl,
+    model: str,
+    cfg: mc.ModelConfig,
+    previous: int,
+    new: int,
+    previous_manifest: dict[str, Any] | None,
+    new_manifest: dict[str, Any] | None,
+    spec: CheckSpec,
+) -> CheckReport:
+    """Ask both versions on the live server and judge the new one against the previous one."""
+    from sft_engine.verify import check_parity
+
+    if cfg.max_batch_size < 1:
+        raise ConfigError(f"model {model} does not batch (max_batch_size 0)", hint="the rollout check needs a batching model")
+    if len(cfg.input) != 1 or cfg.input[0].data_type != mc.TYPE_FP32:
+        raise ConfigError(f"model {model} does not have one FP32 input", hint="the rollout check supports image classifiers built by sft-engine")
+    input_name, output_name = cfg.input[0].name, cfg.output[0].name
+    data, tolerance = gate_inputs(cfg, new_manifest, spec)
+    batch = max(1, min(cfg.max_batch_size, _MAX_CHECK_BATCH))
+    chunks = [np.ascontiguousarray(data.inputs[i:i + batch]) for i in range(0, len(data.inputs), batch)]
+    reference = np.concatenate([control.infer(model, previous, input_name, output_name, c)[0] for c in chunks]).astype(np.float32)
+
+    def runner(chunk: np.ndarray) -> np.ndarray:
+        return control.infer(model, new, input_name, output_name, chunk)[0]
+
+    parity = check_parity(f"version {new}", reference, runner, data, tolerance, batch)
+    weights = {str(previous): _weights_sha(previous_manifest), str(new): _weights_sha(new_manifest)}
+    hint = None
+    if not parity.passed and spec.mode == "parity":
+        w_old, w_new = weights[str(previous)], weights[str(new)]
+        if w_old and w_new and w_old != w_new:
+            hint = (f"version {new} was built from other weights than version {previous}; if that is intended, "
+                    "gate it with --check top1 --min-agreement 0.9 (or --check sanity)")
+        else:
+            hint = "rebuild the version, or compare the two builds' parity reports"
+    report = CheckReport(
+        mode=spec.mode, previous=previous, new=new, samples=parity.samples, passed=parity.passed,
+        max_abs_diff=parity.max_abs_diff, allowed_abs_diff=parity.allowed_abs_diff,
+        top1_agreement=parity.top1_agreement, min_agreement=tolerance.min_top1_agreement,
+        reasons=list(parity.reasons), weights=weights, hint=hint,
+    )
+    LOGGER.info("%s", report.summary())
+    return report

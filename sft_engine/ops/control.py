@@ -1,0 +1,183 @@
+"""Triton's model-repository API, as the operations commands need it.
+
+Rollout and tune change what a *running* server serves, so every change goes through
+the repository extension (``POST /v2/repository/models/<m>/load`` with a config
+override) and every outcome is read back from the server (repository index, readiness,
+an answered request) rather than assumed. Errors of the client library become
+sft-engine errors with a hint; the one the user meets first - a server started without
+explicit model control - says how to start it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from sft_engine.errors import ConfigError, ServerError
+
+__all__ = ["ModelControl", "LoadFailed", "EXPLICIT_MODE_HINT", "VersionState"]
+
+LOGGER = logging.getLogger(__name__)
+
+EXPLICIT_MODE_HINT = "start it with: sft-engine serve --model-control-mode explicit --load-model NAME (or tritonserver --model-control-mode=explicit)"
+_POLL_S = 0.1
+
+#: version -> state as the repository index reports it (READY, LOADING, UNLOADING, UNAVAILABLE)
+VersionState = dict[int, str]
+
+
+class LoadFailed(Exception):
+    """The server refused or failed a load request (the server's own message)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _client_error(exc: Exception) -> str:
+    message = getattr(exc, "message", None)
+    text = message() if callable(message) else str(exc)
+    return " ".join(str(text).split())
+
+
+def _is_explicit_mode_error(text: str) -> bool:
+    return "not allowed" in text and ("polling" in text or "explicit" in text)
+
+
+class ModelControl:
+    """Control-plane calls to one Triton server over HTTP (``host:port``)."""
+
+    def __init__(self, url: str, load_timeout_s: float = 600.0) -> None:
+        import tritonclient.http as httpclient
+
+        self.url = url
+        self.load_timeout_s = load_timeout_s
+        self._http = httpclient
+        self._client = httpclient.InferenceServerClient(url, connection_timeout=5.0, network_timeout=load_timeout_s)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "ModelControl":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------
+    def check_live(self) -> None:
+        """Raise ServerError unless a Triton server answers at the URL."""
+        try:
+            live = self._client.is_server_live()
+        except Exception as exc:  # noqa: BLE001 - connection refused, DNS, timeouts: all "not reachable"
+            raise ServerError(f"no Triton server answers at {self.url}: {_client_error(exc)}",
+                              hint="start one (sft-engine serve --model-control-mode explicit) or fix --url") from None
+        if not live:
+            raise ServerError(f"the Triton server at {self.url} is not live", hint="check the server log")
+
+    def versions(self, model: str) -> VersionState:
+        """Every version of ``model`` the server knows, with its state."""
+        try:
+            index = self._client.get_model_repository_index()
+        except Exception as exc:  # noqa: BLE001
+            raise ServerError(f"cannot read the repository index at {self.url}: {_client_error(exc)}", hint="check --url and the server log") from None
+        out: VersionState = {}
+        for entry in index:
+            if entry.get("name") == model and str(entry.get("version", "")).isdigit():
+                out[int(entry["version"])] = str(entry.get("state", ""))
+        return out
+
+    def ready_versions(self, model: str) -> list[int]:
+        return sorted(v for v, state in self.versions(model).items() if state == "READY")
+
+    def known_to_server(self, model: str) -> bool:
+        """True when the server's repository has a model of this name (loaded or not)."""
+        try:
+            index = self._client.get_model_repository_index()
+        except Exception as exc:  # noqa: BLE001
+            raise ServerError(f"cannot read the repository index at {self.url}: {_client_error(exc)}", hint="check --url and the server log") from None
+        return any(entry.get("name") == model for entry in index)
+
+    def live_config(self, model: str) -> dict[str, Any] | None:
+        """The configuration the server runs ``model`` with, or None when it is not loaded."""
+        try:
+            return dict(self._client.get_model_config(model))
+        except Exception:  # noqa: BLE001 - "unknown model" is the expected answer for an unloaded model
+            return None
+
+    def is_ready(self, model: str, version: int | None = None) -> bool:
+        try:
+            return bool(self._client.is_model_ready(model, "" if version is None else str(version)))
+        except Exception:  # noqa: BLE001
+            return False
+
+    # -- changing --------------------------------------------------------------------
+    def load(self, model: str, config: Mapping[str, Any] | None) -> float:
+        """Load (or reload) ``model`` with ``config`` as override; returns the seconds it took.
+
+        Triton answers only after the versions in the config's policy have loaded (warmup
+        included); versions that leave the policy are unloaded in the background.
+        """
+        body = json.dumps(config) if config is not None else None
+        started = time.monotonic()
+        try:
+            self._client.load_model(model, config=body)
+        except Exception as exc:  # noqa: BLE001 - InferenceServerException and transport errors alike
+            text = _client_error(exc)
+            if _is_explicit_mode_error(text):
+                raise ServerError(f"the server at {self.url} does not allow loading models ({text})", hint=EXPLICIT_MODE_HINT) from None
+            raise LoadFailed(text) from None
+        return time.monotonic() - started
+
+    def unload(self, model: str) -> None:
+        try:
+            self._client.unload_model(model)
+        except Exception as exc:  # noqa: BLE001
+            text = _client_error(exc)
+            if _is_explicit_mode_error(text):
+                raise ServerError(f"the server at {self.url} does not allow unloading models ({text})", hint=EXPLICIT_MODE_HINT) from None
+            raise LoadFailed(text) from None
+
+    # -- waiting ---------------------------------------------------------------------
+    def wait_ready(self, model: str, version: int, timeout_s: float) -> bool:
+        """Poll until ``version`` is READY; False when the timeout passes first."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.is_ready(model, version):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_S)
+
+    def wait_gone(self, model: str, versions: Iterable[int], timeout_s: float) -> list[int]:
+        """Poll until none of ``versions`` is READY/UNLOADING/LOADING; returns those still there."""
+        wanted = set(versions)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.versions(model)
+            left = sorted(v for v in wanted if state.get(v) in ("READY", "UNLOADING", "LOADING"))
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(_POLL_S)
+
+    # -- inference -------------------------------------------------------------------
+    def infer(self, model: str, version: int | None, input_name: str, output_name: str, batch: np.ndarray) -> tuple[np.ndarray, int]:
+        """One request; returns the output and the version that answered it."""
+        http = self._http
+        tensor = http.InferInput(input_name, list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32), binary_data=True)
+        try:
+            result = self._client.infer(model, [tensor], model_version="" if version is None else str(version),
+                                        outputs=[http.InferRequestedOutput(output_name, binary_data=True)])
+        except Exception as exc:  # noqa: BLE001
+            where = f"version {version}" if version is not None else "the default version"
+            raise ServerError(f"inference on {model} {where} failed: {_client_error(exc)}", hint="check the server log") from None
+        answered = result.get_response().get("model_version", "")
+        out = result.as_numpy(output_name)
+        if out is None:
+            raise ConfigError(f"model {model} returned no output {output_name!r}", hint="check the model's config")
+        return out, int(answered) if str(answered).isdigit() else -1

@@ -1,0 +1,105 @@
+"""rollout without a server: the gate's inputs and tolerances, and what is refused before anything changes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sft_engine.cli import main
+from sft_engine.errors import ConfigError, RepositoryError
+from sft_engine.ops.check import CheckSpec, gate_inputs, read_version_manifest
+from sft_engine.ops.control import ModelControl
+from sft_engine.ops.modelconfig import disk_config
+from sft_engine.ops.rollout import RolloutPlan, RolloutResult, rollout
+from sft_engine.preprocess import Preprocessing
+from sft_engine.server import free_port
+from tests.unit.test_ops_deploy import make_repository
+
+SETTINGS = {"parity_atol": 0.01, "parity_rtol": 0.002, "parity_min_top1_agreement": 0.98, "accuracy_max_drop": 0.5,
+            "parity_samples": 6, "seed": 3, "calibration_dir": None}
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    repo = make_repository(tmp_path / "model_repository")
+    manifest_path = repo / "tiny" / "1" / "build_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["settings"] = SETTINGS
+    manifest["preprocessing"] = Preprocessing(input_size=32).to_parameters()
+    manifest_path.write_text(json.dumps(manifest))
+    return repo
+
+
+def test_parity_gate_uses_the_builds_inputs_and_tolerance(repo):
+    cfg = disk_config(repo, "tiny")
+    manifest = read_version_manifest(repo / "tiny" / "1")
+    data, tol = gate_inputs(cfg, manifest, CheckSpec())
+    assert (tol.atol, tol.rtol, tol.min_top1_agreement, tol.max_accuracy_drop) == (0.01, 0.002, 0.98, 0.5)
+    assert data.inputs.shape == (6, 3, 32, 32) and data.inputs.dtype == np.float32
+    again, _ = gate_inputs(cfg, manifest, CheckSpec())
+    assert np.array_equal(data.inputs, again.inputs)  # the same inputs every time: seeded as the build was
+    other, _ = gate_inputs(cfg, manifest, CheckSpec(samples=2, seed=4))
+    assert other.inputs.shape[0] == 2 and not np.array_equal(other.inputs, data.inputs[:2])
+
+
+def test_top1_and_sanity_modes_relax_the_gate(repo):
+    cfg = disk_config(repo, "tiny")
+    manifest = read_version_manifest(repo / "tiny" / "1")
+    _, top1 = gate_inputs(cfg, manifest, CheckSpec(mode="top1", min_agreement=0.9))
+    assert math.isinf(top1.atol) and top1.min_top1_agreement == 0.9
+    _, top1_default = gate_inputs(cfg, manifest, CheckSpec(mode="top1"))
+    assert top1_default.min_top1_agreement == 0.98
+    _, sanity = gate_inputs(cfg, manifest, CheckSpec(mode="sanity"))
+    assert math.isinf(sanity.atol) and sanity.min_top1_agreement == 0.0 and math.isinf(sanity.max_accuracy_drop)
+
+
+def test_a_version_without_manifest_gets_default_tolerances(repo):
+    (repo / "tiny" / "1" / "build_manifest.json").unlink()
+    assert read_version_manifest(repo / "tiny" / "1") is None
+    data, tol = gate_inputs(disk_config(repo, "tiny"), None, CheckSpec())
+    assert tol.atol == 1e-3 and data.inputs.shape == (16, 3, 32, 32)
+
+
+def test_bad_check_settings_are_refused():
+    for spec in (CheckSpec(mode="exact"), CheckSpec(min_agreement=1.5), CheckSpec(samples=0)):  # type: ignore[arg-type]
+        with pytest.raises(ConfigError):
+            spec.validate()
+
+
+def test_nonexistent_version_fails_before_the_server_is_contacted(repo):
+    port = free_port()  # nothing listens there: the version check must come first
+    with ModelControl(f"127.0.0.1:{port}") as control:
+        with pytest.raises(RepositoryError, match="has no version 5.*versions there: 1"):
+            rollout(RolloutPlan(repo, "tiny", 5), control)
+        with pytest.raises(RepositoryError, match="model 'nope' is not in repository"):
+            rollout(RolloutPlan(repo, "nope", 1), control)
+
+
+def test_cli_refuses_bad_input_with_exit_2(repo, capsys):
+    port = free_port()
+    code = main(["rollout", "--repository", str(repo), "--model", "tiny", "--version", "1", "--url", f"127.0.0.1:{port}"])
+    assert code == 2 and "no Triton server answers" in capsys.readouterr().err
+    code = main(["rollout", "--repository", str(repo), "--model", "tiny", "--version", "0"])
+    assert code == 2 and "not a version number" in capsys.readouterr().err
+    code = main(["rollout", "--repository", str(repo), "--model", "tiny", "--version", "1", "--url", "10.1.2.3:8000"])
+    assert code == 2 and "loopback" in capsys.readouterr().err
+
+
+def test_result_exit_codes():
+    result = RolloutResult(model="tiny", version=2, previous=[1])
+    assert result.exit_code == 0
+    result.outcome = "rolled_back"
+    assert result.exit_code == 1 and result.to_dict()["exit_code"] == 1
+    result.outcome = "rollback_failed"
+    assert result.exit_code == 3
+
+
+def test_cli_check_modes_match_the_gate():
+    from sft_engine.commands import ops
+    from sft_engine.ops.check import CHECK_MODES
+
+    assert ops.CHECK_MODES == CHECK_MODES

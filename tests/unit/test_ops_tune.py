@@ -1,0 +1,156 @@
+"""tune without a server: candidate configurations, the search order, ranking, the table, publishing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from sft_engine.errors import ConfigError, RepositoryError
+from sft_engine.ops.modelconfig import ServingKnobs, apply_knobs, disk_config, knobs_of, override, require_version, with_versions
+from sft_engine.ops.tune import Candidate, TuneResult, TuneSpace, candidate_table, coordinate_descent, default_space
+from sft_engine.ops.tune_writer import publish_tuned, render_config
+from sft_engine.repository.config import DynamicBatchingSpec, ModelConfigSpec, TensorSpec, parse_pbtxt, to_proto
+from tests.helpers import tree_digest
+from tests.unit.test_ops_deploy import make_repository
+
+
+def _cfg(max_batch: int = 8, delay: int = 200, warmups: tuple[int, ...] = (1, 8)) -> mc.ModelConfig:
+    return to_proto(ModelConfigSpec(
+        name="tiny", inputs=(TensorSpec("input", "FP32", (3, 32, 32)),), outputs=(TensorSpec("logits", "FP32", (4,)),),
+        max_batch_size=max_batch, backend="python", dynamic_batching=DynamicBatchingSpec(delay, (max_batch,)), warmup_batch_sizes=warmups,
+    ))
+
+
+def test_apply_knobs_keeps_the_config_valid():
+    cfg = _cfg()
+    out = apply_knobs(cfg, ServingKnobs(max_batch_size=4, queue_delay_us=0, instances=2))
+    assert out.max_batch_size == 4
+    assert out.dynamic_batching.max_queue_delay_microseconds == 0
+    assert list(out.dynamic_batching.preferred_batch_size) == []  # 8 > 4: dropped
+    assert [w.batch_size for w in out.model_warmup] == [1, 4]  # 8 dropped, the new maximum warmed up
+    assert [(g.kind, g.count) for g in out.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
+    assert cfg.max_batch_size == 8 and len(cfg.model_warmup) == 2  # the input is not modified
+    gpu = apply_knobs(cfg, ServingKnobs(8, 100, 2, gpus=(0, 1)))
+    assert [(g.kind, g.count, list(g.gpus)) for g in gpu.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 2, [0, 1])]
+    assert knobs_of(gpu) == ServingKnobs(8, 100, 2, (0, 1)) and knobs_of(gpu).total_instances == 4
+    assert knobs_of(cfg) == ServingKnobs(8, 200, 1)
+    with pytest.raises(ConfigError):
+        apply_knobs(cfg, ServingKnobs(0, 0, 1))
+    with pytest.raises(ConfigError, match="distinct"):
+        apply_knobs(cfg, ServingKnobs(8, 0, 1, gpus=(0, 0)))
+
+
+def test_overrides_name_exactly_the_versions_served():
+    body = override(_cfg(), [3, 1, 3])
+    # protobuf's JSON mapping writes int64 as strings; Triton's parser reads them so
+    assert [int(v) for v in body["version_policy"]["specific"]["versions"]] == [1, 3]
+    assert set(body["version_policy"]) == {"specific"}
+    assert body["name"] == "tiny" and body["max_batch_size"] == 8
+    live = {"name": "tiny", "version_policy": {"latest": {"num_versions": 1}}, "max_batch_size": 8}
+    assert with_versions(live, [2])["version_policy"] == {"specific": {"versions": [2]}}
+    assert live["version_policy"] == {"latest": {"num_versions": 1}}
+
+
+def test_default_space_stays_within_the_build_and_the_slo(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    space = default_space(ServingKnobs(8, 200, 1), built_max=8, request_batch=1, slo_limit_ms=1.0, gpus=())
+    assert space.max_batch_sizes == (1, 2, 4, 8)
+    assert space.queue_delays_us == (0, 100, 200, 500)  # 2000 us exceeds half of the 1 ms SLO
+    assert space.instance_counts == (1, 2)
+    space = default_space(ServingKnobs(32, 0, 1), built_max=32, request_batch=4, slo_limit_ms=None, gpus=(0,))
+    assert space.max_batch_sizes == (8, 16, 32)  # at least the request's batch size
+    assert space.instance_counts == (1, 2)
+    with pytest.raises(ConfigError, match="built and verified for"):
+        TuneSpace((4, 16), (0,), (1,)).validate(built_max=8, request_batch=1)
+    with pytest.raises(ConfigError, match="below the load's batch size"):
+        TuneSpace((1, 2), (0,), (1,)).validate(built_max=8, request_batch=4)
+    with pytest.raises(ConfigError):
+        TuneSpace((1,), (-5,), (1,)).validate(built_max=8, request_batch=1)
+
+
+def _measured(knobs: ServingKnobs, index: int, capacity: float | None, latency: float) -> Candidate:
+    return Candidate(index, knobs, capacity_rps=capacity, latency_ms=latency, verdict="PASS" if capacity else "FAIL")
+
+
+def test_ranking_prefers_slo_then_capacity_then_latency_then_fewer_instances():
+    k = ServingKnobs(8, 0, 1)
+    failing_fast = _measured(k, 0, None, 1.0)
+    slow_but_meets = _measured(k, 1, 10.0, 90.0)
+    more = _measured(k, 2, 20.0, 90.0)
+    same_lower_latency = _measured(k, 3, 20.0, 50.0)
+    same_more_instances = _measured(ServingKnobs(8, 0, 2), 4, 20.0, 50.0)
+    ranked = sorted([failing_fast, slow_but_meets, more, same_lower_latency, same_more_instances], key=Candidate.score, reverse=True)
+    assert [c.index for c in ranked] == [3, 4, 2, 1, 0]
+
+
+def test_coordinate_descent_moves_one_knob_at_a_time_from_the_best():
+    space = TuneSpace(max_batch_sizes=(4, 8), queue_delays_us=(0, 500), instance_counts=(1, 2))
+    # a synthetic server: 2 instances help, batch 8 helps, queue delay hurts
+    def capacity(k: ServingKnobs) -> float:
+        return 100.0 * k.instances + 10.0 * k.max_batch_size - k.queue_delay_us / 10
+
+    order: list[ServingKnobs] = []
+
+    def evaluate(knobs: ServingKnobs, index: int) -> Candidate:
+        order.append(knobs)
+        return _measured(knobs, index, capacity(knobs), 10.0)
+
+    candidates, skipped = coordinate_descent(ServingKnobs(4, 500, 1), space, evaluate, lambda: True)
+    assert order == [
+        ServingKnobs(4, 500, 1),  # the current configuration first
+        ServingKnobs(4, 500, 2),  # instances
+        ServingKnobs(8, 500, 2),  # then batch size, from the best so far
+        ServingKnobs(8, 0, 2),    # then queue delay
+    ]
+    assert skipped == [] and [c.index for c in candidates] == [0, 1, 2, 3]
+    best = max(candidates, key=Candidate.score)
+    assert best.knobs == ServingKnobs(8, 0, 2)
+
+    budget = iter([True, False, False])
+    candidates, skipped = coordinate_descent(ServingKnobs(4, 500, 1), space, evaluate, lambda: next(budget))
+    assert len(candidates) == 2 and len(skipped) == 2  # the current one is always measured
+
+
+def test_candidate_table_marks_the_best():
+    base = _measured(ServingKnobs(8, 200, 1), 0, None, 180.0)
+    best = _measured(ServingKnobs(8, 0, 1), 1, 40.0, 12.5)
+    best.cpu_utilization, best.at_rate_rps = 0.42, 40.0
+    result = TuneResult(model="tiny", version=1, percentile=90.0, slo={"p90_ms": 100.0}, baseline=base, best=best, candidates=[base, best])
+    table = candidate_table(result)
+    lines = table.splitlines()
+    assert lines[0].split()[:6] == ["#", "instances", "max_batch", "delay_us", "capacity_rps", "p90_ms"]
+    assert lines[2].lstrip().startswith("*1") and "40.0" in lines[2] and "12.50" in lines[2] and "42%" in lines[2]
+    assert lines[1].lstrip().startswith("0") and "FAIL" in lines[1]
+    assert result.met and result.improves and result.exit_code == 0
+    assert json.dumps(result.to_dict())  # JSON-able
+
+
+def test_publish_tuned_adds_a_version_and_touches_no_other(tmp_path: Path):
+    repo = make_repository(tmp_path / "model_repository")
+    (repo / "tiny" / "labels.txt").write_text("cat\ndog\nship\nfrog\n")
+    (repo / "tiny" / "1" / "__pycache__").mkdir()
+    (repo / "tiny" / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"cached")
+    before = tree_digest(repo / "tiny" / "1")
+    disk = disk_config(repo, "tiny")
+    text = render_config(apply_knobs(disk, ServingKnobs(4, 0, 2)), disk)
+    published = publish_tuned(repo, "tiny", 1, text, {"best": {"index": 1}})
+    assert published.version == 2
+    assert tree_digest(repo / "tiny" / "1") == before
+    files = sorted(p.name for p in (repo / "tiny" / "2").iterdir())
+    assert files == ["build_manifest.json", "engine.json", "model.py"]
+    cfg = parse_pbtxt((repo / "tiny" / "config.pbtxt").read_text())
+    assert cfg.max_batch_size == 4 and cfg.instance_group[0].count == 2
+    assert not cfg.version_policy.HasField("specific")  # the policy on disk is kept, not a rollout's
+    manifest = json.loads((repo / "tiny" / "2" / "build_manifest.json").read_text())
+    assert manifest["tuned"] == {"from_version": 1, "best": {"index": 1}} and manifest["version"] == 2
+    assert set(manifest["outputs"]) == {"engine.json", "model.py"}
+    assert (repo / "tiny" / "labels.txt").read_text() == "cat\ndog\nship\nfrog\n"
+    with pytest.raises(RepositoryError, match="has no version 7"):
+        publish_tuned(repo, "tiny", 7, text, {})
+    with pytest.raises(RepositoryError, match="versions there: 1, 2"):
+        require_version(repo, "tiny", 3)
+    with pytest.raises(RepositoryError, match="models there: tiny"):
+        disk_config(repo, "other")
