@@ -12,7 +12,7 @@
 Defaults run in a few minutes on 2 CPU cores; raise ``--seeds``, ``--train-b`` or the
 epochs for a larger study. Results go to ``--json`` and a markdown table on stdout.
 
-    python benchmarks/finetune_l2sp_experiment.py --json results/finetune_l2sp.json
+    python benchmarks/finetune_l2sp_experiment.py --json reports/finetune_l2sp.json
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ METHODS = ("scratch", "none", "l2sp", "distill")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=5, help="fine-tuning seeds per method")
+    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per method")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--input-size", type=int, default=32)
@@ -50,15 +50,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-b", type=int, default=32, help="task B training images (small on purpose)")
     p.add_argument("--val-b", type=int, default=200, help="task B validation images (checkpoint selection)")
     p.add_argument("--test-b", type=int, default=1000, help="task B test images (the reported figure)")
-    p.add_argument("--epochs-b", type=int, default=15)
+    p.add_argument("--epochs-b", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning lr (backbone and head)")
     p.add_argument("--scratch-lr", type=float, default=None, help="lr for the scratch baseline (default: --lr)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="for none/distill/scratch (l2sp replaces it)")
-    p.add_argument("--l2sp-lambda", type=float, default=0.01)
+    p.add_argument("--l2sp-lambda", default="0.1,1,10", help="λ for l2sp; a comma-separated list runs each")
     p.add_argument("--head-lambda", type=float, default=0.01)
-    p.add_argument("--distill-lambda", type=float, default=1.0)
+    p.add_argument("--distill-lambda", default="1", help="λ for distill; a comma-separated list runs each")
     p.add_argument("--pretrained", default=None, help="reuse a task-A checkpoint (a finetune output dir) instead of pretraining")
     p.add_argument("--workdir", default=None, help="keep checkpoints here (default: a temporary directory)")
     p.add_argument("--json", dest="json_out", default=None, help="write the results here")
@@ -94,39 +94,66 @@ def pretrain(args: argparse.Namespace, work: Path) -> tuple[str, dict[str, Any]]
     return str(result.output_dir), info
 
 
-def finetune_b(method: str, seed: int, pretrained: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    reg = {"scratch": "none", "none": "none", "l2sp": "l2sp", "distill": "distill"}[method]
-    lam = {"l2sp": args.l2sp_lambda, "distill": args.distill_lambda}.get(reg, 0.0)
+def variants(methods: list[str], args: argparse.Namespace) -> list[tuple[str, str, float]]:
+    """(label, method, λ) for every run of one seed: one per λ for l2sp and distill."""
+    out = []
+    for method in methods:
+        lambdas = {"l2sp": args.l2sp_lambda, "distill": args.distill_lambda}.get(method)
+        if lambdas is None:
+            out.append((method, method, 0.0))
+            continue
+        for lam in (float(v) for v in lambdas.split(",") if v.strip()):
+            out.append((f"{method} λ={lam:g}", method, lam))
+    return out
+
+
+def finetune_b(label: str, method: str, lam: float, seed: int, pretrained: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    reg = "none" if method == "scratch" else method
     lr = args.scratch_lr if method == "scratch" and args.scratch_lr else args.lr
     started = time.perf_counter()
     result = finetune(FinetuneConfig(
         arch=args.arch, pretrained=None if method == "scratch" else pretrained, dataset="synthetic", synthetic_variant="b",
         num_classes=args.classes_b, input_size=args.input_size, synthetic_train_size=args.train_b, synthetic_val_size=args.val_b,
         epochs=args.epochs_b, batch_size=args.batch_size, optimizer=args.optimizer, lr=lr, weight_decay=args.weight_decay,
-        reg=reg, reg_lambda=lam, head_lambda=args.head_lambda, seed=seed, output=work / f"b_{method}_{seed}", overwrite=True,
+        reg=reg, reg_lambda=lam, head_lambda=args.head_lambda, seed=seed, output=work / f"b_{method}_{lam:g}_{seed}", overwrite=True,
         progress=False,
     ))
     return {
-        "method": method,
+        "method": label,
+        "reg": reg,
+        "reg_lambda": lam,
         "seed": seed,
         "test_top1": test_top1(result.weights_path, args),
         "val_top1": result.best_top1,
+        "final_val_top1": result.history[-1]["val_top1"],
         "best_epoch": result.best_epoch,
         "final_train_pre_loss": result.history[-1]["train_pre_loss"],
         "seconds": round(time.perf_counter() - started, 2),
     }
 
 
-def summarize(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
+    """Per method: test top-1 of the selected checkpoint, final-epoch val top-1, and the
+    per-seed difference to ``none`` (same seed = same training images: a paired comparison)."""
+    base = {r["seed"]: r["test_top1"] for r in runs if r["method"] == "none"}
     out = {}
-    for method in methods:
-        values = [r["test_top1"] for r in runs if r["method"] == method]
-        out[method] = {
-            "n": len(values),
-            "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values),
-            "max": max(values),
+    for label in labels:
+        mine = [r for r in runs if r["method"] == label]
+        test = [r["test_top1"] for r in mine]
+        final = [r["final_val_top1"] for r in mine]
+        diff = [r["test_top1"] - base[r["seed"]] for r in mine if r["seed"] in base]
+        out[label] = {
+            "n": len(mine),
+            "test_top1_mean": _mean_std(test)[0],
+            "test_top1_std": _mean_std(test)[1],
+            "final_val_top1_mean": _mean_std(final)[0],
+            "final_val_top1_std": _mean_std(final)[1],
+            "vs_none_mean": _mean_std(diff)[0] if diff else None,
+            "vs_none_std": _mean_std(diff)[1] if diff else None,
         }
     return out
 
@@ -144,12 +171,17 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         pretrained, pre_info = pretrain(args, work)
         runs = []
+        plan = variants(methods, args)
         for seed in range(args.seeds):
-            for method in methods:
-                run = finetune_b(method, seed, pretrained, args, work)
+            for label, method, lam in plan:
+                run = finetune_b(label, method, lam, seed, pretrained, args, work)
                 runs.append(run)
-                print(f"  seed {seed} {method:8s} test top-1 {run['test_top1']:.3f} (val {run['val_top1']:.3f}, {run['seconds']} s)", file=sys.stderr)
-        summary = summarize(runs, methods)
+                print(
+                    f"  seed {seed} {label:16s} test top-1 {run['test_top1']:.3f} (best val {run['val_top1']:.3f} at epoch {run['best_epoch']}, "
+                    f"final val {run['final_val_top1']:.3f}, {run['seconds']} s)",
+                    file=sys.stderr,
+                )
+        summary = summarize(runs, [label for label, _, _ in plan])
         total = round(time.perf_counter() - started, 1)
     settings = {k: v for k, v in vars(args).items() if k not in ("json_out", "verbose", "workdir")}
     report = {
@@ -164,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"| method | test top-1 (mean ± std over {args.seeds} seeds) | min | max |")
+    print(f"| method | test top-1, selected checkpoint | − none, same seed | val top-1, last epoch |  (mean ± std over {args.seeds} seeds)")
     print("|---|---|---|---|")
-    for method, s in summary.items():
-        print(f"| {method} | {s['mean']:.3f} ± {s['std']:.3f} | {s['min']:.3f} | {s['max']:.3f} |")
+    for label, s in summary.items():
+        vs = "—" if s["vs_none_mean"] is None or label == "none" else f"{s['vs_none_mean']:+.3f} ± {s['vs_none_std']:.3f}"
+        print(f"| {label} | {s['test_top1_mean']:.3f} ± {s['test_top1_std']:.3f} | {vs} | {s['final_val_top1_mean']:.3f} ± {s['final_val_top1_std']:.3f} |")
     print(f"\ntotal {total} s", file=sys.stderr)
     return 0
 

@@ -17,7 +17,7 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="fine-tune, build, serve, classify and load-test a small model, offline")
     p.add_argument("--workdir", default="demo-output", help="where the demo writes everything (default: demo-output)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--images", type=int, default=8, help="generated images to classify")
     p.add_argument("--loadtest-seconds", type=float, default=5.0, help="0 skips the load test")
     p.set_defaults(func=run)
@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     _step("1/5 fine-tuning resnet18 on the synthetic dataset (4 classes, 32x32, CPU)")
     ft = finetune(FinetuneConfig(arch="resnet18", pretrained=None, dataset="synthetic", num_classes=4, input_size=32,
-                                 epochs=args.epochs, output=work / "finetune", seed=0, device="cpu"))
+                                 epochs=args.epochs, synthetic_train_size=1200, synthetic_val_size=200,
+                                 output=work / "finetune", overwrite=True, seed=0, device="cpu"))
     print(f"   best top-1 {ft.best_top1:.1%} on held-out synthetic images -> {ft.output_dir}")
 
     _step("2/5 building the CPU engine, checking it against eager PyTorch, publishing it")
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             by_http = http_client.classify(images, top_k=2)
         correct = 0
         for path, preds, other in zip(images, by_grpc, by_http):
-            truth = path.parent.name if path.parent != work / "images" else path.stem.split("_")[0]
+            truth = path.parent.name  # make_synthetic_images writes <label>/<index>.png
             correct += preds[0].label == truth
             same = "same over HTTP" if other[0].label == preds[0].label else f"HTTP says {other[0].label}"
             print(f"   {path.name}: {preds[0].label} ({preds[0].score:.2f}), then {preds[1].label} ({preds[1].score:.2f}); {same}")

@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels (slower on GPU)")
     reg = p.add_argument_group("objective: L_task + λ·L_pre")
     reg.add_argument("--reg", choices=REGULARIZERS, help="l2sp, distill, none; auto = l2sp with --pretrained, else none")
-    reg.add_argument("--reg-lambda", type=float, help="λ (default: l2sp 0.01, distill 1.0)")
+    reg.add_argument("--reg-lambda", type=float, help="λ (default: l2sp 0.1, distill 1.0)")
     reg.add_argument("--head-lambda", type=float, help="l2sp: plain L2 coefficient β on the new head (default 0.01)")
     reg.add_argument("--temperature", dest="distill_temperature", type=float, help="distill: softmax temperature (default 2)")
     run_ = p.add_argument_group("output and hardware")

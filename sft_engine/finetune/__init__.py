@@ -5,6 +5,8 @@ and writes the checkpoint ``sft-engine build --from-finetune DIR`` reads: see
 ``writer`` for the output layout and ``docs/finetune.md`` for the user guide.
 """
 
+from __future__ import annotations
+
 from sft_engine.finetune.config import FinetuneConfig, load_finetune_toml
 from sft_engine.finetune.data import DataBundle, build_datasets
 from sft_engine.finetune.objective import L2SP, Distill, FinetuneObjective, LossTerms

@@ -34,7 +34,7 @@ AMP_MODES = ("auto", "none", "bf16", "fp16")
 SYNTHETIC_VARIANTS = ("a", "b")
 
 #: λ used when ``reg_lambda`` is not given; chosen from benchmarks/finetune_l2sp_experiment.py
-DEFAULT_LAMBDA = {"none": 0.0, "l2sp": 0.01, "distill": 1.0}
+DEFAULT_LAMBDA = {"none": 0.0, "l2sp": 0.1, "distill": 1.0}
 
 
 @dataclass

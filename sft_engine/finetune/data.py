@@ -295,11 +295,12 @@ def _synthetic(config: FinetuneConfig, train_tf: Callable, val_tf: Callable) -> 
     common = dict(num_classes=num_classes, image_size=config.input_size, seed=config.seed, variant=config.synthetic_variant)
     train = SyntheticDataset(size=config.synthetic_train_size, split="train", transform=train_tf, **common)  # type: ignore[arg-type]
     val = SyntheticDataset(size=config.synthetic_val_size, split="val", transform=val_tf, **common)  # type: ignore[arg-type]
-    if len(set(train.targets)) < 2:
-        raise DataError(
-            f"synthetic training set of {len(train)} images covers fewer than 2 classes",
-            hint=f"pass --synthetic-train-size of at least {num_classes}",
-        )
+    for part, size in (("training", len(train)), ("validation", len(val))):
+        if size < num_classes:
+            raise DataError(
+                f"a synthetic {part} set of {size} images cannot hold all {num_classes} classes",
+                hint=f"pass --synthetic-{'train' if part == 'training' else 'val'}-size of at least {num_classes}",
+            )
     return DataBundle(
         train=train,
         val=val,

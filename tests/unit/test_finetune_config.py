@@ -14,7 +14,7 @@ def test_defaults_resolve() -> None:
     c = FinetuneConfig().validated()
     assert (c.reg, c.reg_lambda, c.input_size, c.warmup_epochs) == ("none", 0.0, 224, 1.0)
     pre = FinetuneConfig(pretrained="ResNet18_Weights.IMAGENET1K_V1", epochs=2).validated()
-    assert (pre.reg, pre.reg_lambda, pre.warmup_epochs) == ("l2sp", 0.01, 0.4)
+    assert (pre.reg, pre.reg_lambda, pre.warmup_epochs) == ("l2sp", 0.1, 0.4)
     assert FinetuneConfig(pretrained="none").validated().pretrained is None
     assert FinetuneConfig(pretrained="x.pt", reg="distill").validated().reg_lambda == 1.0
 
