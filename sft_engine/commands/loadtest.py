@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
                         help="Triton endpoint; repeat to spread the load over replicas (default: 127.0.0.1 on Triton's port)")
     target.add_argument("--protocol", choices=("grpc", "http"), default=None, help="wire protocol (default grpc, or the URL's scheme)")
     target.add_argument("--model", default=None, help="model name (or 'model' in the scenario file)")
-    target.add_argument("--model-version", default="", help="model version (default: the server's latest)")
+    target.add_argument("--model-version", default="", metavar="N", help="model version (default: the server's latest)")
     target.add_argument("--metrics-url", action="append", default=[], metavar="URL",
                         help="Prometheus /metrics of each server (default: port 8002 when --url uses 8000/8001)")
     target.add_argument("--allow-remote", action="store_true", help="allow non-loopback --url/--metrics-url hosts")
@@ -53,25 +53,29 @@ def register(subparsers: Any) -> None:
     load.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="measured time per step (default 10)")
     load.add_argument("--warmup", type=float, default=None, metavar="SECONDS", help="unmeasured load before each step (default 2)")
     load.add_argument("--window", type=float, default=None, metavar="SECONDS", help="measurement window (default 1)")
-    load.add_argument("--batch-size", type=int, default=None, help="batch size of each request (default 1)")
+    load.add_argument("--batch-size", type=int, default=None, metavar="N", help="batch size of each request (default 1)")
     load.add_argument("--shape", action="append", default=[], metavar="NAME:D1,D2", help="shape of a variable-size input, without the batch dim")
     load.add_argument("--input-data", type=Path, default=None, metavar="FILE.npz", help="input arrays by name (default: random data)")
-    load.add_argument("--timeout-ms", type=float, default=None, help="client timeout; a timeout is a failure at that latency")
-    load.add_argument("--workers", type=int, default=None, help="load-generator processes (default: half the cores)")
-    load.add_argument("--max-in-flight", type=int, default=None, help="open-loop cap on unanswered requests per worker (default 4096)")
-    load.add_argument("--seed", type=int, default=None, help="seed of Poisson arrivals and input data (default 0)")
+    load.add_argument("--timeout-ms", type=float, default=None, metavar="MS", help="client timeout; a timeout is a failure at that latency")
+    load.add_argument("--workers", type=int, default=None, metavar="N", help="load-generator processes (default: half the cores)")
+    load.add_argument("--max-in-flight", type=int, default=None, metavar="N", help="open-loop cap on unanswered requests per worker (default 4096)")
+    load.add_argument("--seed", type=int, default=None, metavar="N", help="seed of Poisson arrivals and input data (default 0)")
+    load.add_argument("--transport", choices=("raw", "tritonclient"), default="raw",
+                      help="raw: the request prebuilt once, sent as bytes (default); tritonclient: its asyncio clients' infer()")
 
     gate = p.add_argument_group("SLO and validity")
     gate.add_argument("--slo", type=Path, default=None, metavar="FILE", help="scenario TOML: [load], [slo], [validity], [capacity]")
     gate.add_argument("--target", action="append", default=[], metavar="KEY=VALUE", help="SLO target, e.g. p99_ms=50, max_error_rate=0.001 (repeatable)")
-    gate.add_argument("--max-send-lag-ms", type=float, default=None, help="send lag p99 above this makes the run invalid (default 10)")
-    gate.add_argument("--min-tail-samples", type=int, default=None, help="samples needed beyond a gated percentile (default 10)")
+    gate.add_argument("--max-send-lag-ms", type=float, default=None, metavar="MS", help="send lag p99 above this makes the run invalid (default 10)")
+    gate.add_argument("--min-tail-samples", type=int, default=None, metavar="N", help="samples needed beyond a gated percentile (default 10)")
     gate.add_argument("--find-capacity", action="store_true", help="bisect the open-loop rate for the highest one meeting the SLO")
 
     out = p.add_argument_group("output")
-    out.add_argument("--report", type=Path, default=None, metavar="PATH", help="directory (or prefix) for JSON, CSV, Markdown and PNG reports")
+    out.add_argument("--report", type=Path, default=None, metavar="PATH",
+                     help="directory for JSON, CSV, Markdown and PNG reports (or NAME.json: files NAME.json, NAME-steps.csv ...)")
+    out.add_argument("--percentiles", default=None, metavar="Q[,Q...]", help="percentiles to report (default 50,90,95,99,99.9)")
     out.add_argument("--json", action="store_true", help="print the JSON report on stdout")
-    out.add_argument("--prometheus-port", type=int, default=None, help="serve live client figures on 127.0.0.1:PORT/metrics")
+    out.add_argument("--prometheus-port", type=int, default=None, metavar="PORT", help="serve live client figures on 127.0.0.1:PORT/metrics")
     out.add_argument("--quiet", action="store_true", help="no live progress")
     p.set_defaults(func=run)
 
@@ -90,8 +94,8 @@ def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
 def config_from_args(args: argparse.Namespace) -> Any:
     """Scenario file first, flags on top: the LoadTestConfig of this invocation."""
     from sft_engine.loadtest.config import (
-        DEFAULT_PORTS, CapacitySpec, LoadSpec, LoadTestConfig, parse_endpoint, parse_number_list, parse_target,
-        load_scenario, default_workers,
+        DEFAULT_PERCENTILES, DEFAULT_PORTS, CapacitySpec, LoadSpec, LoadTestConfig, ValiditySpec, default_workers, load_scenario,
+        parse_endpoint, parse_number_list, parse_target,
     )
 
     scenario = load_scenario(args.slo) if args.slo else None
@@ -107,16 +111,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "batch_size": args.batch_size, "timeout_ms": args.timeout_ms, "max_in_flight": args.max_in_flight, "seed": args.seed,
     }
     load = replace(load, **{k: v for k, v in overrides.items() if v is not None})
-    if args.window is None and (scenario is None or "window_s" not in scenario.load):
-        load = replace(load, window_s=min(load.window_s, load.duration_s) if load.duration_s > 0 else load.window_s)
+    window_given = args.window is not None or (scenario is not None and "window_s" in scenario.load)
+    if not window_given and 0 < load.duration_s < load.window_s:
+        load = replace(load, window_s=load.duration_s)  # a 0.5 s run is one 0.5 s window
 
     slo = scenario.slo if scenario else None
     for text in args.target:
         slo = parse_target(text, slo)
-    validity = scenario.validity if scenario else None
-    from sft_engine.loadtest.config import ValiditySpec
-
-    validity = validity or ValiditySpec()
+    validity = scenario.validity if scenario else ValiditySpec()
     if args.max_send_lag_ms is not None:
         validity = replace(validity, max_send_lag_p99_ms=args.max_send_lag_ms)
     if args.min_tail_samples is not None:
@@ -124,9 +126,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
     urls = args.url or [f"127.0.0.1:{DEFAULT_PORTS[args.protocol or 'grpc']}"]
     endpoints = [parse_endpoint(u, args.protocol, args.allow_remote) for u in urls]
-    if args.metrics_url and len(args.metrics_url) not in (1, len(endpoints)):
+    if args.metrics_url and len(args.metrics_url) != len(endpoints):
+        # each server's counters are summed: one URL for two servers would count one of them twice
         raise ConfigError(f"{len(args.metrics_url)} --metrics-url for {len(endpoints)} --url", hint="give one per --url, in the same order")
-    metrics = list(args.metrics_url) * (len(endpoints) if len(args.metrics_url) == 1 and len(endpoints) > 1 else 1)
+    metrics = list(args.metrics_url)
     resolved = []
     for i, ep in enumerate(endpoints):
         if metrics:
@@ -142,6 +145,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if not model:
         raise ConfigError("no model to load-test", hint="pass --model NAME (or set model = \"...\" in the scenario file)")
     shapes = dict(_parse_shape(s) for s in args.shape)
+    percentiles = DEFAULT_PERCENTILES
+    if args.percentiles:
+        percentiles = tuple(parse_number_list(args.percentiles, "--percentiles"))
     capacity = scenario.capacity if scenario else None
     if args.find_capacity and capacity is None:
         capacity = CapacitySpec()
@@ -160,7 +166,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         report=args.report,
         prometheus_port=args.prometheus_port,
         allow_remote=bool(args.allow_remote),
+        percentiles=percentiles,
         scenario_path=args.slo,
+        transport=args.transport,
     )
 
 
@@ -192,8 +200,13 @@ def _ms(value: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sft_engine.loadtest.progress import TerminalProgress
-    from sft_engine.loadtest.runner import run_loadtest
+    try:
+        from sft_engine.loadtest.progress import TerminalProgress
+        from sft_engine.loadtest.runner import run_loadtest
+    except ModuleNotFoundError as exc:
+        if exc.name in ("hdrh", "aiohttp", "grpc", "tritonclient"):
+            raise ConfigError(f"the load tester needs the '{exc.name}' package", hint="pip install 'sft-engine[loadtest]'") from None
+        raise
 
     config = config_from_args(args)
     out = sys.stderr if args.json else sys.stdout

@@ -16,7 +16,8 @@ Programmatic use (a tuner or a rollout gate calls the same code as the CLI)::
 Modules: ``config`` (typed specs, TOML scenarios), ``schedule`` (open/closed loop
 plans), ``payload`` (the prebuilt request), ``transport`` and ``worker`` (the hot
 path, in worker processes), ``histogram`` (HDR), ``server_stats`` (Triton statistics
-and /metrics), ``analysis``, ``slo``, ``capacity``, ``report``, ``progress``, ``runner``.
+and /metrics), ``control`` (abort flag and live counters shared with the workers),
+``analysis``, ``slo``, ``capacity``, ``report``, ``progress``, ``runner``, ``demo``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from sft_engine.loadtest.config import (
 from sft_engine.loadtest.results import (
     EXIT_CODES, FAIL, INVALID, MEASURED, PASS, SCHEMA_VERSION, CapacityResult, LoadTestResult, StepResult,
 )
+from sft_engine.loadtest.demo import demo_run
 from sft_engine.loadtest.runner import run_loadtest
 
 __all__ = [
     "run_loadtest",
+    "demo_run",
     "LoadTestConfig", "LoadSpec", "SloSpec", "ValiditySpec", "CapacitySpec", "Endpoint", "Scenario",
     "load_scenario", "parse_endpoint",
     "LoadTestResult", "StepResult", "CapacityResult",

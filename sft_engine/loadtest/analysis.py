@@ -86,7 +86,7 @@ def stability_of(window_hists: Sequence[LatencyHistogram], percentile: float, to
         return Stability(percentile, judged=False, stable=None, reason=f"{n} window(s): at least 3 are needed")
     groups = np.array_split(np.arange(n), 3)
     thirds = [LatencyHistogram.merge(window_hists[i] for i in group) for group in groups]
-    need = int(math.ceil(STABILITY_TAIL_SAMPLES / (1.0 - percentile / 100.0) - 1e-9))
+    need = int(math.ceil(round(STABILITY_TAIL_SAMPLES / (1.0 - percentile / 100.0), 6)))
     values = [h.percentile_us(percentile) / 1000.0 if h.count else None for h in thirds]
     counts = [h.count for h in thirds]
     if min(counts) < need:
@@ -201,7 +201,10 @@ def build_step(obs: StepObservations, config: LoadTestConfig) -> StepResult:
         if cpu > 0.9:
             generator.notes.append(f"worker {i} used {cpu:.0%} of a core: near its limit; add --workers")
     if cap_waits:
-        generator.notes.append(f"{cap_waits} sends waited for the in-flight cap ({config.load.max_in_flight} per worker); their latency counts from the intended time")
+        generator.notes.append(
+            f"{cap_waits} sends waited for the in-flight cap ({config.load.max_in_flight} per worker); "
+            "their latency counts from the intended time"
+        )
 
     batch = config.load.batch_size
     return StepResult(

@@ -13,15 +13,16 @@ A step passes when it meets every SLO target, is stable, and delivers at least
 ``sustain_ratio`` of the offered rate. An INVALID step ends the search: beyond it
 the numbers would describe the generator, not the server.
 
-The knee is computed over every valid search step (rate, gated latency): the point
-farthest below the chord from the lowest to the highest rate, after scaling both
-axes to [0, 1] (the "Kneedle" construction). It is where latency starts to grow
+The knee is computed over every valid search step (rate, log of the gated latency):
+the point farthest below the chord from the lowest to the highest rate, after
+scaling both axes to [0, 1] (the "Kneedle" construction). It is where latency starts to grow
 faster than load - the rate to plan for, with the capacity as the hard limit.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable, Sequence
 
 from sft_engine.loadtest.config import CapacitySpec, LoadTestConfig
@@ -34,7 +35,9 @@ LOGGER = logging.getLogger(__name__)
 
 def knee_point(points: Sequence[tuple[float, float]]) -> float | None:
     """x of the knee of an increasing, convex-ish curve; None with < 3 points or no bend."""
-    pts = sorted((float(x), float(y)) for x, y in points if y is not None)
+    # log latency: near saturation latency grows geometrically, and on a linear axis the
+    # one overloaded step would flatten every other point to zero
+    pts = sorted((float(x), math.log(float(y))) for x, y in points if y is not None and y > 0)
     if len(pts) < 3:
         return None
     xs = [p[0] for p in pts]

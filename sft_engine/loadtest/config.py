@@ -193,7 +193,7 @@ def parse_percentile_key(key: str) -> float | None:
     whole, frac = match.group(1), match.group(2)
     if frac is not None:
         value = float(f"{whole}.{frac}")
-    elif len(whole) <= 2:
+    elif int(whole) <= 100:
         value = float(whole)
     else:  # p999 = 99.9, p9999 = 99.99: the usual shorthand
         value = float(f"{whole[:2]}.{whole[2:]}")
@@ -325,7 +325,7 @@ class ValiditySpec:
         _positive(self.unreachable_after_s, "unreachable_after_s")
 
     def min_samples(self, percentile: float) -> int:
-        return int(math.ceil(self.min_tail_samples / (1.0 - percentile / 100.0) - 1e-9))
+        return int(math.ceil(round(self.min_tail_samples / (1.0 - percentile / 100.0), 6)))
 
 
 @dataclass
@@ -394,10 +394,14 @@ class LoadTestConfig:
     allow_remote: bool = False
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
     scenario_path: Path | None = None
+    #: "raw": the prebuilt request on grpc.aio/aiohttp; "tritonclient": tritonclient's aio clients
+    transport: str = "raw"
 
     def validate(self) -> None:
         if not self.endpoints:
             raise ConfigError("no endpoint to load", hint="pass --url host:port")
+        if len(self.endpoints) > 64:
+            raise ConfigError(f"{len(self.endpoints)} endpoints", hint="load at most 64 endpoints in one run")
         protocols = {ep.protocol for ep in self.endpoints}
         if len(protocols) > 1:
             raise ConfigError("the --url endpoints mix grpc and http", hint="load one protocol per run")
@@ -423,6 +427,8 @@ class LoadTestConfig:
         for q in self.percentiles:
             if not 0 < q < 100:
                 raise ConfigError(f"percentile {q} is not between 0 and 100", hint="e.g. 50, 99, 99.9")
+        if self.transport not in ("raw", "tritonclient"):
+            raise ConfigError(f"--transport {self.transport!r} is unknown", hint="use raw or tritonclient")
         if self.input_data is not None and not Path(self.input_data).is_file():
             raise ConfigError(f"--input-data {self.input_data} does not exist", hint="give an .npz file with one array per input")
 

@@ -159,7 +159,8 @@ def _given_tensor(tensor: TensorSpec, spec: ModelSpec, batch_size: int, array: n
         return array.astype(np.object_)
     target = _NP_DTYPES.get(tensor.datatype)
     if target is None or not np.can_cast(array.dtype, target, casting="same_kind"):
-        raise ConfigError(f"--input-data '{tensor.name}' has dtype {array.dtype}, the model wants {tensor.datatype}", hint="save the array with the model's dtype")
+        raise ConfigError(f"--input-data '{tensor.name}' has dtype {array.dtype}, the model wants {tensor.datatype}",
+                          hint="save the array with the model's dtype")
     return array.astype(target)
 
 
@@ -187,7 +188,8 @@ def build_payload(
     if spec.max_batch_size == 0 and batch_size != 1:
         raise ConfigError(f"model '{spec.name}' does not batch (max_batch_size 0), but --batch-size is {batch_size}", hint="use --batch-size 1")
     if spec.max_batch_size > 0 and batch_size > spec.max_batch_size:
-        raise ConfigError(f"--batch-size {batch_size} exceeds model '{spec.name}' max_batch_size {spec.max_batch_size}", hint=f"use --batch-size 1..{spec.max_batch_size}")
+        raise ConfigError(f"--batch-size {batch_size} exceeds model '{spec.name}' max_batch_size {spec.max_batch_size}",
+                          hint=f"use --batch-size 1..{spec.max_batch_size}")
     if not spec.inputs:
         raise LoadTestError(f"model '{spec.name}' declares no inputs in its config", hint="the load generator needs the input names, types and dims")
     given: dict[str, np.ndarray] = {}
@@ -224,7 +226,8 @@ def build_payload(
         input_shapes[tensor.name] = shape
     missing = sorted(set(given) - {t.name for t in spec.inputs})
     if missing:
-        raise ConfigError(f"--input-data has array(s) {', '.join(missing)} the model does not take", hint=f"the model's inputs are: {', '.join(t.name for t in spec.inputs)}")
+        raise ConfigError(f"--input-data has array(s) {', '.join(missing)} the model does not take",
+                          hint=f"the model's inputs are: {', '.join(t.name for t in spec.inputs)}")
     header: dict[str, Any] = {"inputs": header_inputs}
     if spec.outputs:
         header["outputs"] = [{"name": t.name, "parameters": {"binary_data": True}} for t in spec.outputs]

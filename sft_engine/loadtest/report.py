@@ -217,7 +217,10 @@ def render_markdown(result: LoadTestResult) -> str:
               "|---:|---:|---:|---:|---:|---|---|"]
     for s in result.steps:
         srv, rec = s.server, s.reconciliation
-        recon = "-" if rec is None or rec.ok is None else (f"ok ({rec.client_reached_server} vs {rec.server_received})" if rec.ok else f"**differ by {rec.difference}**")
+        if rec is None or rec.ok is None:
+            recon = "-"
+        else:
+            recon = f"ok ({rec.client_reached_server} vs {rec.server_received})" if rec.ok else f"**differ by {rec.difference}**"
         if srv:
             lines.append(f"| {s.index} | {_f(srv.throughput_rps, 1)} | {_f(srv.avg_queue_us, 1)} | {_f(srv.avg_compute_infer_us, 1)} | "
                          f"{_f(srv.avg_batch_size)} | {srv.batch_sizes} | {recon} |")
@@ -239,41 +242,73 @@ def render_markdown(result: LoadTestResult) -> str:
 
 # -- plot ----------------------------------------------------------------------------------
 def render_plot(result: LoadTestResult) -> bytes:
-    """PNG: latency percentiles (log scale) against achieved throughput, one line per percentile."""
+    """PNG of latency percentiles against load.
+
+    Open loop: latency (from the intended send) against the *offered* rate - the
+    x-axis capacity and knee are expressed in - with a second panel of achieved
+    against offered throughput, so a rate the server did not sustain is visible as
+    such instead of piling up at the server's maximum. Closed loop: latency against
+    achieved throughput, one point per concurrency.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
     steps = [s for s in result.steps if s.latency_ms.count]
-    open_steps = [s for s in steps if s.mode == "open"]
-    shown = open_steps if (result.capacity and open_steps) else steps
-    shown = sorted(shown, key=lambda s: s.throughput_rps)
+    open_steps = sorted((s for s in steps if s.mode == "open"), key=lambda s: s.offered_rps)
+    closed_steps = sorted((s for s in steps if s.mode == "closed"), key=lambda s: s.concurrency or 0)
+    use_open = bool(open_steps)
+    shown = open_steps if use_open else closed_steps
+    fig = Figure(figsize=(8, 7 if use_open else 5), dpi=110)
+    FigureCanvasAgg(fig)
+    if use_open:
+        ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    else:
+        ax, ax2 = fig.add_subplot(1, 1, 1), None
+
+    def x_of(step: StepResult) -> float:
+        return step.offered_rps if use_open else step.throughput_rps
+
     for q in _PLOT_PERCENTILES:
-        pts = [(s.throughput_rps, s.latency_ms.get(q)) for s in shown if s.latency_ms.get(q)]
+        pts = [(x_of(s), s.latency_ms.get(q)) for s in shown if s.latency_ms.get(q)]
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, marker="o", label=f"p{q:g}")
-    invalid = [s for s in shown if s.verdict == "INVALID" and s.latency_ms.get(99.0)]
-    if invalid:
-        ax.scatter([s.throughput_rps for s in invalid], [s.latency_ms.get(99.0) for s in invalid], marker="x", s=80, color="red", label="invalid step", zorder=5)
+    failed = [s for s in shown if s.verdict in ("FAIL", "INVALID") and s.latency_ms.get(99.0)]
+    if failed:
+        ax.scatter([x_of(s) for s in failed], [s.latency_ms.get(99.0) for s in failed], marker="x", s=70, color="red",
+                   label="FAIL / INVALID step", zorder=5)
+    if not use_open:
+        for s in shown:
+            ax.annotate(f"c={s.concurrency}", (s.throughput_rps, s.latency_ms.get(50.0) or 0), fontsize=7,
+                        textcoords="offset points", xytext=(3, -10))
     slo = (result.config.get("slo") or {}).get("latency_ms") or {}
     for key, limit in slo.items():
         ax.axhline(float(limit), linestyle="--", color="gray", linewidth=1)
-        ax.annotate(f"SLO {key.replace('_ms', '')} {float(limit):g} ms", (0.01, float(limit)), xycoords=("axes fraction", "data"), fontsize=8, color="gray", va="bottom")
-    if result.capacity and result.capacity.capacity_rps:
-        ax.axvline(result.capacity.capacity_rps, color="green", linestyle=":", label=f"capacity {result.capacity.capacity_rps:,.0f}/s")
-    if result.capacity and result.capacity.knee_rps:
-        ax.axvline(result.capacity.knee_rps, color="orange", linestyle=":", label=f"knee {result.capacity.knee_rps:,.0f}/s")
+        ax.annotate(f"SLO {key.replace('_ms', '')} {float(limit):g} ms", (0.01, float(limit)), xycoords=("axes fraction", "data"),
+                    fontsize=8, color="gray", va="bottom")
+    for axis in [a for a in (ax, ax2) if a is not None]:
+        if result.capacity and result.capacity.capacity_rps and use_open:
+            axis.axvline(result.capacity.capacity_rps, color="green", linestyle=":",
+                         label=f"capacity {result.capacity.capacity_rps:,.1f}/s" if axis is ax else None)
+        if result.capacity and result.capacity.knee_rps and use_open:
+            axis.axvline(result.capacity.knee_rps, color="orange", linestyle=":",
+                         label=f"knee {result.capacity.knee_rps:,.1f}/s" if axis is ax else None)
+        axis.grid(True, which="both", alpha=0.3)
     ax.set_yscale("log")
-    ax.set_xlabel("achieved throughput (requests/s)")
-    basis = "intended send (open loop)" if shown and shown[0].mode == "open" else "send"
-    ax.set_ylabel(f"latency from {basis} (ms)")
-    ax.set_title(f"{result.model.get('name')}: latency percentiles vs throughput ({result.verdict})")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.set_ylabel("latency from intended send (ms)" if use_open else "latency from send (ms)")
+    ax.set_title(f"{result.model.get('name')}: latency percentiles vs {'offered load' if use_open else 'throughput'} ({result.verdict})")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+    if ax2 is not None:
+        xs = [s.offered_rps for s in shown]
+        ax2.plot(xs, [s.throughput_rps for s in shown], marker="o", color="black", label="achieved")
+        ax2.plot(xs, xs, linestyle="--", color="gray", linewidth=1, label="offered")
+        ax2.set_xlabel("offered load (requests/s)")
+        ax2.set_ylabel("throughput (req/s)")
+        ax2.legend(fontsize=8)
+    else:
+        ax.set_xlabel("achieved throughput (requests/s)")
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

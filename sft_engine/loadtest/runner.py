@@ -17,6 +17,7 @@ import datetime as _dt
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Callable
 
 from sft_engine.errors import ConfigError, LoadTestError
@@ -41,6 +42,8 @@ START_DELAY_S = 0.2
 #: without a client timeout, requests unanswered this long after the end count as "unfinished"
 DEFAULT_DRAIN_S = 10.0
 PROGRESS_INTERVAL_S = 0.25
+#: longest wait for the server to finish a previous step's backlog
+SETTLE_MAX_S = 10.0
 
 ProgressCallback = Callable[[Progress], None]
 StepCallback = Callable[[StepResult], None]
@@ -111,6 +114,7 @@ class StepExecutor:
         self.metrics_urls = [ep.metrics_url for ep in config.endpoints]
         self.next_index = 0
         self.interrupted = False
+        self.left_backlog = False
         self._last_tick = (0.0, 0)
 
     # -- plans ----------------------------------------------------------------------
@@ -134,6 +138,13 @@ class StepExecutor:
         )
         self.next_index += 1
         return plan
+
+    def _replan(self, plan: StepPlan) -> StepPlan:
+        """The same step, starting now (settling took time)."""
+        shift = time.monotonic() + START_DELAY_S - plan.start
+        if shift <= 0:
+            return plan
+        return replace(plan, start=plan.start + shift, measure_start=plan.measure_start + shift, measure_end=plan.measure_end + shift)
 
     def run_closed(self, concurrency: int, sustain_ratio: float | None = None) -> StepResult:
         return self.run(self._plan("closed", concurrency), sustain_ratio)
@@ -187,17 +198,44 @@ class StepExecutor:
         """Sleep until ``t`` while ticking progress; False if the step was aborted meanwhile."""
         while True:
             now = time.monotonic()
-            if self.pool.abort_event.is_set():
+            if self.pool.aborted():
                 return False
             if now >= t:
                 return True
             time.sleep(min(0.05, t - now))
             self._tick(plan)
 
+    def _settle(self) -> None:
+        """After a step that left requests behind (timeouts), wait until the server is idle.
+
+        A client that gave up does not stop the server: its backlog would be served
+        during the next step and inflate it. Idle = no pending request in /metrics, or
+        (without metrics) a success+failure count that stopped moving.
+        """
+        deadline = time.monotonic() + SETTLE_MAX_S
+        last = None
+        while time.monotonic() < deadline:
+            snap = self._snapshot()
+            if snap.unreachable:
+                return
+            if snap.metrics is not None and snap.metrics.ok and "pending_requests" in snap.metrics.gauges:
+                if snap.metrics.gauges["pending_requests"] <= 0:
+                    return
+            else:
+                count = snap.stats.stages.get("success", (0, 0))[0] + snap.stats.stages.get("fail", (0, 0))[0]
+                if count == last:
+                    return
+                last = count
+            time.sleep(0.2)
+        LOGGER.warning("the server still had pending requests %.0f s after the previous step", SETTLE_MAX_S)
+
     def run(self, plan: StepPlan, sustain_ratio: float | None = None) -> StepResult:
         config = self.config
         self._last_tick = (0.0, 0)
+        if self.left_backlog:
+            self._settle()
         before = self._snapshot()
+        plan = self._replan(plan)  # the snapshots took time: the first send is START_DELAY_S from now
         aborted: str | None = None
         if before.unreachable:
             aborted = f"server unreachable before the step: {before.unreachable}"
@@ -222,7 +260,7 @@ class StepExecutor:
             self.interrupted = True
         if aborted:
             self.pool.abort()
-        elif self.pool.abort_event.is_set():
+        elif self.pool.aborted():
             aborted = "aborted"  # a worker's reason replaces this below
         measured_until = min(time.monotonic(), plan.measure_end) if aborted else plan.measure_end
         host1, cpu1, wall1 = read_host_cpu(), time.process_time(), time.monotonic()
@@ -235,7 +273,7 @@ class StepExecutor:
             results, errors = self.pool.collect(time.monotonic() + 3.0)
             aborted = aborted or "interrupted"
         worker_reasons = [r.aborted for r in results if r.aborted and r.aborted != "aborted by the coordinator"]
-        if worker_reasons and (aborted in (None, "aborted") or not aborted):
+        if worker_reasons and aborted in (None, "aborted"):
             aborted = worker_reasons[0]
         if errors and not aborted and any("did not report" in e for e in errors):
             aborted = "a worker did not report in time"
@@ -248,6 +286,7 @@ class StepExecutor:
             aborted=aborted, n_workers=n_workers,
         )
         step = judge_step(build_step(obs, config), config, errors, sustain_ratio)
+        self.left_backlog = any(step.requests.errors.get(k) for k in ("timeout", "unfinished", "aborted"))
         self._tick(plan, force=True)
         done = Progress(
             step=plan.index, label=step.label, phase="done", phase_elapsed_s=step.duration_s, phase_total_s=config.load.duration_s,
@@ -295,9 +334,11 @@ def run_loadtest(
             try:
                 exporter = LiveExporter(config.prometheus_port)
             except OSError as exc:
-                raise ConfigError(f"--prometheus-port {config.prometheus_port} cannot be bound: {exc.strerror or exc}", hint="choose a free port, or 0") from None
+                raise ConfigError(f"--prometheus-port {config.prometheus_port} cannot be bound: {exc.strerror or exc}",
+                                  hint="choose a free port, or 0") from None
         timeout_s = config.load.timeout_ms / 1000.0 if config.load.timeout_ms else None
-        pool = WorkerPool(_pool_size(config), config.endpoints, payload, timeout_s, config.load.max_in_flight, config.validity.unreachable_after_s)
+        pool = WorkerPool(_pool_size(config), config.endpoints, payload, timeout_s, config.load.max_in_flight,
+                          config.validity.unreachable_after_s, transport=config.transport)
         with pool:
             levels = config.load.levels
             executor = StepExecutor(config, pool, probes, progress, exporter, None if config.find_capacity else len(levels))

@@ -37,7 +37,7 @@ def judge_validity(step: StepResult, config: LoadTestConfig, worker_errors: Sequ
     if step.generator.saturated and lag_p99 is not None:
         validity.reasons.append(
             f"load generator saturated: send lag p99 {lag_p99:.2f} ms > {config.validity.max_send_lag_p99_ms:g} ms "
-            f"(add --workers, lower the load, or free CPU)"
+            f"({_lag_cause(step)})"
         )
     q = config.slo.gated_percentile if config.slo else None
     count = step.latency_ms.count
@@ -59,6 +59,18 @@ def judge_validity(step: StepResult, config: LoadTestConfig, worker_errors: Sequ
     validity.warnings.extend(step.generator.notes)
     validity.valid = not validity.reasons
     return validity
+
+
+def _lag_cause(step: StepResult) -> str:
+    """Busy workers need more workers; idle workers on a busy host were starved by others."""
+    g = step.generator
+    busiest = max(g.worker_cpu or [0.0])
+    if busiest >= 0.8:
+        return f"a worker used {busiest:.0%} of a core: add --workers or lower the load"
+    if g.host_cpu_busy is not None and g.host_cpu_busy >= 0.9:
+        return (f"workers used at most {busiest:.0%} of a core while the host was {g.host_cpu_busy:.0%} busy: "
+                f"other processes starved the generator; free CPU or run it elsewhere")
+    return "add --workers, lower the load, or free CPU"
 
 
 def evaluate_slo(step: StepResult, slo: SloSpec, sustain_ratio: float | None = None) -> SloOutcome:

@@ -8,6 +8,11 @@ reports failures as gRPC status codes.
 HTTP: one ``aiohttp`` session (the transport of tritonclient.http.aio) posting the
 prebuilt binary-tensor body; the response body is read and dropped.
 
+``--transport tritonclient`` sends through tritonclient's own asyncio clients instead
+(``tritonclient.grpc.aio`` / ``tritonclient.http.aio``, ``infer()`` with InferInputs
+built once): the reference path, to cross-check the harness against the stock client.
+It spends more CPU per request, as ``infer()`` rebuilds the request on every call.
+
 Every outcome maps to one small integer (``OK``, ``TIMEOUT`` ...) so workers store
 it in a byte array; the first message of each kind is kept for the report.
 """
@@ -15,6 +20,7 @@ it in a byte array; the first message of each kind is kept for the report.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, Sequence
 
 from sft_engine.loadtest.config import Endpoint
@@ -23,8 +29,12 @@ from sft_engine.loadtest.probe import GRPC_INFER_METHOD
 
 __all__ = [
     "OK", "TIMEOUT", "UNAVAILABLE", "REJECTED", "SERVER_ERROR", "OVERLOADED", "CANCELLED", "UNFINISHED", "OTHER",
-    "STATUS_NAMES", "SLOW_STATUSES", "Transport", "GrpcTransport", "HttpTransport", "make_transport",
+    "STATUS_NAMES", "SLOW_STATUSES", "TRANSPORTS", "Transport", "GrpcTransport", "HttpTransport", "TritonClientTransport",
+    "make_transport",
 ]
+
+#: ``--transport`` choices
+TRANSPORTS = ("raw", "tritonclient")
 
 OK, TIMEOUT, UNAVAILABLE, REJECTED, SERVER_ERROR, OVERLOADED, CANCELLED, UNFINISHED, OTHER = range(9)
 #: names used in reports (errors by kind)
@@ -41,10 +51,11 @@ SLOW_STATUSES = (OK, TIMEOUT, UNFINISHED)
 class Transport:
     """Sends the payload to endpoint ``i``; returns a status code, never raises for a failed request."""
 
-    def __init__(self, endpoints: Sequence[Endpoint], payload: Payload, timeout_s: float | None) -> None:
+    def __init__(self, endpoints: Sequence[Endpoint], payload: Payload, timeout_s: float | None, max_connections: int = 4096) -> None:
         self.endpoints = list(endpoints)
         self.payload = payload
         self.timeout_s = timeout_s
+        self.max_connections = max_connections
         #: first message seen for each failure kind
         self.examples: dict[int, str] = {}
 
@@ -52,6 +63,10 @@ class Transport:
         raise NotImplementedError
 
     async def send(self, endpoint_index: int) -> int:
+        raise NotImplementedError
+
+    async def connect(self, endpoint_index: int, timeout_s: float = 10.0) -> str | None:
+        """Open the connection to an endpoint before any timed request; an error text, or None."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -95,6 +110,13 @@ class GrpcTransport(Transport):
                 status = REJECTED
             return self._note(status, f"{code.name}: {exc.details()}")
 
+    async def connect(self, endpoint_index: int, timeout_s: float = 10.0) -> str | None:
+        try:
+            await asyncio.wait_for(self._channels[endpoint_index].channel_ready(), timeout_s)
+        except asyncio.TimeoutError:
+            return f"no gRPC connection to {self.endpoints[endpoint_index].url} within {timeout_s:g} s"
+        return None
+
     async def close(self) -> None:
         for ch in getattr(self, "_channels", []):
             await ch.close(grace=None)
@@ -106,7 +128,10 @@ class HttpTransport(Transport):
 
         self._aiohttp = aiohttp
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False), timeout=timeout)
+        # one connection per request in flight, within the file-descriptor limit (beyond it
+        # requests wait for a connection - still timed from their intended send)
+        connector = aiohttp.TCPConnector(limit=_connection_limit(self.max_connections), force_close=False)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         self._urls = [f"http://{ep.url}{self.payload.http_path}" for ep in self.endpoints]
         self._body = self.payload.http_body
         self._headers = dict(self.payload.http_headers)
@@ -132,12 +157,124 @@ class HttpTransport(Transport):
         except aiohttp.ClientError as exc:
             return self._note(OTHER, f"{type(exc).__name__}: {exc}")
 
+    async def connect(self, endpoint_index: int, timeout_s: float = 10.0) -> str | None:
+        url = f"http://{self.endpoints[endpoint_index].url}/v2/health/live"
+        try:
+            async with self._session.get(url, timeout=self._aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                await resp.read()
+                return None if resp.status == 200 else f"{url} answered HTTP {resp.status}"
+        except (asyncio.TimeoutError, self._aiohttp.ClientError, OSError) as exc:
+            return f"{url}: {type(exc).__name__}: {exc}"
+
     async def close(self) -> None:
         session: Any = getattr(self, "_session", None)
         if session is not None:
             await session.close()
 
 
-def make_transport(endpoints: Sequence[Endpoint], payload: Payload, timeout_s: float | None) -> Transport:
-    cls = GrpcTransport if endpoints[0].protocol == "grpc" else HttpTransport
-    return cls(endpoints, payload, timeout_s)
+class TritonClientTransport(Transport):
+    """tritonclient's asyncio ``InferenceServerClient.infer`` per request (gRPC or HTTP)."""
+
+    async def start(self) -> None:
+        import numpy as np
+        from tritonclient.grpc import service_pb2
+        from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
+
+        self._grpc = self.endpoints[0].protocol == "grpc"
+        if self._grpc:
+            import tritonclient.grpc.aio as client_mod
+        else:
+            import tritonclient.http.aio as client_mod
+        request = service_pb2.ModelInferRequest.FromString(self.payload.grpc_request)
+        self._inputs = []
+        for tensor, raw in zip(request.inputs, request.raw_input_contents):
+            shape = list(tensor.shape)
+            if tensor.datatype == "BYTES":
+                array = deserialize_bytes_tensor(raw).reshape(shape)
+            else:
+                array = np.frombuffer(raw, dtype=triton_to_np_dtype(tensor.datatype)).reshape(shape)
+            inp = client_mod.InferInput(tensor.name, shape, tensor.datatype)
+            if self._grpc:
+                inp.set_data_from_numpy(array)
+            else:
+                inp.set_data_from_numpy(array, binary_data=True)
+            self._inputs.append(inp)
+        self._outputs = None
+        if not self._grpc:
+            header_len = int(self.payload.http_headers["Inference-Header-Content-Length"])
+            names = [o["name"] for o in json.loads(self.payload.http_body[:header_len]).get("outputs", [])]
+            self._outputs = [client_mod.InferRequestedOutput(name, binary_data=True) for name in names] or None
+            self._clients = [client_mod.InferenceServerClient(ep.url, conn_limit=_connection_limit(self.max_connections))
+                             for ep in self.endpoints]
+        else:
+            self._clients = [client_mod.InferenceServerClient(ep.url) for ep in self.endpoints]
+
+    async def send(self, endpoint_index: int) -> int:
+        from tritonclient.utils import InferenceServerException
+
+        client = self._clients[endpoint_index]
+        try:
+            if self._grpc:
+                await client.infer(self.payload.model, self._inputs, model_version=self.payload.version, client_timeout=self.timeout_s)
+            elif self.timeout_s:
+                await asyncio.wait_for(client.infer(self.payload.model, self._inputs, model_version=self.payload.version,
+                                                    outputs=self._outputs), self.timeout_s)
+            else:
+                await client.infer(self.payload.model, self._inputs, model_version=self.payload.version, outputs=self._outputs)
+            return OK
+        except asyncio.TimeoutError:
+            return self._note(TIMEOUT, f"no response within {self.timeout_s:g} s")
+        except InferenceServerException as exc:
+            status, text = str(exc.status() or ""), str(exc.message() or exc)
+            if "DEADLINE_EXCEEDED" in status:
+                kind = TIMEOUT
+            elif "unknown model" in text.lower() or any(s in status for s in ("INVALID_ARGUMENT", "NOT_FOUND", "400", "404")):
+                kind = REJECTED
+            elif "UNAVAILABLE" in status:
+                kind = UNAVAILABLE
+            elif any(s in status for s in ("RESOURCE_EXHAUSTED", "429", "503")):
+                kind = OVERLOADED
+            elif "CANCELLED" in status:
+                kind = CANCELLED
+            else:
+                kind = SERVER_ERROR
+            return self._note(kind, f"{status}: {text}")
+        except (ConnectionError, OSError) as exc:
+            return self._note(UNAVAILABLE, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - aiohttp errors surface unwrapped through tritonclient.http.aio
+            kind = UNAVAILABLE if "Connect" in type(exc).__name__ or "Disconnected" in type(exc).__name__ else OTHER
+            return self._note(kind, f"{type(exc).__name__}: {exc}")
+
+    async def connect(self, endpoint_index: int, timeout_s: float = 10.0) -> str | None:
+        try:
+            live = await asyncio.wait_for(self._clients[endpoint_index].is_server_live(), timeout_s)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not connected", with its text
+            return f"{self.endpoints[endpoint_index].url}: {type(exc).__name__}: {exc}"
+        return None if live else f"{self.endpoints[endpoint_index].url} is not live"
+
+    async def close(self) -> None:
+        for client in getattr(self, "_clients", []):
+            await client.close()
+
+
+def _connection_limit(wanted: int) -> int:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        return max(1, wanted)
+    if soft == resource.RLIM_INFINITY:
+        return max(1, wanted)
+    return max(1, min(wanted, soft - 64))
+
+
+def make_transport(
+    endpoints: Sequence[Endpoint], payload: Payload, timeout_s: float | None, max_connections: int = 4096, kind: str = "raw",
+) -> Transport:
+    cls: type[Transport]
+    if kind == "tritonclient":
+        cls = TritonClientTransport
+    else:
+        cls = GrpcTransport if endpoints[0].protocol == "grpc" else HttpTransport
+    return cls(endpoints, payload, timeout_s, max_connections)

@@ -11,39 +11,48 @@ counts - happens after the step, with numpy, while no load is applied. Results g
 back to the coordinator as encoded histograms per window, so merging across
 processes is exact.
 
-Processes are started with ``spawn`` (gRPC is not fork-safe) once per run and reused
-for every step of a sweep or capacity search.
+Workers are fresh interpreters (``python -c``, never ``fork``: gRPC is not fork-safe;
+never ``multiprocessing.spawn``: it re-imports the caller's ``__main__``, which breaks
+any script that calls ``run_loadtest`` without a main guard). They talk to the
+coordinator over a socket pair (pickled plans and results) and share a small
+memory-mapped control block (abort flag, live counters). They are started once per
+run and reused for every step of a sweep or a capacity search.
 """
 
 from __future__ import annotations
 
 import array
 import asyncio
+import gc
 import logging
-import multiprocessing as mp
 import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from sft_engine.errors import LoadTestError
 from sft_engine.loadtest.config import Endpoint
+from sft_engine.loadtest.control import ControlBlock
 from sft_engine.loadtest.histogram import LatencyHistogram
 from sft_engine.loadtest.payload import Payload
 from sft_engine.loadtest.schedule import WorkerPlan, intended_times
 from sft_engine.loadtest.transport import (
-    CANCELLED, OK, SLOW_STATUSES, STATUS_NAMES, UNAVAILABLE, UNFINISHED, Transport, make_transport,
+    CANCELLED, OK, SLOW_STATUSES, STATUS_NAMES, TIMEOUT, UNAVAILABLE, UNFINISHED, Transport, make_transport,
 )
 
-__all__ = ["WorkerInit", "WindowData", "WorkerStepResult", "WorkerPool", "worker_main", "LIVE_FIELDS"]
+__all__ = ["WorkerInit", "WindowData", "WorkerStepResult", "WorkerPool", "worker_main"]
 
 LOGGER = logging.getLogger(__name__)
 
-#: layout of each worker's slot in the shared live-progress array
-LIVE_FIELDS = ("sent", "succeeded", "failed", "in_flight", "recent_p50_ms", "recent_p99_ms", "recent_lag_p99_ms", "step")
 #: after an abort, in-flight requests get this long before they are cancelled
 ABORT_GRACE_S = 0.5
 MONITOR_INTERVAL_S = 0.1
@@ -57,6 +66,7 @@ class WorkerInit:
     timeout_s: float | None
     max_in_flight: int
     unreachable_after_s: float
+    transport: str = "raw"
 
 
 @dataclass
@@ -91,13 +101,12 @@ class WorkerStepResult:
 class _StepRun:
     """One step in one worker: schedule, send, record raw timestamps, summarize."""
 
-    def __init__(self, plan: WorkerPlan, transport: Transport, init: WorkerInit, abort_event: Any, live: Any) -> None:
+    def __init__(self, plan: WorkerPlan, transport: Transport, init: WorkerInit, control: ControlBlock) -> None:
         self.plan = plan
         self.step = plan.step
         self.transport = transport
         self.init = init
-        self.abort_event = abort_event
-        self.live = live
+        self.control = control
         self.n_endpoints = len(init.endpoints)
         # raw per-request records (append-only; read with numpy after the step)
         self.t_intended = array.array("d")
@@ -123,6 +132,9 @@ class _StepRun:
 
     # -- recording ------------------------------------------------------------------
     def _record(self, intended: float, ready: float, sent: float, done: float, status: int, ep: int) -> None:
+        if status == TIMEOUT and self.init.timeout_s:
+            # a timeout counts at (at least) the timeout, even if the client library fired a hair early
+            done = max(done, sent + self.init.timeout_s)
         self.t_intended.append(intended)
         self.t_ready.append(ready)
         self.t_sent.append(sent)
@@ -147,7 +159,7 @@ class _StepRun:
             self.stop = True
             self.stop_time = time.monotonic()
             self.aborted = self.aborted or reason
-            self.abort_event.set()
+            self.control.request_abort()
             self._slot_free.set()
 
     # -- closed loop ----------------------------------------------------------------
@@ -235,26 +247,21 @@ class _StepRun:
 
     # -- supervision ----------------------------------------------------------------
     async def _monitor(self) -> None:
-        slot = self.plan.worker_index * len(LIVE_FIELDS)
         last_live = 0.0
         while True:
             now = time.monotonic()
-            if not self.stop and self.abort_event.is_set():
+            if not self.stop and self.control.aborted():
                 self._abort("aborted by the coordinator")
             if os.getppid() != self._parent:
                 self._abort("the coordinating process is gone")
             if now - last_live >= 0.25:
                 last_live = now
-                self._publish_live(slot, now)
+                self._publish_live(now)
             await asyncio.sleep(MONITOR_INTERVAL_S)
 
-    def _publish_live(self, slot: int, now: float) -> None:
-        live = self.live
+    def _publish_live(self, now: float) -> None:
         n = len(self.t_done)
-        live[slot + 0] = float(n + self.in_flight)
-        live[slot + 1] = float(self.ok)
-        live[slot + 2] = float(self.failed)
-        live[slot + 3] = float(self.in_flight)
+        values = [float(n + self.in_flight), float(self.ok), float(self.failed), float(self.in_flight), 0.0, 0.0, 0.0, float(self.step.index)]
         if n:
             tail = min(n, 4000)
             done = np.array(self.t_done[n - tail:])
@@ -263,10 +270,8 @@ class _StepRun:
                 lat = (done - np.array(self.t_intended[n - tail:]))[recent] * 1000.0
                 lag = (np.array(self.t_sent[n - tail:]) - np.array(self.t_ready[n - tail:]))[recent] * 1000.0
                 p50, p99 = np.percentile(lat, [50, 99])
-                live[slot + 4] = float(p50)
-                live[slot + 5] = float(p99)
-                live[slot + 6] = float(np.percentile(np.clip(lag, 0, None), 99))
-        live[slot + 7] = float(self.step.index)
+                values[4:7] = [float(p50), float(p99), float(np.percentile(np.clip(lag, 0, None), 99))]
+        self.control.write_live(self.plan.worker_index, values)
 
     def _cpu_mark(self, which: int) -> None:
         self._cpu_marks[which] = time.process_time()
@@ -283,9 +288,9 @@ class _StepRun:
         else:
             work = [loop.create_task(self._scheduler())] if self.plan.rate > 0 else []
         deadline = step.measure_end + step.drain_s
-        pending: list[asyncio.Task[Any]] = []
         while True:
-            pending = [t for t in work if not t.done()] + [t for t in self.tasks if not t.done()]
+            # first the schedule (or the closed-loop users), then the drain of what is in flight
+            pending: list[asyncio.Task[Any]] = [t for t in work if not t.done()] or [t for t in self.tasks if not t.done()]
             if not pending:
                 break
             now = mono()
@@ -294,13 +299,14 @@ class _StepRun:
             if now >= deadline:
                 break
             await asyncio.wait(pending, timeout=min(0.1, deadline - now))
-        for task in pending:
+        leftovers = [t for t in work if not t.done()] + [t for t in self.tasks if not t.done()]
+        for task in leftovers:
             task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        if leftovers:
+            await asyncio.gather(*leftovers, return_exceptions=True)
         monitor.cancel()
         await asyncio.gather(monitor, return_exceptions=True)
-        self._publish_live(self.plan.worker_index * len(LIVE_FIELDS), mono())
+        self._publish_live(mono())
         return self._summarize()
 
     def _summarize(self) -> WorkerStepResult:
@@ -365,24 +371,39 @@ class _StepRun:
         )
 
 
+def _raise_fd_limit() -> None:
+    """An open loop over HTTP holds one socket per request in flight: allow as many as the OS lets us."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 async def _sleep_until(t: float) -> None:
     delay = t - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
 
 
-async def _worker_async(conn: Connection, init: WorkerInit, abort_event: Any, live: Any) -> None:
-    transport = make_transport(init.endpoints, init.payload, init.timeout_s)
+async def _worker_async(conn: Connection, init: WorkerInit, control: ControlBlock) -> None:
+    transport = make_transport(init.endpoints, init.payload, init.timeout_s, init.max_in_flight, init.transport)
     await transport.start()
     try:
-        # one request per endpoint: connections are up before any timed request
-        for i, ep in enumerate(init.endpoints):
-            status = await transport.send(i)
-            if status != OK:
-                conn.send(("error", f"{ep.url}: {transport.examples.get(status, STATUS_NAMES[status])}"))
+        # connections are up before any timed request (the coordinator already sent a test request)
+        for i in range(len(init.endpoints)):
+            error = await transport.connect(i)
+            if error is not None:
+                conn.send(("error", error))
                 return
-        transport.examples.clear()
         conn.send(("ready", os.getpid()))
+        # everything built so far lives for the whole run: keep it out of the cyclic GC's
+        # way, so collections during a step stay short
+        gc.collect()
+        gc.freeze()
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -395,7 +416,7 @@ async def _worker_async(conn: Connection, init: WorkerInit, abort_event: Any, li
                 plan: WorkerPlan = message[1]
                 transport.examples.clear()
                 try:
-                    result = await _StepRun(plan, transport, init, abort_event, live).run()
+                    result = await _StepRun(plan, transport, init, control).run()
                 except Exception as exc:  # noqa: BLE001 - report to the coordinator instead of dying silently
                     LOGGER.exception("worker %d failed in step %d", init.worker_index, plan.step.index)
                     conn.send(("error", f"worker {init.worker_index} failed: {type(exc).__name__}: {exc}"))
@@ -405,19 +426,33 @@ async def _worker_async(conn: Connection, init: WorkerInit, abort_event: Any, li
         await transport.close()
 
 
-def worker_main(conn: Connection, init: WorkerInit, abort_event: Any, live: Any) -> None:
-    """Entry point of a worker process."""
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of a worker process: ``worker_main([socket_fd, control_path, n_workers])``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Ctrl-C reaches the whole process group: the coordinator handles it (abort, partial
+    # report) and tells the workers; a worker dying on its own would lose its results.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _raise_fd_limit()
+    conn = Connection(int(args[0]))
+    control = ControlBlock.attach(args[1], int(args[2]))
+    init: WorkerInit | None = None
     try:
-        asyncio.run(_worker_async(conn, init, abort_event, live))
+        init = conn.recv()
+        asyncio.run(_worker_async(conn, init, control))
     except KeyboardInterrupt:
         pass
+    except (EOFError, OSError):
+        pass  # the coordinator is gone
     except Exception as exc:  # noqa: BLE001 - the coordinator must learn why, not just see EOF
+        index = init.worker_index if init is not None else "?"
         try:
-            conn.send(("error", f"worker {init.worker_index} crashed: {type(exc).__name__}: {exc}"))
+            conn.send(("error", f"worker {index} crashed: {type(exc).__name__}: {exc}"))
         except OSError:
             pass
     finally:
+        control.close()
         conn.close()
+    return 0
 
 
 # -- in the coordinating process -------------------------------------------------------
@@ -433,50 +468,71 @@ class WorkerPool:
         max_in_flight: int,
         unreachable_after_s: float,
         startup_timeout_s: float = 60.0,
+        transport: str = "raw",
     ) -> None:
         self.n_workers = n_workers
-        self._ctx = mp.get_context("spawn")
-        self.abort_event = self._ctx.Event()
-        self.live = self._ctx.Array("d", n_workers * len(LIVE_FIELDS), lock=False)
         self._inits = [
-            WorkerInit(i, tuple(endpoints), payload, timeout_s, max_in_flight, unreachable_after_s) for i in range(n_workers)
+            WorkerInit(i, tuple(endpoints), payload, timeout_s, max_in_flight, unreachable_after_s, transport) for i in range(n_workers)
         ]
         self._startup_timeout_s = startup_timeout_s
-        self._procs: list[Any] = []
+        self.control: ControlBlock | None = None
+        self._procs: list[subprocess.Popen[bytes]] = []
         self._conns: list[Connection] = []
         self.pids: list[int] = []
 
+    @staticmethod
+    def _environment() -> dict[str, str]:
+        """The workers must import this very package, also when it is not installed."""
+        env = os.environ.copy()
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        return env
+
     def start(self) -> "WorkerPool":
+        self.control = ControlBlock.create(self.n_workers)
+        env = self._environment()
+        code = "import sys; from sft_engine.loadtest.worker import worker_main; sys.exit(worker_main())"
         for init in self._inits:
-            parent, child = self._ctx.Pipe(duplex=True)
-            proc = self._ctx.Process(target=worker_main, args=(child, init, self.abort_event, self.live), daemon=True, name=f"loadtest-worker-{init.worker_index}")
-            proc.start()
-            child.close()
+            parent, child = socket.socketpair()
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", code, str(child.fileno()), str(self.control.path), str(self.n_workers)],
+                    pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                )
+            finally:
+                child.close()
+            conn = Connection(parent.detach())
+            conn.send(init)
             self._procs.append(proc)
-            self._conns.append(parent)
+            self._conns.append(conn)
         deadline = time.monotonic() + self._startup_timeout_s
         for i, conn in enumerate(self._conns):
             message = self._receive(i, conn, deadline)
             if message is None:
-                raise LoadTestError(f"load-test worker {i} did not start within {self._startup_timeout_s:.0f} s", hint="the machine may be overloaded; try fewer --workers")
+                raise LoadTestError(f"load-test worker {i} did not start within {self._startup_timeout_s:.0f} s",
+                                    hint="the machine may be overloaded; try fewer --workers")
             if message[0] == "error":
                 raise LoadTestError(f"cannot send requests: {message[1]}", hint="check that the server is up and serves the model at --url")
             self.pids.append(int(message[1]))
         return self
+
+    def _exited(self, i: int) -> str:
+        return f"worker {i} exited (code {self._procs[i].poll()})"
 
     def _receive(self, i: int, conn: Connection, deadline: float) -> tuple[str, Any] | None:
         while time.monotonic() < deadline:
             try:
                 if conn.poll(0.05):
                     return conn.recv()
-            except (EOFError, OSError):
-                return ("error", f"worker {i} exited (code {self._procs[i].exitcode})")
-            if not self._procs[i].is_alive() and not conn.poll(0):
-                return ("error", f"worker {i} exited (code {self._procs[i].exitcode})")
+            except (EOFError, OSError, pickle.UnpicklingError):
+                return ("error", self._exited(i))
+            if self._procs[i].poll() is not None and not conn.poll(0):
+                return ("error", self._exited(i))
         return None
 
     def send_step(self, plans: Sequence[WorkerPlan]) -> None:
-        self.abort_event.clear()
+        assert self.control is not None
+        self.control.clear_abort()
         for conn, plan in zip(self._conns, plans):
             conn.send(("step", plan))
 
@@ -490,63 +546,68 @@ class WorkerPool:
                 conn = self._conns[i]
                 try:
                     ready = conn.poll(0)
-                except (EOFError, OSError):
-                    ready = False
-                if ready:
-                    try:
-                        kind, body = conn.recv()
-                    except (EOFError, OSError):
-                        errors.append(f"worker {i} exited (code {self._procs[i].exitcode})")
-                        pending.discard(i)
-                        continue
+                    message = conn.recv() if ready else None
+                except (EOFError, OSError, pickle.UnpicklingError):
+                    errors.append(self._exited(i))
                     pending.discard(i)
-                    if kind == "result":
-                        results.append(body)
+                    continue
+                if message is not None:
+                    pending.discard(i)
+                    if message[0] == "result":
+                        results.append(message[1])
                     else:
-                        errors.append(str(body))
-                elif not self._procs[i].is_alive():
-                    errors.append(f"worker {i} exited (code {self._procs[i].exitcode})")
+                        errors.append(str(message[1]))
+                elif self._procs[i].poll() is not None:
+                    errors.append(self._exited(i))
                     pending.discard(i)
             if pending:
                 if on_wait is not None:
                     on_wait()
-                time.sleep(0.05)
+                time.sleep(0.02)
         for i in sorted(pending):
             errors.append(f"worker {i} did not report within the step's deadline")
         if pending:
-            # a worker that missed its deadline is in an unknown state: replace nothing, stop all
-            self.abort_event.set()
+            self.abort()
         return results, errors
 
     def live_rows(self) -> list[dict[str, float]]:
-        n = len(LIVE_FIELDS)
-        values = list(self.live)
-        return [dict(zip(LIVE_FIELDS, values[i * n:(i + 1) * n])) for i in range(self.n_workers)]
+        return self.control.rows() if self.control is not None else []
+
+    def aborted(self) -> bool:
+        return self.control is not None and self.control.aborted()
 
     def abort(self) -> None:
-        self.abort_event.set()
+        if self.control is not None:
+            self.control.request_abort()
 
     def close(self) -> None:
         """Ask workers to exit, then terminate and finally kill any that remain."""
         for conn in self._conns:
             try:
                 conn.send(("exit",))
-            except (OSError, BrokenPipeError):
+            except OSError:
                 pass
         deadline = time.monotonic() + 3.0
         for proc in self._procs:
-            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                proc.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
         for proc in self._procs:
-            if proc.is_alive():
+            if proc.poll() is None:
                 proc.terminate()
-                proc.join(timeout=2.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=2.0)
+                try:
+                    proc.wait(timeout=2.0)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=2.0)
         for conn in self._conns:
             conn.close()
         self._procs.clear()
         self._conns.clear()
+        if self.control is not None:
+            self.control.close()
+            self.control = None
 
     def __enter__(self) -> "WorkerPool":
         try:

@@ -2,7 +2,8 @@
 
 Why a file: the test decides *when* the stall happens (inside the measured
 interval) without a second input or a control endpoint; deleting the file before
-sleeping makes the stall happen once even if executions overlap.
+sleeping makes the stall happen once. Tests create the file atomically (write a
+temporary file, then rename it), so the model never reads it half-written.
 """
 
 import os
@@ -17,10 +18,13 @@ class TritonPythonModel:
 
     def execute(self, requests):
         if os.path.exists(self.flag):
+            stall_ms = 0.0
             try:
                 with open(self.flag) as f:
-                    stall_ms = float(f.read().strip() or 0)
-                os.remove(self.flag)
+                    text = f.read().strip()
+                if text:  # an empty file is still being written: look again next time
+                    stall_ms = float(text)
+                    os.remove(self.flag)
             except (OSError, ValueError):
                 stall_ms = 0.0
             if stall_ms > 0:
