@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default="demo-output", help="where the demo writes everything (default: demo-output)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--images", type=int, default=8, help="generated images to classify")
-    p.add_argument("--loadtest-seconds", type=float, default=5.0, help="0 skips the load test")
+    p.add_argument("--loadtest-seconds", type=float, default=8.0, help="0 skips the load test")
     p.set_defaults(func=run)
 
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"   {correct}/{len(images)} correct")
 
         if args.loadtest_seconds > 0:
-            _step(f"5/5 open-loop load test, {args.loadtest_seconds:.0f} s")
+            _step(f"5/5 open-loop load test, about {args.loadtest_seconds:.0f} s of load")
             _demo_loadtest(server, work, args.loadtest_seconds)
         else:
             _step("5/5 load test skipped (--loadtest-seconds 0)")

@@ -3,34 +3,47 @@
 Minimizes L_task(θ) + λ·L_pre(θ) (cross-entropy plus L2-SP, distillation or nothing)
 and writes the checkpoint ``sft-engine build --from-finetune DIR`` reads: see
 ``writer`` for the output layout and ``docs/finetune.md`` for the user guide.
+
+Names are imported on first use, so that the CLI (which reads the option lists in
+``config``) does not pay for importing torch on every command.
 """
 
 from __future__ import annotations
 
-from sft_engine.finetune.config import FinetuneConfig, load_finetune_toml
-from sft_engine.finetune.data import DataBundle, build_datasets
-from sft_engine.finetune.objective import L2SP, Distill, FinetuneObjective, LossTerms
-from sft_engine.finetune.schedule import warmup_cosine
-from sft_engine.finetune.synthetic import SyntheticDataset, make_synthetic_images, synthetic_labels
-from sft_engine.finetune.trainer import FinetuneResult, finetune
-from sft_engine.finetune.writer import FORMAT, METADATA_KEYS, read_metadata
+import importlib
+from typing import Any
 
-__all__ = [
-    "FORMAT",
-    "METADATA_KEYS",
-    "DataBundle",
-    "Distill",
-    "FinetuneConfig",
-    "FinetuneObjective",
-    "FinetuneResult",
-    "L2SP",
-    "LossTerms",
-    "SyntheticDataset",
-    "build_datasets",
-    "finetune",
-    "load_finetune_toml",
-    "make_synthetic_images",
-    "read_metadata",
-    "synthetic_labels",
-    "warmup_cosine",
-]
+_LAZY = {
+    "FORMAT": "writer",
+    "METADATA_KEYS": "writer",
+    "read_metadata": "writer",
+    "DataBundle": "data",
+    "build_datasets": "data",
+    "Distill": "objective",
+    "FinetuneObjective": "objective",
+    "L2SP": "objective",
+    "LossTerms": "objective",
+    "FinetuneConfig": "config",
+    "load_finetune_toml": "config",
+    "FinetuneResult": "trainer",
+    "finetune": "trainer",
+    "SyntheticDataset": "synthetic",
+    "make_synthetic_images": "synthetic",
+    "synthetic_labels": "synthetic",
+    "warmup_cosine": "schedule",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sft_engine.finetune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"sft_engine.finetune.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
