@@ -1,9 +1,10 @@
 """A short, self-sizing open-loop load test for ``sft-engine demo``.
 
-The demo does not know its model's capacity, so it first measures it briefly
-(closed loop, concurrency 2), then sweeps Poisson traffic over 30 %-70 % of it (the generator shares the cores with the server) (so the
-plot shows latency climbing with load), gates the run on an example SLO (p99 within
-100 ms, under 0.1 % errors) and writes the full reports. Returns a few lines to print.
+The demo does not know its model's capacity, so it first measures it briefly (closed
+loop, concurrency 2), then sweeps Poisson traffic over 30 %-70 % of it (the generator
+shares the cores with the server; the sweep makes the plot show latency climbing with
+load), gates the run on an example SLO (p99 within 100 ms, under 0.1 % errors) and
+writes the full reports. Returns a few lines to print.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def demo_run(url: str, model: str, duration_s: float = 5.0, report_dir: Path | N
     probe = run_loadtest(LoadTestConfig(endpoints=(endpoint,), model=model, load=probe_load, workers=1)).steps[0]
     rates = tuple(sorted({max(1.0, float(round(f * probe.throughput_rps))) for f in (0.3, 0.5, 0.7)}))
     # long enough for 1,100 samples at the lowest rate, so p99 has its minimum tail samples
-    step_s = round(max(1.5, duration_s / len(rates), 1100.0 / rates[0]), 1)
+    # (capped: a slow model gets a short, honest INVALID rather than minutes of load)
+    step_s = round(min(max(1.5, duration_s / len(rates), 1100.0 / rates[0]), max(1.5, duration_s)), 1)
     load = LoadSpec(mode="open", rates=rates, arrival="poisson", duration_s=step_s, warmup_s=0.5,
                     window_s=min(1.0, step_s), timeout_ms=5000)
     slo = SloSpec(latency_ms={99.0: 100.0}, max_error_rate=0.001)

@@ -244,10 +244,12 @@ def test_demo_run_sizes_its_own_load(server: TritonServer, tmp_path: Path) -> No
     from sft_engine.loadtest import demo_run
 
     summary = demo_run(server.grpc_url, "lt_identity", duration_s=1.0, report_dir=tmp_path / "demo")
-    assert "open loop, Poisson arrivals at" in summary and "verdict:" in summary
+    assert "open loop, Poisson arrivals" in summary and "SLO p99 <= 100 ms" in summary
     data = json.loads((tmp_path / "demo" / "loadtest.json").read_text())
-    step = data["steps"][0]
-    assert step["mode"] == "open" and step["arrival"] == "poisson" and step["requests"]["succeeded"] > 0
+    rates = [step["rate_rps"] for step in data["steps"]]
+    assert len(rates) >= 2 and rates == sorted(rates), "a sweep of rising rates, so the plot shows a curve"
+    for step in data["steps"]:
+        assert step["mode"] == "open" and step["arrival"] == "poisson" and step["requests"]["succeeded"] > 0
 
 
 def test_find_capacity_of_a_model_with_known_capacity(server: TritonServer) -> None:
