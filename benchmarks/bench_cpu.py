@@ -84,6 +84,35 @@ def saturation(make_call, x: np.ndarray, concurrency: int, budget_s: float) -> d
             "p50_ms": round(st.p50_ms, 3), "p99_ms": round(st.p99_ms, 3)}
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+
+class CpuSplit:
+    """Cores used by the server, its Python-backend stubs and this (client) process over an interval."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.pids = {"server": [server_pid], "stub": _children(server_pid), "client": [os.getpid()]}
+
+    def __enter__(self) -> "CpuSplit":
+        self.t0 = time.perf_counter()
+        self.start = {k: sum(_cpu_seconds(p) for p in v) for k, v in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.t0
+        self.cores = {k: round((sum(_cpu_seconds(p) for p in v) - self.start[k]) / wall, 2) for k, v in self.pids.items()}
+
+
 def grpc_call_factory(url: str, model: str, shape):
     import tritonclient.grpc as grpcclient
 
@@ -137,14 +166,16 @@ def bench_model(arch: str, size: int, batches: list[int], budget: float, engine:
     with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as srv:
         for batch in batches:
             x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
-            inproc = time_interleaved({"eager": eager, "engine": runner.run}, x, budget_s=budget)
+            inproc = time_interleaved({"eager": eager, "engine": runner.run}, x, budget_s=2 * budget)
             grpc_make = grpc_call_factory(srv.grpc_url, name, x.shape)
             http_make = http_call_factory(srv.http_url, name, x.shape)
             grpc_c1 = closed_loop(grpc_make(), x, budget)
             http_c1 = closed_loop(http_make(), x, budget)
-            # re-measure the engine in-process right after, so c/b compares like with like
+            # the engine in-process again, right after, so c/b compares like with like
             engine_again = closed_loop(runner.run, x, budget)
-            sat_grpc = saturation(grpc_make, x, concurrency, budget)
+            with CpuSplit(srv.pid) as split:  # type: ignore[arg-type]
+                sat_grpc = saturation(grpc_make, x, concurrency, budget)
+            sat_grpc["cores_used"] = split.cores
             sat_http = saturation(http_make, x, concurrency, budget)
             engine_ref = max(inproc["engine"].images_per_s, engine_again.images_per_s)
             row = {
@@ -163,7 +194,8 @@ def bench_model(arch: str, size: int, batches: list[int], budget: float, engine:
             print(f"{name:14s} b={batch:<3d} eager {row['eager']['images_per_s']:8.1f} img/s  engine {row['engine_inproc']['images_per_s']:8.1f}  "
                   f"b/a {row['ratio_b_over_a']:.2f}  | c1 p50 grpc {grpc_c1.p50_ms:.2f} ms http {http_c1.p50_ms:.2f} ms "
                   f"(engine {inproc['engine'].p50_ms:.2f} ms; +{row['serving_added_p50_ms_grpc']:.2f}/+{row['serving_added_p50_ms_http']:.2f}) "
-                  f"| sat grpc {sat_grpc['images_per_s']:.1f} http {sat_http['images_per_s']:.1f} img/s  c/b {row['ratio_c_over_b_grpc']:.2f}/{row['ratio_c_over_b_http']:.2f}",
+                  f"| sat grpc {sat_grpc['images_per_s']:.1f} http {sat_http['images_per_s']:.1f} img/s  c/b {row['ratio_c_over_b_grpc']:.2f}/{row['ratio_c_over_b_http']:.2f} "
+                  f"(cores: {' '.join(f'{k} {v}' for k, v in split.cores.items())})",
                   flush=True)
     return {"model": name, "engine": res.engine, "candidates": res.candidates, "rows": rows}
 

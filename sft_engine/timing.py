@@ -1,8 +1,11 @@
 """Small, honest timing helpers shared by the build's engine selection and the benchmarks.
 
-Candidates are timed interleaved (A, B, A, B, ...) rather than one after another, so
-that a noisy neighbour on a shared machine slows them alike and the *ratio* stays
-meaningful even when absolute times drift.
+Candidates are timed interleaved in short blocks (A-block, B-block, A-block, ...) rather
+than one after another, so that a noisy neighbour on a shared machine slows them alike
+and the *ratio* stays meaningful even when absolute times drift. Blocks, not single
+calls: two runtimes with their own thread pools (ONNX Runtime's spinning workers,
+PyTorch's OpenMP team) alternated call by call fight over the cores and both look
+slower than either is alone.
 """
 
 from __future__ import annotations
@@ -46,18 +49,26 @@ def time_interleaved(
     min_iters: int = 5,
     budget_s: float = 3.0,
     warmup: int = 2,
+    blocks: int = 3,
 ) -> dict[str, LatencyStats]:
-    """Time each function on ``batch`` in round-robin until ``min_iters`` rounds and ``budget_s`` have passed."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn(batch)
+    """Time each function on ``batch``: ``blocks`` rounds of one block per function.
+
+    Each block re-warms its function (``warmup`` untimed calls: the other runtime has
+    just had the cores), then times calls for its share of ``budget_s`` and at least
+    ``ceil(min_iters / blocks)`` calls.
+    """
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < min_iters or (time.perf_counter() - start < budget_s and rounds < 10_000):
+    share = budget_s / max(1, blocks * len(fns))
+    per_block = max(1, -(-min_iters // blocks))
+    for _ in range(blocks):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(batch)
-            samples[name].append(time.perf_counter() - t0)
-        rounds += 1
+            for _ in range(warmup):
+                fn(batch)
+            start = time.perf_counter()
+            count = 0
+            while count < per_block or (time.perf_counter() - start < share and count < 10_000):
+                t0 = time.perf_counter()
+                fn(batch)
+                samples[name].append(time.perf_counter() - t0)
+                count += 1
     return {name: _stats(vals, len(batch)) for name, vals in samples.items()}
