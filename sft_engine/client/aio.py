@@ -26,7 +26,7 @@ from sft_engine.client.metrics import resolve_metrics
 from sft_engine.client.model_info import ModelInfo, labels_from_classification
 from sft_engine.client.predictions import Prediction, top_k as rank
 from sft_engine.client.retry import RetryPolicy, acall_with_retry
-from sft_engine.client.settings import ClientSettings
+from sft_engine.client.settings import ClientSettings, SettingsView
 from sft_engine.client.shm import ShmPool, ShmSlot, in_use, release_patience_s
 from sft_engine.client.transport import InferTarget, make_async_transport
 
@@ -36,7 +36,7 @@ LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(SettingsView):
     """A classifier served by Triton, for asyncio code. Use with ``async with``.
 
     >>> async with AsyncClient("127.0.0.1:8001", model="resnet18") as client:
@@ -59,25 +59,6 @@ class AsyncClient:
         self._shm: ShmPool | None = None
         self._slots: "asyncio.Queue[ShmSlot] | None" = None
         self._closed = False
-
-    @property
-    def url(self) -> str:
-        return self.settings.url
-
-    @property
-    def protocol(self) -> str:
-        return self.settings.protocol
-
-    @property
-    def model(self) -> str:
-        return self.settings.model
-
-    @property
-    def version(self) -> str | None:
-        return self.settings.version or None
-
-    def __repr__(self) -> str:
-        return f"AsyncClient({self.url!r}, protocol={self.protocol!r}, model={self.model!r}, version={self.version!r})"
 
     # -- health ---------------------------------------------------------------------------
     async def is_live(self) -> bool:

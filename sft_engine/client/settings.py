@@ -49,3 +49,29 @@ class ClientSettings:
             retry=RetryPolicy.of(retries), shared_memory=bool(shared_memory), concurrency=concurrency,
             labels=tuple(str(x) for x in labels) if labels is not None else None,
         )
+
+
+class SettingsView:
+    """What a client is pointed at, read from its ``settings`` (shared by Client and AsyncClient)."""
+
+    settings: ClientSettings
+
+    @property
+    def url(self) -> str:
+        return self.settings.url
+
+    @property
+    def protocol(self) -> str:
+        return self.settings.protocol
+
+    @property
+    def model(self) -> str:
+        return self.settings.model
+
+    @property
+    def version(self) -> str | None:
+        """The version asked for; None = the latest."""
+        return self.settings.version or None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, protocol={self.protocol!r}, model={self.model!r}, version={self.version!r})"

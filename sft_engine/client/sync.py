@@ -41,7 +41,7 @@ from sft_engine.client.metrics import resolve_metrics
 from sft_engine.client.model_info import ModelInfo, labels_from_classification
 from sft_engine.client.predictions import Prediction, top_k as rank
 from sft_engine.client.retry import RetryPolicy, call_with_retry
-from sft_engine.client.settings import ClientSettings
+from sft_engine.client.settings import ClientSettings, SettingsView
 from sft_engine.client.shm import ShmPool, ShmSlot, in_use, release_patience_s
 from sft_engine.client.transport import InferTarget, make_transport
 
@@ -50,7 +50,7 @@ __all__ = ["Client"]
 LOGGER = logging.getLogger(__name__)
 
 
-class Client:
+class Client(SettingsView):
     """A classifier served by Triton. Use as a context manager; thread-safe.
 
     >>> with Client("127.0.0.1:8001", model="resnet18") as client:
@@ -82,27 +82,6 @@ class Client:
         self._slots: "queue.Queue[ShmSlot] | None" = None
         self._closed = False
         self._plain = not self.settings.shared_memory and self._metrics is None
-
-    # -- identity ---------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return self.settings.url
-
-    @property
-    def protocol(self) -> str:
-        return self.settings.protocol
-
-    @property
-    def model(self) -> str:
-        return self.settings.model
-
-    @property
-    def version(self) -> str | None:
-        """The version asked for; None = the latest."""
-        return self.settings.version or None
-
-    def __repr__(self) -> str:
-        return f"Client({self.url!r}, protocol={self.protocol!r}, model={self.model!r}, version={self.version!r})"
 
     # -- health -------------------------------------------------------------------------
     def is_live(self) -> bool:
