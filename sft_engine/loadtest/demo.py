@@ -32,7 +32,8 @@ def demo_run(url: str, model: str, duration_s: float = 5.0, report_dir: Path | N
     step_s = round(min(max(1.5, duration_s / len(rates), 1100.0 / rates[0]), max(1.5, duration_s)), 1)
     load = LoadSpec(mode="open", rates=rates, arrival="poisson", duration_s=step_s, warmup_s=0.5,
                     window_s=min(1.0, step_s), timeout_ms=5000)
-    slo = SloSpec(latency_ms={99.0: 100.0}, max_error_rate=0.001)
+    # steps of a few seconds are too short to judge window-to-window stability honestly
+    slo = SloSpec(latency_ms={99.0: 100.0}, max_error_rate=0.001, require_stable=False)
     result = run_loadtest(LoadTestConfig(endpoints=(endpoint,), model=model, load=load, slo=slo, workers=1, report=report_dir))
     lines = [f"closed-loop probe, 2 concurrent callers: {probe.throughput_rps:,.0f} req/s",
              f"open loop, Poisson arrivals, {step_s:g} s per rate; latency from the intended send (ms):"]
@@ -41,7 +42,7 @@ def demo_run(url: str, model: str, duration_s: float = 5.0, report_dir: Path | N
         lines.append(f"  {step.rate_rps or step.offered_rps:>7,.0f} req/s offered, "
                      f"{step.throughput_rps:,.0f} delivered, {step.requests.failed} errors: p50 {_ms(lat.get(50.0))}  "
                      f"p90 {_ms(lat.get(90.0))}  p99 {_ms(lat.get(99.0))}  (send lag p99 {_ms(step.send_lag_ms.get(99.0))})")
-    lines.append("SLO p99 <= 100 ms, errors < 0.1 %: " + result.verdict + (f" ({'; '.join(result.reasons)})" if result.reasons else ""))
+    lines.append("SLO p99 <= 100 ms, errors < 0.1 % (stability not judged on steps this short): " + result.verdict + (f" ({'; '.join(result.reasons)})" if result.reasons else ""))
     if result.report_files:
         lines.append(f"report: {result.report_files.get('markdown')}  plot: {result.report_files.get('plot')}")
     return "\n".join(lines)
