@@ -9,7 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.sft-engine-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[server,onnx,loadtest,test]" 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -c "import sft_engine, torch, torchvision, onnxruntime, tritonclient.grpc, hdrh, pytriton" || {
     echo "error: the installation is incomplete (see the pip output above)" >&2; exit 1; }
