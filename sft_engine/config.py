@@ -188,7 +188,12 @@ class BuildConfig:
 
 
 def load_build_spec(path: str | Path) -> dict[str, Any]:
-    """A TOML build spec: keys at the top level or under ``[build]``; relative paths are relative to the spec."""
+    """A TOML build spec: keys at the top level or under ``[build]``.
+
+    Input paths (weights, labels, calibration, fine-tuning output) are relative to the
+    spec file, so a spec works from any directory; ``repository`` is relative to where
+    the command runs, like the flag.
+    """
     path = Path(path)
     data = load_toml(path, "build spec")
     data = data.get("build", data)
@@ -197,7 +202,7 @@ def load_build_spec(path: str | Path) -> dict[str, Any]:
     base = path.parent
     for key in ("weights", "labels_file", "calibration_dir", "from_finetune"):
         if key in data and not Path(data[key]).is_absolute():
-            data[key] = str((base / data[key]).resolve()) if (base / data[key]).exists() else data[key]
+            data[key] = str((base / data[key]).resolve())
     return data
 
 
