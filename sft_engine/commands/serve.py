@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 
 from sft_engine.server import DEFAULT_TRITON_TAG, ServerConfig, TritonServer, docker_command
@@ -41,9 +41,11 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port, model_control_mode=args.model_control_mode, load_models=args.load_model,
         log_verbose=args.log_verbose,
     )
-    stop = threading.Event()
+    # A plain flag, not a threading.Event: Event.set() takes a lock that the main thread
+    # may be holding inside Event.wait() when the signal arrives, and would deadlock.
+    stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     server = TritonServer(cfg)
     print(f"starting tritonserver on {cfg.host} for {cfg.repository} ...", flush=True)
     with server:
@@ -51,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
         for name in _model_names(cfg.repository):
             print(f"  model    http://{server.http_url}/v2/models/{name}/config", flush=True)
         print("press Ctrl-C to stop", flush=True)
-        while not stop.wait(0.5):
-            if not server.is_alive():
+        while not stopping:
+            time.sleep(0.2)  # interrupted by the signal; the handler only appends to the list
+            if not stopping and not server.is_alive():
                 print(f"tritonserver exited: {server.last_error()}", flush=True)
                 return 1
         print("stopping ...", flush=True)

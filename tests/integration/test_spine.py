@@ -127,6 +127,14 @@ def test_port_in_use_is_a_clear_error(repo):
             TritonServer(ServerConfig(repository=repo, http_port=port, grpc_port=0, metrics_port=0)).start()
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+
 def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "sft_engine.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, **kw)
@@ -161,7 +169,9 @@ def test_serve_command_from_bare_environment_and_sigterm(repo):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # the test failed: take the tritonserver it started down too
+            for child in _children(proc.pid):
+                os.killpg(child, signal.SIGKILL)
             proc.kill()
             proc.wait()
     with pytest.raises(OSError):  # the server went away with it
