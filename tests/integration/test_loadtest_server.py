@@ -229,7 +229,11 @@ def test_http_sweep_with_live_prometheus_exposition(server: TritonServer, tmp_pa
     assert all(s.verdict == "MEASURED" and s.requests.failed == 0 for s in result.steps)
     step = result.steps[1]
     assert step.inferences_per_s == pytest.approx(4 * step.throughput_rps)
-    assert step.server is not None and step.server.inference_count == 4 * step.server.requests_success
+    # batch 4 per request; Triton updates its success and inference counters at different
+    # moments, so a request in flight at a snapshot edge may be counted in one and not yet
+    # in the other (at most one per caller)
+    assert step.server is not None
+    assert abs(step.server.inference_count - 4 * step.server.requests_success) <= 4 * step.concurrency
     assert step.reconciliation is not None and step.reconciliation.ok
     # reported throughput agrees with what the server counted in (nearly) the same interval: the
     # snapshots are taken as close to the 1 s window edges as a busy coordinator manages, so
