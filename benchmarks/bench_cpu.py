@@ -33,24 +33,7 @@ from sft_engine.config import BuildConfig
 from sft_engine.engines.serving_model import EngineRunner
 from sft_engine.models import build_model, save_state_dict
 from sft_engine.server import ServerConfig, TritonServer
-from sft_engine.timing import LatencyStats, time_interleaved
-
-
-def stats_from(samples: list[float], batch: int) -> LatencyStats:
-    arr = np.asarray(samples) * 1000.0
-    return LatencyStats(len(arr), batch, float(np.percentile(arr, 50)), float(np.percentile(arr, 99)), float(arr.mean()))
-
-
-def closed_loop(fn, x: np.ndarray, budget_s: float, min_iters: int = 5) -> LatencyStats:
-    for _ in range(2):
-        fn(x)
-    samples: list[float] = []
-    start = time.perf_counter()
-    while len(samples) < min_iters or time.perf_counter() - start < budget_s:
-        t0 = time.perf_counter()
-        fn(x)
-        samples.append(time.perf_counter() - t0)
-    return stats_from(samples, len(x))
+from sft_engine.timing import latency_stats, time_closed_loop, time_interleaved
 
 
 def saturation(make_call, x: np.ndarray, concurrency: int, budget_s: float) -> dict:
@@ -79,7 +62,7 @@ def saturation(make_call, x: np.ndarray, concurrency: int, budget_s: float) -> d
         t.join()
     wall = time.perf_counter() - t_start
     flat = [v for vals in lat for v in vals]
-    st = stats_from(flat, len(x))
+    st = latency_stats(flat, len(x))
     return {"concurrency": concurrency, "requests": len(flat), "images_per_s": round(len(flat) * len(x) / wall, 2),
             "p50_ms": round(st.p50_ms, 3), "p99_ms": round(st.p99_ms, 3)}
 
@@ -169,10 +152,10 @@ def bench_model(arch: str, size: int, batches: list[int], budget: float, engine:
             inproc = time_interleaved({"eager": eager, "engine": runner.run}, x, budget_s=2 * budget)
             grpc_make = grpc_call_factory(srv.grpc_url, name, x.shape)
             http_make = http_call_factory(srv.http_url, name, x.shape)
-            grpc_c1 = closed_loop(grpc_make(), x, budget)
-            http_c1 = closed_loop(http_make(), x, budget)
+            grpc_c1 = time_closed_loop(grpc_make(), x, budget)
+            http_c1 = time_closed_loop(http_make(), x, budget)
             # the engine in-process again, right after, so c/b compares like with like
-            engine_again = closed_loop(runner.run, x, budget)
+            engine_again = time_closed_loop(runner.run, x, budget)
             with CpuSplit(srv.pid) as split:  # type: ignore[arg-type]
                 sat_grpc = saturation(grpc_make, x, concurrency, budget)
             sat_grpc["cores_used"] = split.cores

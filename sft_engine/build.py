@@ -8,6 +8,7 @@ succeeded.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 import time
@@ -88,6 +89,4 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
 
 
 def _sha_text(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()

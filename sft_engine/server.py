@@ -170,8 +170,6 @@ def server_environment(install: TritonInstall) -> dict[str, str]:
     # The Python backend imports each version's model.py; without this it would write
     # __pycache__/ into version directories, which are never to be modified.
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    # One BLAS/OpenMP pool per model instance is set by the model; keep the server's own small.
-    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     return env
 
 

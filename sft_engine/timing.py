@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-__all__ = ["LatencyStats", "time_interleaved"]
+__all__ = ["LatencyStats", "latency_stats", "time_closed_loop", "time_interleaved"]
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,23 @@ class LatencyStats:
         }
 
 
-def _stats(samples: list[float], batch: int) -> LatencyStats:
+def latency_stats(samples: list[float], batch: int) -> LatencyStats:
+    """Per-call durations in seconds → percentiles in milliseconds."""
     arr = np.asarray(samples) * 1000.0
     return LatencyStats(len(arr), batch, float(np.percentile(arr, 50)), float(np.percentile(arr, 99)), float(arr.mean()))
+
+
+def time_closed_loop(fn: Callable[[np.ndarray], object], batch: np.ndarray, budget_s: float, min_iters: int = 5, warmup: int = 2) -> LatencyStats:
+    """Call ``fn(batch)`` back to back for ``budget_s`` (and at least ``min_iters`` times)."""
+    for _ in range(warmup):
+        fn(batch)
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < min_iters or time.perf_counter() - start < budget_s:
+        t0 = time.perf_counter()
+        fn(batch)
+        samples.append(time.perf_counter() - t0)
+    return latency_stats(samples, len(batch))
 
 
 def time_interleaved(
@@ -71,4 +85,4 @@ def time_interleaved(
                 fn(batch)
                 samples[name].append(time.perf_counter() - t0)
                 count += 1
-    return {name: _stats(vals, len(batch)) for name, vals in samples.items()}
+    return {name: latency_stats(vals, len(batch)) for name, vals in samples.items()}
