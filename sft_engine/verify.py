@@ -75,7 +75,7 @@ class ParityData:
 
 
 def parity_inputs(prep: Preprocessing, samples: int, calibration_dir: Path | None, seed: int = 0) -> ParityData:
-    """Random normalized tensors plus the calibration images (labelled if in class folders)."""
+    """Random normalized tensors plus the calibration images; labelled images (class folders) replace the random ones."""
     rng = np.random.default_rng(seed)
     random = rng.standard_normal((samples, *prep.shape)).astype(np.float32)
     if calibration_dir is None:
