@@ -167,9 +167,6 @@ def server_environment(install: TritonInstall) -> dict[str, str]:
     # The stub imports model.py with this interpreter's site-packages; the virtual env, if any:
     if sys.prefix != sys.base_prefix:
         env["VIRTUAL_ENV"] = sys.prefix
-    # The Python backend imports each version's model.py; without this it would write
-    # __pycache__/ into version directories, which are never to be modified.
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
