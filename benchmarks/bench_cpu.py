@@ -5,23 +5,25 @@ For each model (resnet18@32, resnet50@224) and batch size (1, 8, 32) it measures
   (a) eager PyTorch FP32 in-process (the seed's way to predict);
   (b) sft-engine's CPU engine in-process (the exact serving code, EngineRunner);
   (c) the same engine served by the embedded Triton over gRPC and HTTP:
-      closed loop at concurrency 1, and at saturation (several requests in flight,
-      dynamic batching on).
+      closed loop at concurrency 1, and at saturation: the best throughput over a
+      sweep of requests in flight (as perf_analyzer sweeps concurrency), sent by
+      sft-engine's AsyncClient through system shared memory, dynamic batching on.
 and prints images/s, p50/p99 latency and the ratios b/a and c/b, and writes JSON.
 
     python benchmarks/bench_cpu.py --json reports/bench_cpu.json
+    python benchmarks/bench_cpu.py --precision fp32 --json reports/bench_cpu_fp32.json
     python benchmarks/bench_cpu.py --models resnet18@32 --batches 1,8 --budget 2
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -29,42 +31,43 @@ import numpy as np
 import torch
 
 from sft_engine.build import build
-from sft_engine.config import BuildConfig
+from sft_engine.config import CPU_ENGINES, CPU_PRECISIONS, BuildConfig
 from sft_engine.engines.serving_model import EngineRunner
 from sft_engine.models import build_model, save_state_dict
 from sft_engine.server import ServerConfig, TritonServer
 from sft_engine.timing import latency_stats, time_closed_loop, time_interleaved
 
 
-def saturation(make_call, x: np.ndarray, concurrency: int, budget_s: float) -> dict:
-    """``concurrency`` threads in a closed loop each; throughput = images completed / wall time."""
-    lat: list[list[float]] = [[] for _ in range(concurrency)]
-    barrier = threading.Barrier(concurrency + 1)
-    stop = [0.0]
+def saturation(url: str, protocol: str, model: str, x: np.ndarray, concurrency: int, budget_s: float, shm: bool = True) -> dict:
+    """``concurrency`` requests kept in flight by sft-engine's AsyncClient; throughput = images completed / wall time.
 
-    def worker(i: int) -> None:
-        call = make_call()  # HTTP clients (gevent) must live in the thread that uses them
-        call(x)
-        barrier.wait()
-        while time.perf_counter() < stop[0]:
-            t0 = time.perf_counter()
-            call(x)
-            lat[i].append(time.perf_counter() - t0)
+    The product's own client, with system shared memory for the tensors on loopback: it
+    costs the shared cores least of the clients measured (tritonclient's gRPC client in
+    threads spends more CPU per request, which the server then lacks).
+    """
+    from sft_engine.client import AsyncClient
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    stop[0] = time.perf_counter() + budget_s + 60  # provisional, until everyone is warm
-    barrier.wait()
-    t_start = time.perf_counter()
-    stop[0] = t_start + budget_s
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t_start
-    flat = [v for vals in lat for v in vals]
-    st = latency_stats(flat, len(x))
-    return {"concurrency": concurrency, "requests": len(flat), "images_per_s": round(len(flat) * len(x) / wall, 2),
-            "p50_ms": round(st.p50_ms, 3), "p99_ms": round(st.p99_ms, 3)}
+    async def go() -> tuple[list[float], float]:
+        async with AsyncClient(url, protocol=protocol, model=model, shared_memory=shm, concurrency=concurrency, retries=0) as client:
+            for _ in range(concurrency):
+                await client.infer(x)
+            lat: list[float] = []
+            stop = time.perf_counter() + budget_s
+
+            async def worker() -> None:
+                while time.perf_counter() < stop:
+                    t0 = time.perf_counter()
+                    await client.infer(x)
+                    lat.append(time.perf_counter() - t0)
+
+            t_start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return lat, time.perf_counter() - t_start
+
+    lat, wall = asyncio.run(go())
+    st = latency_stats(lat, len(x))
+    return {"concurrency": concurrency, "requests": len(lat), "images_per_s": round(len(lat) * len(x) / wall, 2),
+            "p50_ms": round(st.p50_ms, 3), "p99_ms": round(st.p99_ms, 3), "shared_memory": shm}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -126,18 +129,28 @@ def http_call_factory(url: str, model: str, shape):
     return make
 
 
-def bench_model(arch: str, size: int, batches: list[int], budget: float, engine: str, work: Path, concurrency: int) -> dict:
+def sweep(url: str, protocol: str, model: str, x: np.ndarray, levels: list[int], budget_s: float, shm: bool) -> dict:
+    """Saturation: the highest throughput over the concurrency levels, with the whole curve."""
+    curve = [saturation(url, protocol, model, x, c, budget_s, shm) for c in levels]
+    best = max(curve, key=lambda r: r["images_per_s"])
+    return {**best, "curve": [{k: r[k] for k in ("concurrency", "images_per_s", "p50_ms", "p99_ms")} for r in curve]}
+
+
+def bench_model(arch: str, size: int, batches: list[int], budget: float, engine: str, precision: str, work: Path,
+                levels: list[int], shm: bool) -> dict:
     torch.manual_seed(0)
     model = build_model(arch, 10).eval()
     weights = work / f"{arch}.safetensors"
     save_state_dict(model, weights)
     repo = work / "repo"
     name = f"{arch}_{size}"
-    max_batch = max(batches) * concurrency
+    max_batch = min(max(batches) * max(levels), 256)
     res = build(BuildConfig(arch=arch, num_classes=10, weights=weights, input_size=size, max_batch_size=max_batch,
-                            repository=repo, name=name, engine=engine, parity_samples=4, selection_budget_s=budget))
-    print(f"# {name}: built {res.engine} engine (candidates: "
-          + ", ".join(f"{c['engine']} {c.get('latency', {}).get('p50_ms', float('nan')):.1f} ms" for c in res.candidates) + ")", file=sys.stderr)
+                            repository=repo, name=name, engine=engine, precision=precision, parity_samples=16,
+                            selection_budget_s=budget))
+    engine_name = f"{res.engine} {res.precision}"
+    print(f"# {name}: built {engine_name} engine (candidates: "
+          + ", ".join(f"{c['candidate']} {c.get('latency', {}).get('p50_ms', float('nan')):.1f} ms" for c in res.candidates) + ")", file=sys.stderr)
     runner = EngineRunner(str(res.published.path))
     torch.set_num_threads(os.cpu_count() or 1)
 
@@ -156,13 +169,14 @@ def bench_model(arch: str, size: int, batches: list[int], budget: float, engine:
             http_c1 = time_closed_loop(http_make(), x, budget)
             # the engine in-process again, right after, so c/b compares like with like
             engine_again = time_closed_loop(runner.run, x, budget)
-            with CpuSplit(srv.pid) as split:  # type: ignore[arg-type]
-                sat_grpc = saturation(grpc_make, x, concurrency, budget)
+            sat_grpc = sweep(srv.grpc_url, "grpc", name, x, levels, budget, shm)
+            with CpuSplit(srv.pid) as split:  # type: ignore[arg-type]  # at the best level, for the profile
+                saturation(srv.grpc_url, "grpc", name, x, sat_grpc["concurrency"], budget, shm)
             sat_grpc["cores_used"] = split.cores
-            sat_http = saturation(http_make, x, concurrency, budget)
+            sat_http = sweep(srv.http_url, "http", name, x, levels, budget, shm)
             engine_ref = max(inproc["engine"].images_per_s, engine_again.images_per_s)
             row = {
-                "model": name, "batch": batch, "engine": res.engine,
+                "model": name, "batch": batch, "engine": res.engine, "precision": res.precision,
                 "eager": inproc["eager"].to_dict(), "engine_inproc": inproc["engine"].to_dict(),
                 "engine_inproc_again": engine_again.to_dict(),
                 "grpc_c1": grpc_c1.to_dict(), "http_c1": http_c1.to_dict(),
@@ -177,10 +191,10 @@ def bench_model(arch: str, size: int, batches: list[int], budget: float, engine:
             print(f"{name:14s} b={batch:<3d} eager {row['eager']['images_per_s']:8.1f} img/s  engine {row['engine_inproc']['images_per_s']:8.1f}  "
                   f"b/a {row['ratio_b_over_a']:.2f}  | c1 p50 grpc {grpc_c1.p50_ms:.2f} ms http {http_c1.p50_ms:.2f} ms "
                   f"(engine {inproc['engine'].p50_ms:.2f} ms; +{row['serving_added_p50_ms_grpc']:.2f}/+{row['serving_added_p50_ms_http']:.2f}) "
-                  f"| sat grpc {sat_grpc['images_per_s']:.1f} http {sat_http['images_per_s']:.1f} img/s  c/b {row['ratio_c_over_b_grpc']:.2f}/{row['ratio_c_over_b_http']:.2f} "
+                  f"| sat grpc {sat_grpc['images_per_s']:.1f} (c={sat_grpc['concurrency']}) http {sat_http['images_per_s']:.1f} (c={sat_http['concurrency']}) img/s  c/b {row['ratio_c_over_b_grpc']:.2f}/{row['ratio_c_over_b_http']:.2f} "
                   f"(cores: {' '.join(f'{k} {v}' for k, v in split.cores.items())})",
                   flush=True)
-    return {"model": name, "engine": res.engine, "candidates": res.candidates, "rows": rows}
+    return {"model": name, "engine": res.engine, "precision": res.precision, "candidates": res.candidates, "rows": rows}
 
 
 def main() -> int:
@@ -188,19 +202,22 @@ def main() -> int:
     ap.add_argument("--models", default="resnet18@32,resnet50@224")
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--budget", type=float, default=3.0, help="seconds per measurement")
-    ap.add_argument("--engine", default="auto", choices=("auto", "onnxruntime", "torchscript"))
-    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight at saturation")
+    ap.add_argument("--engine", default="auto", choices=CPU_ENGINES)
+    ap.add_argument("--precision", default="auto", choices=CPU_PRECISIONS, help="fp32 keeps every candidate FP32")
+    ap.add_argument("--concurrency", default="2,4,8,16,32", help="requests in flight swept for saturation")
+    ap.add_argument("--no-shm", action="store_true", help="send tensors in the request body at saturation, not through shared memory")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    levels = [int(c) for c in args.concurrency.split(",")]
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
         for spec in args.models.split(","):
             arch, size = spec.split("@")
-            results.append(bench_model(arch, int(size), batches, args.budget, args.engine, Path(tmp), args.concurrency))
+            results.append(bench_model(arch, int(size), batches, args.budget, args.engine, args.precision, Path(tmp), levels, not args.no_shm))
     out = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                        "python": platform.python_version(), "torch": torch.__version__},
-           "budget_s": args.budget, "concurrency": args.concurrency, "results": results}
+           "budget_s": args.budget, "concurrency_levels": levels, "precision": args.precision, "shared_memory": not args.no_shm, "results": results}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))

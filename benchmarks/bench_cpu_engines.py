@@ -2,10 +2,12 @@
 """Which CPU engine could beat eager PyTorch by more? One model, one batch, side by side.
 
 Candidates, timed in alternating blocks (sft_engine.timing.time_interleaved):
-eager FP32 (the reference), ONNX Runtime as sft-engine builds it, ONNX Runtime with
-denormals-as-zero, ONNX Runtime without thread spinning, frozen TorchScript with
-optimize_for_inference, and AOTInductor (torch.export + Inductor with freezing, the
-compiled form torch.compile can package) when a C++ compiler is present.
+eager FP32 (the reference), ONNX Runtime as sft-engine builds it, ONNX Runtime without
+thread spinning, OpenVINO FP32 and, on CPUs with native bf16, OpenVINO bf16 (both as
+sft-engine builds them), frozen TorchScript with optimize_for_inference, and
+AOTInductor (torch.export + Inductor with freezing, the compiled form torch.compile
+can package) when a C++ compiler is present. Reduced-precision rows also print their
+top-1 agreement with eager on the timed batch.
 
     python benchmarks/bench_cpu_engines.py --arch resnet50 --input-size 224 --batch 8
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sft_engine.engines.cpu import export_onnx, export_torchscript
+from sft_engine.engines.cpu import Candidate, cpu_has_native_bf16, export_onnx, export_openvino, export_torchscript
 from sft_engine.engines.serving_model import EngineRunner
 from sft_engine.models import build_model
 from sft_engine.timing import time_interleaved
@@ -77,6 +79,12 @@ def main() -> int:
         fns["onnxruntime"] = EngineRunner(tmp, base).run
         fns["onnxruntime_no_spin"] = EngineRunner(tmp, dict(base, allow_spinning=False)).run
         t0 = time.perf_counter()
+        export_openvino(model, example, work / "model.xml")
+        compile_s["openvino"] = time.perf_counter() - t0
+        fns["openvino"] = EngineRunner(tmp, Candidate("openvino").settings(0)).run
+        if cpu_has_native_bf16():
+            fns["openvino_bf16"] = EngineRunner(tmp, Candidate("openvino", "bf16").settings(0)).run
+        t0 = time.perf_counter()
         export_torchscript(model, example, work / "model.ts")
         compile_s["torchscript"] = time.perf_counter() - t0
         fns["torchscript"] = EngineRunner(tmp, {"engine": "torchscript", "file": "model.ts", "optimize_for_inference": True}).run
@@ -92,11 +100,13 @@ def main() -> int:
         eager_p50 = stats["eager"].p50_ms
         rows = []
         for name, st in stats.items():
-            diff = float(np.abs(fns[name](x) - reference).max())
+            out = fns[name](x)
+            diff = float(np.abs(out - reference).max())
+            agree = float((out.argmax(1) == reference.argmax(1)).mean())
             rows.append({"engine": name, **st.to_dict(), "speedup_vs_eager": round(eager_p50 / st.p50_ms, 3),
-                         "max_abs_diff": diff, "compile_s": round(compile_s.get(name, 0.0), 1)})
+                         "max_abs_diff": diff, "top1_agreement": agree, "compile_s": round(compile_s.get(name, 0.0), 1)})
             print(f"{name:22s} p50 {st.p50_ms:9.2f} ms  {st.images_per_s:8.1f} img/s  x{eager_p50 / st.p50_ms:5.2f} vs eager  "
-                  f"max|diff| {diff:.1e}  export/compile {compile_s.get(name, 0.0):.1f} s", flush=True)
+                  f"max|diff| {diff:.1e}  top-1 {agree:.0%}  export/compile {compile_s.get(name, 0.0):.1f} s", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"arch": args.arch, "input_size": args.input_size, "batch": args.batch, "rows": rows}, indent=2))

@@ -39,6 +39,7 @@ class BuildResult:
     parity: dict[str, Any]
     candidates: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    precision: str | None = None
 
 
 def _noop(_: str) -> None:
@@ -58,14 +59,15 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
         load_weights(model, cfg.weights)
     model.eval()
     prep = cfg.preprocessing
-    data = parity_inputs(prep, cfg.parity_samples, cfg.calibration_dir, seed=cfg.seed)
+    data = parity_inputs(prep, cfg.parity_samples, cfg.calibration_dir, seed=cfg.seed, labels=cfg.label_list)
     reference = eager_logits(model, data.inputs, batch_size=min(cfg.max_batch_size, 16))
     tolerance = Tolerance(cfg.parity_atol, cfg.parity_rtol, cfg.parity_min_top1_agreement, cfg.accuracy_max_drop)
     with tempfile.TemporaryDirectory(prefix="sft-build-", dir=cfg.workdir) as tmp:
         progress(f"[2/4] exporting for target {target} (engine {cfg.engine}) and checking parity")
         ctx = ExportContext(model=model, build=cfg, workdir=Path(tmp), data=data, reference=reference, tolerance=tolerance, parameters=prep.to_parameters())
         artifact = export(ctx)
-        progress(f"[3/4] engine {artifact.engine} passed parity: {artifact.details.get('parity', {}).get('max_abs_diff', float('nan')):.3g} max|diff|")
+        precision = artifact.details.get("precision")
+        progress(f"[3/4] engine {artifact.engine}{' ' + precision if precision else ''} passed parity: {artifact.details.get('parity', {}).get('max_abs_diff', float('nan')):.3g} max|diff|")
         config_text = to_pbtxt(artifact.config)
         inputs = {
             "weights": {"file": cfg.weights.name, "sha256": sha256_file(cfg.weights)} if cfg.weights else None,
@@ -85,7 +87,7 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
 
         progress(f"[4/4] publishing into {cfg.repository}")
         published = publish(cfg.repository, cfg.name, config_text, cfg.label_list, artifact.files, manifest)  # type: ignore[arg-type]
-    return BuildResult(published, target, artifact.engine, artifact.details.get("parity", {}), artifact.candidates, time.monotonic() - started)
+    return BuildResult(published, target, artifact.engine, artifact.details.get("parity", {}), artifact.candidates, time.monotonic() - started, precision)
 
 
 def _sha_text(text: str) -> str:

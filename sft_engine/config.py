@@ -8,6 +8,7 @@ flags) and validated once, with errors that name the offending key or flag.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from dataclasses import dataclass, field, fields, replace
@@ -22,10 +23,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["BuildConfig", "validate_model_name", "load_toml", "load_build_spec", "read_labels", "TARGETS", "CPU_ENGINES"]
+__all__ = ["BuildConfig", "validate_model_name", "load_toml", "load_build_spec", "read_labels", "TARGETS", "CPU_ENGINES", "CPU_PRECISIONS"]
 
 TARGETS = ("auto", "cpu", "tensorrt", "torchscript-gpu", "onnx")
-CPU_ENGINES = ("auto", "onnxruntime", "torchscript")
+CPU_ENGINES = ("auto", "onnxruntime", "torchscript", "openvino")
+#: CPU arithmetic: ``auto`` admits bf16 where the CPU computes it natively and it passes the accuracy gate
+CPU_PRECISIONS = ("auto", "fp32", "bf16")
+LOGGER = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -86,6 +90,7 @@ class BuildConfig:
     repository: Path = Path("model_repository")
     target: str = "cpu"
     engine: str = "auto"
+    precision: str = "auto"
     instance_count: int = 1
     intra_op_threads: int = 0
     max_queue_delay_us: int = 200
@@ -139,6 +144,12 @@ class BuildConfig:
             raise ConfigError(f"unknown target {self.target!r}", hint=f"choose one of: {', '.join(TARGETS)}")
         if self.engine not in CPU_ENGINES:
             raise ConfigError(f"unknown CPU engine {self.engine!r}", hint=f"choose one of: {', '.join(CPU_ENGINES)}")
+        if self.precision not in CPU_PRECISIONS:
+            raise ConfigError(f"unknown CPU precision {self.precision!r}", hint=f"choose one of: {', '.join(CPU_PRECISIONS)}")
+        if self.precision == "bf16" and self.engine not in ("auto", "openvino"):
+            raise ConfigError(f"engine {self.engine} has no bf16 mode", hint="use --engine openvino (or auto) with --precision bf16, or --precision fp32")
+        if self.precision != "auto" and self.target not in ("cpu", "auto"):
+            raise ConfigError(f"--precision applies to --target cpu, not {self.target}", hint="GPU targets build FP16; drop --precision")
         if self.labels is not None and self.num_classes is None:
             self.num_classes = len(self.labels)
         if self.num_classes is None:
@@ -210,7 +221,13 @@ FINETUNE_FORMAT = "sft-engine/finetune@1"
 
 
 def load_finetune_dir(path: str | Path) -> dict[str, Any]:
-    """Build settings from a ``sft-engine finetune`` output directory (metadata.json)."""
+    """Build settings from a ``sft-engine finetune`` output directory (metadata.json).
+
+    The run's labelled holdout (``DIR/holdout``, when it kept one) becomes the
+    calibration directory, so the parity gate measures top-1 agreement and the accuracy
+    drop on real images of the task; a spec's ``calibration_dir`` or ``--calibration``
+    still overrides it, as every later source does.
+    """
     path = Path(path)
     meta_path = path / "metadata.json"
     if not meta_path.is_file():
@@ -221,7 +238,7 @@ def load_finetune_dir(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{meta_path} cannot be read: {exc}", hint="run sft-engine finetune again") from None
     if meta.get("format") != FINETUNE_FORMAT:
         raise ConfigError(f"{meta_path} has format {meta.get('format')!r}, expected {FINETUNE_FORMAT}", hint="run sft-engine finetune again")
-    return {
+    settings: dict[str, Any] = {
         "arch": meta["arch"],
         "num_classes": int(meta["num_classes"]),
         "labels": list(meta["labels"]),
@@ -230,3 +247,22 @@ def load_finetune_dir(path: str | Path) -> dict[str, Any]:
         "std": tuple(meta["std"]),
         "weights": path / meta.get("weights", "model.safetensors"),
     }
+    holdout = _holdout_dir(path, meta.get("holdout"), meta_path)
+    if holdout is not None:
+        settings["calibration_dir"] = holdout
+    return settings
+
+
+def _holdout_dir(path: Path, holdout: Any, meta_path: Path) -> Path | None:
+    """The holdout folder named by the metadata, when it is there; an absolute path, as the
+    build manifest records it and a later rollout check reads it from anywhere."""
+    if holdout is None:
+        return None
+    name = holdout.get("dir") if isinstance(holdout, dict) else None
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ConfigError(f"{meta_path} has a malformed holdout entry {holdout!r}", hint="run sft-engine finetune again")
+    folder = path / name
+    if not folder.is_dir():
+        LOGGER.warning("the holdout %s named in %s is gone; the parity gate uses random inputs only", folder, meta_path)
+        return None
+    return folder.resolve()

@@ -9,9 +9,10 @@ labelled calibration data, both accuracies and the drop.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -21,10 +22,12 @@ from sft_engine.engines.base import Runner
 from sft_engine.errors import ConfigError, ParityError
 from sft_engine.preprocess import Preprocessing
 
-__all__ = ["ParityReport", "Tolerance", "check_parity", "parity_inputs", "eager_logits"]
+__all__ = ["ParityReport", "Tolerance", "check_parity", "parity_inputs", "class_indices", "eager_logits", "CALIBRATION_SUFFIXES"]
 
 LOGGER = logging.getLogger(__name__)
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm"}
+#: image files a calibration directory is read for
+CALIBRATION_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm"})
+_DECIMAL = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,18 @@ class ParityData:
     labels: np.ndarray | None = None
 
 
-def parity_inputs(prep: Preprocessing, samples: int, calibration_dir: Path | None, seed: int = 0) -> ParityData:
-    """Random normalized tensors plus the calibration images; labelled images (class folders) replace the random ones."""
+def parity_inputs(
+    prep: Preprocessing,
+    samples: int,
+    calibration_dir: Path | None,
+    seed: int = 0,
+    labels: Sequence[str] | None = None,
+) -> ParityData:
+    """Random normalized tensors plus the calibration images; labelled images (class folders) replace the random ones.
+
+    ``labels`` (the model's, in class-index order) say which class each folder is:
+    see ``class_indices``. Without them the folders are taken in sorted order.
+    """
     rng = np.random.default_rng(seed)
     random = rng.standard_normal((samples, *prep.shape)).astype(np.float32)
     if calibration_dir is None:
@@ -83,17 +96,52 @@ def parity_inputs(prep: Preprocessing, samples: int, calibration_dir: Path | Non
     calibration_dir = Path(calibration_dir)
     if not calibration_dir.is_dir():
         raise ConfigError(f"calibration directory {calibration_dir} does not exist", hint="pass --calibration DIR with images")
-    files = sorted(p for p in calibration_dir.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    files = sorted(p for p in calibration_dir.rglob("*") if p.suffix.lower() in CALIBRATION_SUFFIXES and p.is_file())
     if not files:
         raise ConfigError(f"calibration directory {calibration_dir} holds no images", hint="put PNG or JPEG files in it")
-    images = prep.batch(files)
-    classes = sorted({p.parent.name for p in files if p.parent != calibration_dir})
-    labels = None
-    if classes and all(p.parent != calibration_dir for p in files):
-        index = {c: i for i, c in enumerate(classes)}
-        labels = np.array([index[p.parent.name] for p in files])
-        return ParityData(images, labels)
-    return ParityData(np.concatenate([random, images]))
+    folders = [p.relative_to(calibration_dir).parts[0] if p.parent != calibration_dir else None for p in files]
+    if all(folder is not None for folder in folders):
+        index = class_indices({f for f in folders if f is not None}, labels, calibration_dir)
+        return ParityData(prep.batch(files), np.array([index[f] for f in folders if f is not None], dtype=np.int64))
+    return ParityData(np.concatenate([random, prep.batch(files)]))
+
+
+def class_indices(folders: Iterable[str], labels: Sequence[str] | None, where: Path) -> dict[str, int]:
+    """The class index of each class folder of a labelled calibration directory.
+
+    A folder named after a label is that label's class; otherwise a folder named by a
+    class index (``0`` .. ``N-1``) is that class. Folder names alone cannot say which
+    class an unnamed folder is once a class has no folder, or when the names do not
+    sort in label order, so sorted order is used only as the last resort where it is
+    unambiguous in count: no labels given, or no folder matching any label while
+    there is exactly one folder per class. Anything else is refused rather than
+    scored against the wrong labels.
+    """
+    names = sorted(set(folders))
+    if labels is None:
+        return {name: i for i, name in enumerate(names)}
+    by_label: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(str(label), i)
+    index: dict[str, int] = {}
+    unknown: list[str] = []
+    for name in names:
+        if name in by_label:
+            index[name] = by_label[name]
+        elif _DECIMAL.fullmatch(name) and int(name) < len(labels):
+            index[name] = int(name)
+        else:
+            unknown.append(name)
+    if not unknown:
+        return index
+    if not index and len(names) == len(labels):
+        LOGGER.warning("class folders of %s name no label; taking them as the %d classes in sorted order", where, len(names))
+        return {name: i for i, name in enumerate(names)}
+    more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+    raise ConfigError(
+        f"calibration folder {unknown[0]!r} in {where} names no class: not a label and not a class index 0..{len(labels) - 1}{more}",
+        hint="name each class folder after its label, as in the labels file, or after its class index",
+    )
 
 
 def eager_logits(model: nn.Module, inputs: np.ndarray, batch_size: int) -> np.ndarray:

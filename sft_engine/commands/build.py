@@ -7,13 +7,13 @@ import json
 import sys
 from typing import Any
 
-from sft_engine.config import TARGETS, CPU_ENGINES, BuildConfig, load_build_spec, load_finetune_dir, read_labels
+from sft_engine.config import TARGETS, CPU_ENGINES, CPU_PRECISIONS, BuildConfig, load_build_spec, load_finetune_dir, read_labels
 from sft_engine.preprocess import parse_floats
 
 # flag dest → BuildConfig field (flags left at None are not applied)
 _FLAG_FIELDS = (
     "arch", "weights", "pretrained", "num_classes", "input_size", "mean", "std", "max_batch_size", "name",
-    "repository", "target", "engine", "instance_count", "intra_op_threads", "max_queue_delay_us", "parity_atol",
+    "repository", "target", "engine", "precision", "instance_count", "intra_op_threads", "max_queue_delay_us", "parity_atol",
     "parity_rtol", "parity_min_top1_agreement", "parity_samples", "accuracy_max_drop", "calibration_dir", "gpus", "seed",
 )
 
@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--std", help="R,G,B std, e.g. 0.229,0.224,0.225")
     out = p.add_argument_group("engine and serving")
     out.add_argument("--target", choices=TARGETS, help="cpu (default), tensorrt, torchscript-gpu, onnx, or auto")
-    out.add_argument("--engine", choices=CPU_ENGINES, help="CPU engine; auto measures both and keeps the fastest")
+    out.add_argument("--engine", choices=CPU_ENGINES, help="CPU engine; auto measures each and keeps the fastest that passes its gate")
+    out.add_argument("--precision", choices=CPU_PRECISIONS,
+                     help="CPU arithmetic: auto (default) also tries bf16 where the CPU has it natively, under the accuracy gate; fp32 keeps FP32")
     out.add_argument("--name", help="model name in the repository (default: the arch)")
     out.add_argument("--repository", metavar="DIR", help="Triton model repository (default: model_repository)")
     out.add_argument("--max-batch-size", type=int)
@@ -88,14 +90,15 @@ def run(args: argparse.Namespace) -> int:
     pub = result.published
     if args.json:
         print(json.dumps({"model": pub.name, "version": pub.version, "path": str(pub.path), "target": result.target,
-                          "engine": result.engine, "parity": result.parity, "seconds": round(result.seconds, 2)}, indent=2))
+                          "engine": result.engine, "precision": result.precision, "parity": result.parity, "seconds": round(result.seconds, 2)}, indent=2))
         return 0
-    print(f"published {pub.name} version {pub.version} ({result.target}/{result.engine}) at {pub.path}")
+    engine = f"{result.engine} {result.precision}" if result.precision else result.engine
+    print(f"published {pub.name} version {pub.version} ({result.target}/{engine}) at {pub.path}")
     for cand in result.candidates:
         lat = cand.get("latency")
         status = "passed" if cand.get("parity", {}).get("passed") else ("failed parity" if cand.get("exported") else "not exported")
         figure = f", {lat['p50_ms']:.2f} ms p50 at batch {lat['batch_size']}" if lat else ""
-        print(f"  candidate {cand['engine']}: {status}{figure}")
+        print(f"  candidate {cand.get('candidate', cand['engine'])}: {status}{figure}")
     par = result.parity
     if par:
         print(f"  parity: max|diff| {par['max_abs_diff']:.3g} (allowed {par['allowed_abs_diff']:.3g}), top-1 agreement {par['top1_agreement']:.2%} on {par['samples']} inputs")

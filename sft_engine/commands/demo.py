@@ -52,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
         {"name": "demo", "repository": repo, "max_batch_size": 16}, "demo")
     result = build(cfg, progress=lambda msg: print("   " + msg, flush=True))
     pub = result.published
-    print(f"   published {pub.name} version {pub.version} ({result.engine}) at {pub.path}")
-    print(f"   parity: max|diff| {result.parity['max_abs_diff']:.2g}, top-1 agreement {result.parity['top1_agreement']:.0%}")
+    par = result.parity
+    print(f"   published {pub.name} version {pub.version} ({result.engine} {result.precision or ''}) at {pub.path}".replace(" )", ")"))
+    accuracy = (f", accuracy {par['engine_accuracy']:.1%} vs eager {par['eager_accuracy']:.1%} on {par['samples']} held-out images"
+                if par.get("eager_accuracy") is not None else "")
+    print(f"   parity: max|diff| {par['max_abs_diff']:.2g}, top-1 agreement {par['top1_agreement']:.1%}{accuracy}")
 
     _step("3/5 serving the repository with the embedded tritonserver on 127.0.0.1")
     images = make_synthetic_images(work / "images", count=args.images, num_classes=4, image_size=32, seed=123)

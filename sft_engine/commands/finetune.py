@@ -20,7 +20,7 @@ _FIELDS = (
     "val_fraction", "check_images", "synthetic_variant", "synthetic_train_size", "synthetic_val_size", "epochs",
     "batch_size", "optimizer", "lr", "head_lr", "momentum", "weight_decay", "warmup_epochs", "min_lr_ratio", "reg",
     "reg_lambda", "head_lambda", "distill_temperature", "label_smoothing", "freeze_backbone", "early_stopping_patience",
-    "seed", "deterministic", "output", "overwrite", "resume", "keep_state", "device", "amp", "channels_last",
+    "seed", "deterministic", "output", "overwrite", "resume", "keep_state", "holdout_images", "device", "amp", "channels_last",
     "num_workers", "progress",
 )
 
@@ -76,6 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run_.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier run in --output")
     run_.add_argument("--resume", action="store_true", default=None, help="continue the interrupted run in --output")
     run_.add_argument("--keep-state", action="store_true", default=None, help="keep train_state/ (optimizer state) after finishing")
+    run_.add_argument("--holdout-images", type=int, metavar="N",
+                      help="labelled validation images kept in DIR/holdout/ for build's accuracy gate (default 256, 0: none)")
     run_.add_argument("--device", help="auto (default), cpu, cuda, cuda:N; under torchrun each rank takes cuda:LOCAL_RANK")
     run_.add_argument("--amp", choices=AMP_MODES, help="mixed precision on CUDA: auto (bf16 if supported), bf16, fp16, none")
     run_.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format (default: on CUDA)")
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({
             "output_dir": str(result.output_dir), "weights": str(result.weights_path), "metadata": str(result.metadata_path),
             "best_top1": result.best_top1, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "labels": result.labels,
+            "labels": result.labels, "holdout": meta.get("holdout"),
         }, indent=2))
         return 0
     stopped = " (early stop)" if meta.get("training", {}).get("early_stopped") else ""
@@ -117,5 +119,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  weights:  {result.weights_path}")
     print(f"  metadata: {result.metadata_path}")
     print(f"  metrics:  {result.output_dir / 'metrics.csv'}")
+    holdout = meta.get("holdout")
+    if holdout:
+        print(f"  holdout:  {result.output_dir / holdout['dir']} ({holdout['images']} labelled images for build's accuracy gate)")
     print(f"  next: sft-engine build --from-finetune {result.output_dir}", file=sys.stdout)
     return 0

@@ -2,8 +2,8 @@
 
 This one file is both what Triton runs and what the build measures in-process
 (``EngineRunner``), so the in-process figures and the parity gate exercise exactly the
-serving code. It depends only on numpy and the engine's runtime (onnxruntime, or torch
-for TorchScript), not on sft-engine, so the same repository loads in the stock NGC
+serving code. It depends only on numpy and the engine's runtime (onnxruntime, openvino,
+or torch for TorchScript), not on sft-engine, so the same repository loads in the stock NGC
 Triton container. The engine and its settings live in the version directory
 (``engine.json``): versions are self-contained and never share mutable files.
 
@@ -63,11 +63,34 @@ class EngineRunner:
                     module = torch.jit.optimize_for_inference(module)
             self._module = module
             self.run = self._run_torchscript
+        elif self.kind == "openvino":
+            import openvino as ov
+
+            # One stream with the instance's share of the cores: the dynamic batcher, not
+            # OpenVINO's own streams, supplies the parallelism across requests. No pinning,
+            # because the Triton process and the other instances share these cores.
+            # INFERENCE_PRECISION_HINT is explicit: left unset, OpenVINO picks bf16 by itself
+            # on CPUs that have it, which must be a decision the accuracy gate has seen.
+            compiled = ov.Core().compile_model(path, "CPU", {
+                "PERFORMANCE_HINT": "LATENCY",
+                "NUM_STREAMS": 1,
+                "INFERENCE_NUM_THREADS": threads,
+                "ENABLE_CPU_PINNING": False,
+                "INFERENCE_PRECISION_HINT": settings.get("precision", "f32"),
+            })
+            self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            self._request = compiled.create_infer_request()
+            self.run = self._run_openvino
         else:
             raise ValueError("unknown engine kind %r" % self.kind)
 
     def _run_ort(self, batch):
         return self._session.run(self._outputs, {self._input: batch})[0]
+
+    def _run_openvino(self, batch):
+        # share_inputs: OpenVINO reads the (contiguous) batch in place; outputs are copies,
+        # so a later call cannot overwrite a response still being sent
+        return self._request.infer({0: batch}, share_inputs=True)[0]
 
     def _run_torchscript(self, batch):
         with self._torch.inference_mode():

@@ -83,6 +83,8 @@ class FinetuneConfig:
     overwrite: bool = False
     resume: bool = False
     keep_state: bool = False
+    #: labelled validation images kept in ``output/holdout`` for build's accuracy gate (0: none)
+    holdout_images: int = 256
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool | None = None
@@ -187,6 +189,7 @@ class FinetuneConfig:
             raise ConfigError(f"unknown device {c.device!r}", hint="pass --device auto, cpu, cuda or cuda:N")
         if c.amp not in AMP_MODES:
             raise ConfigError(f"unknown AMP mode {c.amp!r}", hint=f"choose one of: {', '.join(AMP_MODES)}")
+        _int(c, "holdout_images", 0, hint="pass --holdout-images 0 (keep none) or more")
         if c.num_workers is not None:
             _int(c, "num_workers", 0, hint="pass --num-workers 0 or more")
         if c.resume and c.overwrite:

@@ -6,7 +6,8 @@ resume (and check its labels), build the model; only then create files. Training
 state is saved after every epoch (``train_state/last.pt``, enough to resume exactly:
 shuffling and augmentation are seeded per epoch, not carried as RNG state), the best
 epoch's weights are kept apart, and the checkpoint proper is written at the end by
-``writer.write_final``.
+``writer.write_final``, after a labelled sample of the validation set (``holdout``)
+that build uses for its accuracy gate.
 
 Single process by default; under ``torchrun`` with ``WORLD_SIZE`` > 1 the model is
 wrapped in DistributedDataParallel, each process reads its shard through a
@@ -36,6 +37,7 @@ from sft_engine.finetune import distributed as dist
 from sft_engine.finetune import writer
 from sft_engine.finetune.config import FinetuneConfig
 from sft_engine.finetune.data import DataBundle, build_datasets, seed_worker
+from sft_engine.finetune.holdout import write_holdout
 from sft_engine.finetune.objective import L2SP, Distill, FinetuneObjective
 from sft_engine.finetune.pretrained import build_student, build_teacher, resolve_pretrained
 from sft_engine.finetune.schedule import build_scheduler
@@ -452,7 +454,10 @@ class _Run:
             "metrics": [writer.METRICS_JSON, writer.METRICS_CSV],
             "sft_engine_version": _version(),
         }
-        metadata = writer.make_metadata(c, self.labels, data.name, self.best_epoch, self.best_top1, epochs_run, training)
+        holdout = None
+        if ctx.is_main and c.holdout_images:  # before metadata.json, which marks the directory complete
+            holdout = write_holdout(data.val, self.labels, self.out, c.holdout_images)
+        metadata = writer.make_metadata(c, self.labels, data.name, self.best_epoch, self.best_top1, epochs_run, training, holdout)
         weights_path, meta_path = self.out / writer.WEIGHTS_NAME, self.out / writer.METADATA_NAME
         if ctx.is_main:
             best = load_file(str(self.state_dir / writer.BEST_WEIGHTS), device="cpu")

@@ -5,6 +5,7 @@ Layout of ``--output DIR``::
     DIR/model.safetensors      best epoch's weights (written at the end)
     DIR/metadata.json          what `sft-engine build --from-finetune DIR` reads (written last)
     DIR/metrics.json|.csv      one row per epoch (rewritten after each epoch)
+    DIR/holdout/<class>/<n>.*  labelled validation images for build's accuracy gate (see holdout.py)
     DIR/train_state/           resumable state while training (last.pt, best.safetensors)
 
 Every file is written to a temporary name in the same directory, flushed to disk and
@@ -39,7 +40,9 @@ __all__ = [
     "METRICS_JSON",
     "METRICS_CSV",
     "STATE_DIR",
+    "HOLDOUT_DIR",
     "atomic_write",
+    "fsync_dir",
     "atomic_write_text",
     "check_output",
     "prepare_output",
@@ -58,6 +61,7 @@ METADATA_NAME = "metadata.json"
 METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
 STATE_DIR = "train_state"
+HOLDOUT_DIR = "holdout"
 LAST_STATE = "last.pt"
 BEST_WEIGHTS = "best.safetensors"
 
@@ -85,7 +89,8 @@ METADATA_KEYS = (
 )
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (renames, new files) to disk where the platform allows it."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # not supported everywhere (e.g. Windows); the rename is still atomic
@@ -110,7 +115,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -157,6 +162,7 @@ def prepare_output(out_dir: Path, overwrite: bool) -> None:
         for name in (WEIGHTS_NAME, METRICS_JSON, METRICS_CSV):
             (out_dir / name).unlink(missing_ok=True)
         shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
+        shutil.rmtree(out_dir / HOLDOUT_DIR, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / STATE_DIR).mkdir(exist_ok=True)
 
@@ -181,8 +187,14 @@ def make_metadata(
     best_top1: float,
     epochs_run: int,
     training: dict[str, Any],
+    holdout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The metadata.json document, except ``weights_sha256`` (added when the weights exist)."""
+    """The metadata.json document, except ``weights_sha256`` (added when the weights exist).
+
+    ``holdout`` describes the labelled images kept under ``DIR/holdout`` (None: none
+    were kept); it is not among ``METADATA_KEYS``, so outputs of earlier versions,
+    which lack it, still build.
+    """
     import torch
 
     return {
@@ -206,6 +218,7 @@ def make_metadata(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         "training": training,
+        "holdout": holdout,
     }
 
 

@@ -105,6 +105,15 @@ def _weights_sha(manifest: dict[str, Any] | None) -> str | None:
     return weights.get("sha256") if isinstance(weights, dict) else None
 
 
+def _build_labels(settings: dict[str, Any]) -> list[str] | None:
+    """The labels the build resolved class folders with (its ``label_list``), so the check scores the same classes."""
+    labels = settings.get("labels")
+    if isinstance(labels, list) and labels:
+        return [str(label) for label in labels]
+    classes = settings.get("num_classes")
+    return [f"class_{i}" for i in range(classes)] if isinstance(classes, int) and classes > 0 else None
+
+
 def gate_inputs(cfg: mc.ModelConfig, manifest: dict[str, Any] | None, spec: CheckSpec) -> tuple[Any, Any]:
     """(ParityData, Tolerance) for the gate, as the build's parity gate had them."""
     from sft_engine.verify import ParityData, Tolerance, parity_inputs
@@ -134,7 +143,7 @@ def gate_inputs(cfg: mc.ModelConfig, manifest: dict[str, Any] | None, spec: Chec
         prep = None
     dims = tuple(int(d) for d in cfg.input[0].dims)
     if prep is not None and prep.shape == dims:
-        data = parity_inputs(prep, samples, Path(calibration) if calibration else None, seed=seed)
+        data = parity_inputs(prep, samples, Path(calibration) if calibration else None, seed=seed, labels=_build_labels(settings))
     else:  # not an sft-engine image model: random inputs of the configured shape
         if any(d < 1 for d in dims):
             raise ConfigError(f"input {cfg.input[0].name!r} has variable dims {list(dims)}", hint="the rollout check needs fixed input dims")

@@ -4,7 +4,7 @@ The repository is read first - which models, which versions, which engines, whic
 instance groups - because the manifests depend on it:
 
 * models served by the Python backend (the CPU engines) need their engine's runtime
-  (onnxruntime, or torch for TorchScript) in the container's Python, which the stock
+  (onnxruntime, openvino, or torch for TorchScript) in the container's Python, which the stock
   NGC image lacks: a ``Dockerfile`` adding exactly the versions the build recorded is
   written, and the manifests use the image it builds;
 * a model whose instance groups are on GPUs needs GPUs, and its GPU ids must exist in
@@ -133,6 +133,8 @@ def _version_requirements(version_dir: Path) -> set[str]:
     reqs = {f"numpy=={tools['numpy']}" if tools.get("numpy") else "numpy<2"}
     if engine == "onnxruntime":
         reqs.add(f"onnxruntime=={tools['onnxruntime']}" if tools.get("onnxruntime") else "onnxruntime")
+    elif engine == "openvino":
+        reqs.add(f"openvino=={tools['openvino']}" if tools.get("openvino") else "openvino")
     elif engine == "torchscript":
         torch_version = str(tools.get("torch") or "").split("+")[0]
         reqs.add(f"torch=={torch_version}" if torch_version else "torch")

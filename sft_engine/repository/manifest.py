@@ -21,7 +21,7 @@ __all__ = ["MANIFEST_NAME", "MANIFEST_FORMAT", "tool_versions", "write_manifest"
 
 MANIFEST_NAME = "build_manifest.json"
 MANIFEST_FORMAT = "sft-engine/build-manifest@1"
-_PACKAGES = ("sft-engine", "torch", "torchvision", "onnx", "onnxruntime", "torch-tensorrt", "tensorrt", "tritonclient", "nvidia-pytriton", "numpy", "protobuf")
+_PACKAGES = ("sft-engine", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "torch-tensorrt", "tensorrt", "tritonclient", "nvidia-pytriton", "numpy", "protobuf")
 
 
 def tool_versions() -> dict[str, str | None]:

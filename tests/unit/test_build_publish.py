@@ -16,6 +16,7 @@ import torch
 from sft_engine.build import build
 from sft_engine.cli import main
 from sft_engine.config import BuildConfig
+from sft_engine.engines.cpu import cpu_has_native_bf16
 from sft_engine.errors import ParityError, RepositoryError
 from sft_engine.models import build_model, save_state_dict, sha256_file
 from sft_engine.repository.config import read_config
@@ -131,6 +132,8 @@ BAD = [
     (["--mean", "0.5,x"], "--mean must be comma-separated numbers"),
     (["--max-batch-size", "0"], "max batch size 0 is out of range"),
     (["--spec", "{missing}"], "does not exist"),
+    (["--precision", "bf16"], "engine onnxruntime has no bf16 mode"),
+    (["--precision", "fp32", "--target", "tensorrt"], "--precision applies to --target cpu"),
 ]
 
 
@@ -191,12 +194,14 @@ def test_build_spec_file(tmp_path, tiny_weights, labels_file):
     assert main(["build", "--spec", str(bad)]) == 2
 
 
-def test_auto_engine_records_both_candidates(tmp_path, tiny_weights):
+def test_auto_engine_records_every_candidate(tmp_path, tiny_weights):
     result = build(_cfg(tiny_weights, tmp_path / "repo", engine="auto", selection_budget_s=0.5))
     manifest = json.loads((result.published.path / "build_manifest.json").read_text())
-    names = {c["engine"] for c in manifest["candidates"]}
-    assert names == {"onnxruntime", "torchscript"}
+    names = {c["candidate"] for c in manifest["candidates"]}
+    expected = {"onnxruntime", "torchscript", "openvino"} | ({"openvino-bf16"} if cpu_has_native_bf16() else set())
+    assert names == expected
     timed = [c for c in manifest["candidates"] if "latency" in c]
-    assert len(timed) == 2
-    fastest = min(timed, key=lambda c: c["latency"]["p50_ms"])["engine"]
-    assert manifest["engine"] == fastest
+    assert len(timed) == len(expected)
+    fastest = min(timed, key=lambda c: c["latency"]["p50_ms"])
+    assert (manifest["engine"], manifest["engine_details"]["precision"]) == (fastest["engine"], fastest["precision"])
+    assert result.precision == fastest["precision"]

@@ -43,7 +43,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_output_has_the_metadata_schema_build_reads(finished: Any) -> None:
     meta = json.loads(finished.metadata_path.read_text())
     assert list(meta)[: len(METADATA_KEYS)] == list(METADATA_KEYS)
-    assert set(meta) == set(METADATA_KEYS) | {"training"}
+    assert set(meta) == set(METADATA_KEYS) | {"training", "holdout"}
     assert meta["format"] == "sft-engine/finetune@1"
     assert (meta["arch"], meta["num_classes"], meta["input_size"], meta["dataset"]) == ("resnet18", 3, 32, "synthetic")
     assert meta["labels"] == synthetic_labels(3)

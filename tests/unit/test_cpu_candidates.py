@@ -1,0 +1,53 @@
+"""Which CPU candidates a build tries, and what each one's engine.json says."""
+
+from __future__ import annotations
+
+import pytest
+
+from sft_engine.engines.cpu import Candidate, plan_candidates
+from sft_engine.engines.precision import BF16_TOLERANCE, bf16_tolerance
+from sft_engine.errors import TargetUnavailable
+from sft_engine.verify import Tolerance
+
+
+def _names(plan):
+    return [c.name for c in plan]
+
+
+def test_auto_tries_bf16_only_where_native():
+    assert _names(plan_candidates("auto", "auto", native_bf16=True)) == ["onnxruntime", "torchscript", "openvino", "openvino-bf16"]
+    assert _names(plan_candidates("auto", "auto", native_bf16=False)) == ["onnxruntime", "torchscript", "openvino"]
+
+
+def test_fp32_never_tries_bf16():
+    assert _names(plan_candidates("auto", "fp32", native_bf16=True)) == ["onnxruntime", "torchscript", "openvino"]
+    assert _names(plan_candidates("openvino", "fp32", native_bf16=True)) == ["openvino"]
+
+
+def test_forced_engine_and_precision():
+    assert _names(plan_candidates("openvino", "bf16", native_bf16=True)) == ["openvino-bf16"]
+    assert _names(plan_candidates("auto", "bf16", native_bf16=True)) == ["openvino-bf16"]
+    assert _names(plan_candidates("onnxruntime", "auto", native_bf16=True)) == ["onnxruntime"]
+    assert _names(plan_candidates("openvino", "auto", native_bf16=True)) == ["openvino", "openvino-bf16"]
+
+
+def test_forced_bf16_without_native_support_is_refused():
+    with pytest.raises(TargetUnavailable, match="no native bf16") as info:
+        plan_candidates("openvino", "bf16", native_bf16=False)
+    assert "--precision fp32" in info.value.hint
+
+
+def test_engine_json_settings():
+    assert Candidate("openvino", "bf16").settings(0) == {"engine": "openvino", "file": "model.xml", "intra_op_threads": 0,
+                                                          "inter_op_threads": 1, "precision": "bf16"}
+    assert Candidate("openvino").settings(2)["precision"] == "f32"  # explicit: OpenVINO would pick bf16 by itself
+    assert Candidate("torchscript").settings(0)["optimize_for_inference"] is True
+    assert "precision" not in Candidate("onnxruntime").settings(0)
+
+
+def test_bf16_gate_keeps_what_the_user_set():
+    given = Tolerance(atol=1e-6, rtol=0.0, min_top1_agreement=0.9, max_accuracy_drop=1.0)
+    assert bf16_tolerance(given, {}) == BF16_TOLERANCE
+    mixed = bf16_tolerance(given, {"parity_atol": "flags", "accuracy_max_drop": "flags"})
+    assert (mixed.atol, mixed.rtol, mixed.max_accuracy_drop) == (1e-6, BF16_TOLERANCE.rtol, 1.0)
+    assert BF16_TOLERANCE.min_top1_agreement >= 0.995
