@@ -55,6 +55,8 @@ class ParityReport:
     engine_accuracy: float | None
     passed: bool
     reasons: list[str]
+    #: the gate this report was judged by (reduced-precision engines have looser ones)
+    tolerance: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,7 +187,7 @@ def check_parity(
     report = ParityReport(
         engine=engine, samples=len(got), max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
         allowed_abs_diff=allowed, top1_agreement=agreement, eager_accuracy=eager_acc, engine_accuracy=engine_acc,
-        passed=not reasons, reasons=reasons,
+        passed=not reasons, reasons=reasons, tolerance=asdict(tolerance),
     )
     LOGGER.info("parity %s", report.summary())
     return report

@@ -2,8 +2,10 @@
 
 Inputs and tolerance are the build's parity gate's (``sft_engine.verify``): the
 random normalized tensors of ``parity_inputs`` (plus the calibration images when the
-build had them and they are still there) and the ``Tolerance`` recorded in the new
-version's ``build_manifest.json``. The previous version's answers are the reference,
+build had them and they are still there) and the ``Tolerance`` recorded in the
+versions' ``build_manifest.json``: the looser of the two versions' gates, because the
+reference is itself an engine with its own error (a bf16 or FP16 version against an
+FP32 one differs by what the reduced-precision gate allowed, not by FP32 parity). The previous version's answers are the reference,
 the new version's the candidate, both asked by version number on the live endpoint -
 so what is compared is what clients will get, through the real server.
 
@@ -32,7 +34,7 @@ from sft_engine.preprocess import Preprocessing
 from sft_engine.repository.config import parameters_of
 from sft_engine.repository.manifest import MANIFEST_NAME
 
-__all__ = ["CHECK_MODES", "CheckSpec", "CheckReport", "read_version_manifest", "gate_inputs", "compare_versions"]
+__all__ = ["CHECK_MODES", "CheckSpec", "CheckReport", "read_version_manifest", "recorded_tolerance", "loosest", "gate_inputs", "compare_versions"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -114,17 +116,45 @@ def _build_labels(settings: dict[str, Any]) -> list[str] | None:
     return [f"class_{i}" for i in range(classes)] if isinstance(classes, int) and classes > 0 else None
 
 
-def gate_inputs(cfg: mc.ModelConfig, manifest: dict[str, Any] | None, spec: CheckSpec) -> tuple[Any, Any]:
-    """(ParityData, Tolerance) for the gate, as the build's parity gate had them."""
-    from sft_engine.verify import ParityData, Tolerance, parity_inputs
+def recorded_tolerance(manifest: dict[str, Any] | None) -> Any:
+    """The Tolerance a version's build gate judged it by: recorded with its parity, else its settings."""
+    from sft_engine.verify import Tolerance
 
+    recorded = ((manifest or {}).get("parity") or {}).get("tolerance")
+    if isinstance(recorded, dict):
+        try:
+            return Tolerance(**{k: float(v) for k, v in recorded.items()})
+        except (TypeError, ValueError):
+            LOGGER.warning("unreadable parity tolerance in a build manifest (%s); using its settings", recorded)
     settings = (manifest or {}).get("settings") or {}
-    tolerance = Tolerance(
+    return Tolerance(
         atol=float(settings.get("parity_atol", Tolerance.atol)),
         rtol=float(settings.get("parity_rtol", Tolerance.rtol)),
         min_top1_agreement=float(settings.get("parity_min_top1_agreement", Tolerance.min_top1_agreement)),
         max_accuracy_drop=float(settings.get("accuracy_max_drop", Tolerance.max_accuracy_drop)),
     )
+
+
+def loosest(*tolerances: Any) -> Any:
+    """One Tolerance that each of ``tolerances`` would pass."""
+    from sft_engine.verify import Tolerance
+
+    return Tolerance(
+        atol=max(t.atol for t in tolerances), rtol=max(t.rtol for t in tolerances),
+        min_top1_agreement=min(t.min_top1_agreement for t in tolerances),
+        max_accuracy_drop=max(t.max_accuracy_drop for t in tolerances),
+    )
+
+
+def gate_inputs(cfg: mc.ModelConfig, manifest: dict[str, Any] | None, spec: CheckSpec,
+                previous_manifest: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """(ParityData, Tolerance) for the gate: the new version's inputs, the looser of both versions' gates."""
+    from sft_engine.verify import ParityData, parity_inputs
+
+    settings = (manifest or {}).get("settings") or {}
+    tolerance = recorded_tolerance(manifest)
+    if previous_manifest is not None:
+        tolerance = loosest(tolerance, recorded_tolerance(previous_manifest))
     if spec.mode == "top1":
         agreement = spec.min_agreement if spec.min_agreement is not None else tolerance.min_top1_agreement
         tolerance = replace(tolerance, atol=math.inf, rtol=0.0, min_top1_agreement=agreement)
@@ -169,7 +199,7 @@ def compare_versions(
     if len(cfg.input) != 1 or cfg.input[0].data_type != mc.TYPE_FP32:
         raise ConfigError(f"model {model} does not have one FP32 input", hint="the rollout check supports image classifiers built by sft-engine")
     input_name, output_name = cfg.input[0].name, cfg.output[0].name
-    data, tolerance = gate_inputs(cfg, new_manifest, spec)
+    data, tolerance = gate_inputs(cfg, new_manifest, spec, previous_manifest)
     batch = max(1, min(cfg.max_batch_size, _MAX_CHECK_BATCH))
     chunks = [np.ascontiguousarray(data.inputs[i:i + batch]) for i in range(0, len(data.inputs), batch)]
     reference = np.concatenate([control.infer(model, previous, input_name, output_name, c)[0] for c in chunks]).astype(np.float32)

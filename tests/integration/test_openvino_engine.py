@@ -90,3 +90,25 @@ def test_bf16_failing_its_gate_publishes_nothing(tiny_weights, tmp_path):
     with pytest.raises(ParityError, match="openvino-bf16"):
         build(_cfg(tiny_weights, repo, precision="bf16", parity_atol=1e-6, parity_rtol=0.0))
     assert tree_digest(repo) == before
+
+
+@needs_bf16
+def test_rollout_of_a_bf16_rebuild_over_fp32_passes_the_parity_check(tiny_weights, tmp_path):
+    """Same weights, bf16 engine over an FP32 one: the check applies the bf16 version's recorded gate."""
+    from sft_engine.ops.control import ModelControl
+    from sft_engine.ops.rollout import SWITCHED, RolloutPlan, rollout
+
+    repo = tmp_path / "model_repository"
+    build(_cfg(tiny_weights, repo, engine="onnxruntime", precision="fp32", name="roll"))
+    build(_cfg(tiny_weights, repo, precision="bf16", name="roll"))
+    with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0, model_control_mode="explicit")) as srv:
+        with ModelControl(srv.http_url) as control:
+            from sft_engine.ops.modelconfig import disk_config, override
+
+            control.load("roll", override(disk_config(repo, "roll"), [1]))
+            result = rollout(RolloutPlan(repo, "roll", 2), control)
+    assert result.outcome == SWITCHED, result.reason
+    check = result.check
+    assert check is not None and check.passed and check.mode == "parity"
+    assert check.max_abs_diff > 1e-4  # the versions really differ in arithmetic
+    assert check.allowed_abs_diff is not None and check.allowed_abs_diff > check.max_abs_diff

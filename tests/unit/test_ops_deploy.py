@@ -25,7 +25,7 @@ def make_repository(root: Path, name: str = "tiny", gpus: tuple[int, ...] = (), 
     (model / "config.pbtxt").write_text(to_pbtxt(spec))
     (model / "1" / "model.py").write_text("# serving model\n")
     (model / "1" / "engine.json").write_text(json.dumps({"engine": engine, "file": "model.onnx"}))
-    manifest = {"tools": {"numpy": "1.26.4", "onnxruntime": "1.20.1", "torch": "2.5.1+cpu"}}
+    manifest = {"tools": {"numpy": "1.26.4", "onnxruntime": "1.20.1", "openvino": "2026.4.1", "torch": "2.5.1+cpu"}}
     if tag:
         manifest["compatibility"] = {"triton_container_tag": tag}
     (model / "1" / "build_manifest.json").write_text(json.dumps(manifest))
@@ -154,6 +154,12 @@ def test_torchscript_models_need_torch_in_the_image(tmp_path):
     repo = make_repository(tmp_path / "ts_repository", engine="torchscript")
     info = scan_repository(repo)
     assert info.requirements == ["numpy==1.26.4", "torch==2.5.1"]
+
+
+def test_openvino_models_need_openvino_in_the_image(tmp_path):
+    repo = make_repository(tmp_path / "ov_repository", engine="openvino")
+    info = scan_repository(repo)
+    assert info.requirements == ["numpy==1.26.4", "openvino==2026.4.1"]
 
 
 def test_deploy_of_a_repository_without_models_exits_2(tmp_path, capsys):

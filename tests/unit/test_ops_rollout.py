@@ -57,6 +57,19 @@ def test_top1_and_sanity_modes_relax_the_gate(repo):
     assert math.isinf(sanity.atol) and sanity.min_top1_agreement == 0.0 and math.isinf(sanity.max_accuracy_drop)
 
 
+def test_reduced_precision_versions_are_judged_by_their_recorded_gate(repo):
+    """A bf16 version rolled out over an FP32 one: the looser gate of the two applies."""
+    cfg = disk_config(repo, "tiny")
+    fp32 = read_version_manifest(repo / "tiny" / "1")
+    bf16 = dict(fp32, parity={"tolerance": {"atol": 0.05, "rtol": 0.03, "min_top1_agreement": 0.995, "max_accuracy_drop": 0.3}})
+    _, tol = gate_inputs(cfg, bf16, CheckSpec(), previous_manifest=fp32)
+    assert (tol.atol, tol.rtol, tol.min_top1_agreement, tol.max_accuracy_drop) == (0.05, 0.03, 0.98, 0.5)
+    _, back = gate_inputs(cfg, fp32, CheckSpec(), previous_manifest=bf16)  # and rolling back to FP32
+    assert (back.atol, back.rtol) == (0.05, 0.03)
+    _, alone = gate_inputs(cfg, bf16, CheckSpec())
+    assert (alone.atol, alone.rtol, alone.min_top1_agreement) == (0.05, 0.03, 0.995)
+
+
 def test_a_version_without_manifest_gets_default_tolerances(repo):
     (repo / "tiny" / "1" / "build_manifest.json").unlink()
     assert read_version_manifest(repo / "tiny" / "1") is None
