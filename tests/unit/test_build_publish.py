@@ -205,3 +205,22 @@ def test_auto_engine_records_every_candidate(tmp_path, tiny_weights):
     fastest = min(timed, key=lambda c: c["latency"]["p50_ms"])
     assert (manifest["engine"], manifest["engine_details"]["precision"]) == (fastest["engine"], fastest["precision"])
     assert result.precision == fastest["precision"]
+
+
+def test_engine_without_its_runtime_is_one_line_exit_2(tmp_path, tiny_weights):
+    """--engine openvino without openvino installed: one line naming the package; auto skips it and records why."""
+    code = ("import sys; sys.modules['openvino'] = None; from sft_engine.cli import main; "
+            f"sys.exit(main(['build', '--arch', 'resnet18', '--weights', {str(tiny_weights)!r}, '--num-classes', '4', "
+            f"'--input-size', '32', '--repository', {str(tmp_path / 'repo')!r}, '--engine', 'openvino']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "needs the openvino package" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "repo").exists()
+    code = code.replace("'--engine', 'openvino'", "'--engine', 'auto', '--json'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "repo" / "resnet18" / "1" / "build_manifest.json").read_text())
+    skipped = {c["candidate"]: c for c in manifest["candidates"] if not c["exported"]}
+    assert set(skipped) >= {"openvino"} and skipped["openvino"]["error"] == "openvino is not installed"
+    assert manifest["engine"] in ("onnxruntime", "torchscript")
