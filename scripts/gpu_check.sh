@@ -7,6 +7,8 @@
 #
 #   scripts/gpu_check.sh                 # from the repository root
 #   PYTHON=/path/to/python OUT=/path/to/results scripts/gpu_check.sh   (default OUT: a new temporary directory)
+#   WHEELS=dir scripts/gpu_check.sh      # offline host without tritonclient: install it from
+#                                        # wheels fetched elsewhere (scripts/gpu_wheels.sh dir)
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,6 +18,19 @@ mkdir -p "$OUT"
 cd "$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 started=$(date +%s)
+
+# tritonclient (pure Python) carries Triton's model_config protobuf, which config
+# generation needs; GPU images often lack it and have no registry to fetch it from
+if ! "$PY" -c "import tritonclient.grpc.model_config_pb2" 2>/dev/null; then
+  if [ -n "${WHEELS:-}" ]; then
+    "$PY" -m pip install --quiet --no-index --no-deps --find-links "$WHEELS" --target "$OUT/site" tritonclient \
+      || { echo "gpu_check: could not install tritonclient from $WHEELS"; exit 2; }
+    export PYTHONPATH="$OUT/site:$PYTHONPATH"
+  else
+    echo "gpu_check: tritonclient is not installed; pip install tritonclient, or on an offline host WHEELS=dir (see scripts/gpu_wheels.sh)"
+    exit 2
+  fi
+fi
 
 echo "== environment"
 "$PY" - <<'EOF' || { echo "gpu_check: stopped before the tests (see the line above)"; exit 2; }
