@@ -26,6 +26,7 @@ class EngineRunner:
                 settings = json.load(fh)
         self.settings = settings
         self.kind = settings["engine"]
+        self.warning = None  # something the operator should know, logged by the serving model
         path = os.path.join(version_dir, settings["file"])
         # 0 = share the cores among the model's instances (so a re-tuned instance count
         # needs no new engine.json)
@@ -71,7 +72,11 @@ class EngineRunner:
             # because the Triton process and the other instances share these cores.
             # INFERENCE_PRECISION_HINT is explicit: left unset, OpenVINO picks bf16 by itself
             # on CPUs that have it, which must be a decision the accuracy gate has seen.
-            compiled = ov.Core().compile_model(path, "CPU", {
+            core = ov.Core()
+            if settings.get("precision") == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+                self.warning = ("this CPU has no native bf16 (AVX512-BF16 or AMX): the bf16 version runs in FP32, "
+                                "correct but slower; rebuild with --precision fp32 for this host")
+            compiled = core.compile_model(path, "CPU", {
                 "PERFORMANCE_HINT": "LATENCY",
                 "NUM_STREAMS": 1,
                 "INFERENCE_NUM_THREADS": threads,
@@ -108,6 +113,8 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
         self._runner = EngineRunner(version_dir, instances=instances)
+        if self._runner.warning:
+            pb_utils.Logger.log_warn("%s version %s: %s" % (args["model_name"], args["model_version"], self._runner.warning))
         self._input_name = config["input"][0]["name"]
         self._output_name = config["output"][0]["name"]
 
