@@ -70,9 +70,11 @@ def saturation(url: str, protocol: str, model: str, x: np.ndarray, concurrency: 
             "p50_ms": round(st.p50_ms, 3), "p99_ms": round(st.p99_ms, 3), "shared_memory": shm}
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """CPU seconds of ``pid``; with ``reaped_children``, also of its children that have exited (a load worker)."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12]) + ((int(fields[13]) + int(fields[14])) if reaped_children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -84,19 +86,22 @@ def _children(pid: int) -> list[int]:
 
 
 class CpuSplit:
-    """Cores used by the server, its Python-backend stubs and this (client) process over an interval."""
+    """Cores used by the server, its Python-backend stubs and the client (this process and its finished workers)."""
 
     def __init__(self, server_pid: int) -> None:
         self.pids = {"server": [server_pid], "stub": _children(server_pid), "client": [os.getpid()]}
 
+    def _seconds(self) -> dict[str, float]:
+        return {k: sum(_cpu_seconds(p, reaped_children=(k == "client")) for p in v) for k, v in self.pids.items()}
+
     def __enter__(self) -> "CpuSplit":
         self.t0 = time.perf_counter()
-        self.start = {k: sum(_cpu_seconds(p) for p in v) for k, v in self.pids.items()}
+        self.start = self._seconds()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self.t0
-        self.cores = {k: round((sum(_cpu_seconds(p) for p in v) - self.start[k]) / wall, 2) for k, v in self.pids.items()}
+        self.cores = {k: round((v - self.start[k]) / wall, 2) for k, v in self._seconds().items()}
 
 
 def grpc_call_factory(url: str, model: str, shape):

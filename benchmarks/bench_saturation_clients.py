@@ -7,9 +7,13 @@ choice, max batch 128), serves it, and drives it at batch 8 with:
   - tritonclient's gRPC client, one per thread (what the first CPU figures used);
   - sft-engine's AsyncClient with the tensors in the request body;
   - sft-engine's AsyncClient with system shared memory (what bench_cpu.py uses);
+  - sft-engine's load-test harness (closed loop, pre-serialized gRPC requests sent from
+    a worker process: what `sft-engine loadtest` does);
 over gRPC and HTTP at several numbers of requests in flight, and prints images/s with
 the cores used by the stub, tritonserver and the client. It also prints the engine
-in-process at batch 8 and 128, the ceiling that merged batches could reach.
+in-process at batch 8 and 128, the ceiling that merged batches could reach; c/b is
+against the faster of two in-process runs at batch 8, one before and one after the
+served runs (the conservative ratio on a noisy machine).
 
     python benchmarks/bench_saturation_clients.py --json reports/bench_saturation_clients.json
 """
@@ -63,6 +67,16 @@ def threaded_tritonclient(url: str, model: str, x: np.ndarray, concurrency: int,
     return sum(counts) * len(x) / (time.perf_counter() - t0)
 
 
+def harness(url: str, model: str, batch: int, concurrency: int, budget_s: float) -> float:
+    """images/s from the load-test harness in closed-loop mode (its worker process is a child of this one)."""
+    from sft_engine.loadtest import LoadSpec, LoadTestConfig, ValiditySpec, parse_endpoint, run_loadtest
+
+    load = LoadSpec(mode="closed", concurrency=(concurrency,), batch_size=batch, duration_s=budget_s, warmup_s=1.0)
+    config = LoadTestConfig(endpoints=(parse_endpoint(url, "grpc"),), model=model, load=load,
+                            validity=ValiditySpec(max_send_lag_p99_ms=1000.0), workers=1)
+    return run_loadtest(config).steps[0].inferences_per_s
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
@@ -86,7 +100,8 @@ def main() -> int:
         with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as srv:
             urls = {"grpc": srv.grpc_url, "http": srv.http_url}
             for conc in levels:
-                cases = [("tritonclient gRPC, threads", "grpc", lambda c=conc: threaded_tritonclient(srv.grpc_url, "r18", x, c, args.budget))]
+                cases = [("tritonclient gRPC, threads", "grpc", lambda c=conc: threaded_tritonclient(srv.grpc_url, "r18", x, c, args.budget)),
+                         ("load-test harness, gRPC, worker process", "grpc", lambda c=conc: harness(srv.grpc_url, "r18", args.batch, c, args.budget))]
                 for proto in ("grpc", "http"):
                     for shm in (False, True):
                         label = f"AsyncClient {proto}, {'shared memory' if shm else 'tensors in the body'}"
@@ -94,11 +109,18 @@ def main() -> int:
                 for label, proto, fn in cases:
                     with CpuSplit(srv.pid) as split:  # type: ignore[arg-type]
                         ips = fn()
-                    row = {"client": label, "protocol": proto, "in_flight": conc, "images_per_s": round(ips, 1),
-                           "c_over_b": round(ips / inproc[args.batch], 3), "cores": split.cores}
+                    row = {"client": label, "protocol": proto, "in_flight": conc, "images_per_s": round(ips, 1), "cores": split.cores}
                     rows.append(row)
-                    print(f"{label:45s} in flight {conc:3d}: {ips:9,.0f} img/s  c/b {row['c_over_b']:.2f}  "
+                    print(f"{label:45s} in flight {conc:3d}: {ips:9,.0f} img/s  c/b {ips / inproc[args.batch]:.2f} (so far)  "
                           f"(cores: {' '.join(f'{k} {v}' for k, v in split.cores.items())})", flush=True)
+        after = time_closed_loop(runner.run, np.random.rand(args.batch, 3, 32, 32).astype(np.float32), args.budget).images_per_s
+        print(f"engine in-process, batch {args.batch}, again: {after:,.0f} img/s", flush=True)
+        reference = max(inproc[args.batch], after)
+        inproc["after"] = after
+        print(f"c/b against {reference:,.0f} img/s:")
+        for row in rows:
+            row["c_over_b"] = round(row["images_per_s"] / reference, 3)
+            print(f"  {row['client']:45s} in flight {row['in_flight']:3d}: c/b {row['c_over_b']:.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"engine": res.engine, "precision": res.precision, "batch": args.batch,
