@@ -96,7 +96,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"published {pub.name} version {pub.version} ({result.target}/{engine}) at {pub.path}")
     for cand in result.candidates:
         lat = cand.get("latency")
-        status = "passed" if cand.get("parity", {}).get("passed") else ("failed parity" if cand.get("exported") else "not exported")
+        parity = cand.get("parity") or {}
+        if parity.get("passed"):
+            status = "passed"
+        elif cand.get("exported"):
+            status = f"failed its gate ({'; '.join(parity.get('reasons') or [])})"
+        else:
+            status = f"not exported ({cand.get('error', 'unknown error')})"
         figure = f", {lat['p50_ms']:.2f} ms p50 at batch {lat['batch_size']}" if lat else ""
         print(f"  candidate {cand.get('candidate', cand['engine'])}: {status}{figure}")
     par = result.parity

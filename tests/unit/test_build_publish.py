@@ -224,3 +224,17 @@ def test_engine_without_its_runtime_is_one_line_exit_2(tmp_path, tiny_weights):
     skipped = {c["candidate"]: c for c in manifest["candidates"] if not c["exported"]}
     assert set(skipped) >= {"openvino"} and skipped["openvino"]["error"] == "openvino is not installed"
     assert manifest["engine"] in ("onnxruntime", "torchscript")
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
+def test_bf16_candidate_failing_its_gate_falls_back_to_fp32(tmp_path, tiny_weights, capsys):
+    """A tolerance bf16 cannot meet: the FP32 engine is published and the output says why bf16 lost."""
+    argv = ["build", "--arch", "resnet18", "--weights", str(tiny_weights), "--num-classes", "4", "--input-size", "32",
+            "--repository", str(tmp_path / "repo"), "--engine", "openvino", "--parity-atol", "1e-5", "--parity-rtol", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(cpu/openvino fp32)" in out
+    assert "candidate openvino-bf16: failed its gate (max|diff|" in out
+    manifest = read_manifest(tmp_path / "repo" / "resnet18" / "1")
+    assert manifest["engine_details"]["precision"] == "fp32"
+    assert {c["candidate"]: c["parity"]["passed"] for c in manifest["candidates"]} == {"openvino": True, "openvino-bf16": False}
