@@ -153,8 +153,7 @@ def bench_model(arch: str, size: int, batches: list[int], budget: float, engine:
     res = build(BuildConfig(arch=arch, num_classes=10, weights=weights, input_size=size, max_batch_size=max_batch,
                             repository=repo, name=name, engine=engine, precision=precision, parity_samples=16,
                             selection_budget_s=budget))
-    engine_name = f"{res.engine} {res.precision}"
-    print(f"# {name}: built {engine_name} engine (candidates: "
+    print(f"# {name}: built {res.engine_label} engine (candidates: "
           + ", ".join(f"{c['candidate']} {c.get('latency', {}).get('p50_ms', float('nan')):.1f} ms" for c in res.candidates) + ")", file=sys.stderr)
     runner = EngineRunner(str(res.published.path))
     torch.set_num_threads(os.cpu_count() or 1)

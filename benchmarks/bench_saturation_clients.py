@@ -90,7 +90,7 @@ def main() -> int:
         repo = Path(tmp) / "repo"
         res = build(BuildConfig(arch="resnet18", num_classes=10, allow_random_weights=True, input_size=32, max_batch_size=128,
                                 repository=repo, name="r18", parity_samples=16))
-        print(f"# engine: {res.engine} {res.precision}", file=sys.stderr)
+        print(f"# engine: {res.engine_label}", file=sys.stderr)
         runner = EngineRunner(str(res.published.path))
         inproc = {}
         for b in (args.batch, 128):

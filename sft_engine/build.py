@@ -41,6 +41,11 @@ class BuildResult:
     seconds: float = 0.0
     precision: str | None = None
 
+    @property
+    def engine_label(self) -> str:
+        """``openvino bf16``, ``onnxruntime fp32``; the engine alone where no precision is recorded."""
+        return f"{self.engine} {self.precision}" if self.precision else self.engine
+
 
 def _noop(_: str) -> None:
     pass

@@ -92,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"model": pub.name, "version": pub.version, "path": str(pub.path), "target": result.target,
                           "engine": result.engine, "precision": result.precision, "parity": result.parity, "seconds": round(result.seconds, 2)}, indent=2))
         return 0
-    engine = f"{result.engine} {result.precision}" if result.precision else result.engine
-    print(f"published {pub.name} version {pub.version} ({result.target}/{engine}) at {pub.path}")
+    print(f"published {pub.name} version {pub.version} ({result.target}/{result.engine_label}) at {pub.path}")
     for cand in result.candidates:
         lat = cand.get("latency")
         parity = cand.get("parity") or {}

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     result = build(cfg, progress=lambda msg: print("   " + msg, flush=True))
     pub = result.published
     par = result.parity
-    print(f"   published {pub.name} version {pub.version} ({result.engine} {result.precision or ''}) at {pub.path}".replace(" )", ")"))
+    print(f"   published {pub.name} version {pub.version} ({result.engine_label}) at {pub.path}")
     accuracy = (f", accuracy {par['engine_accuracy']:.1%} vs eager {par['eager_accuracy']:.1%} on {par['samples']} held-out images"
                 if par.get("eager_accuracy") is not None else "")
     print(f"   parity: max|diff| {par['max_abs_diff']:.2g}, top-1 agreement {par['top1_agreement']:.1%}{accuracy}")

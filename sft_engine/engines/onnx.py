@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from sft_engine.engines.base import EngineArtifact, ExportContext
-from sft_engine.engines.cpu import INPUT_NAME, OUTPUT_NAME, default_threads, export_onnx
+from sft_engine.engines.cpu import INPUT_NAME, OUTPUT_NAME, Candidate, default_threads, export_onnx
 from sft_engine.engines.serving_model import EngineRunner
 from sft_engine.errors import ExportError, ParityError, TargetUnavailable
 from sft_engine.repository.config import DynamicBatchingSpec, InstanceGroupSpec, ModelConfigSpec, TensorSpec
@@ -82,8 +82,7 @@ def export(ctx: ExportContext) -> EngineArtifact:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"{b.arch} could not be exported to ONNX: {type(exc).__name__}: {first}", hint="try --target cpu --engine torchscript") from exc
     threads = default_threads(b.instance_count)
-    settings = {"engine": "onnxruntime", "file": MODEL_FILE, "intra_op_threads": threads, "inter_op_threads": 1}
-    runner = EngineRunner(str(ctx.workdir), settings)
+    runner = EngineRunner(str(ctx.workdir), Candidate("onnxruntime").settings(threads))
     report = check_parity("onnxruntime", ctx.reference, runner.run, ctx.data, ctx.tolerance, batch_size=min(b.max_batch_size, 16))
     if not report.passed:
         raise ParityError(f"the ONNX model disagrees with the eager model: {', '.join(report.reasons)}",

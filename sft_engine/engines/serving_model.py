@@ -83,7 +83,6 @@ class EngineRunner:
                 "ENABLE_CPU_PINNING": False,
                 "INFERENCE_PRECISION_HINT": settings.get("precision", "f32"),
             })
-            self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
             self._request = compiled.create_infer_request()
             self.run = self._run_openvino
         else:

@@ -25,7 +25,6 @@ warmup of batch 1 and max_batch_size.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -37,11 +36,10 @@ from torch import nn
 from sft_engine.engines.base import EngineArtifact, ExportContext
 from sft_engine.engines.compat import GpuInfo, compatibility_manifest, list_gpus, require_torch_tensorrt, select_gpus
 from sft_engine.engines.fp16_check import assess_fp16
-from sft_engine.engines.gpu_common import dynamic_batching, gpu_instance_group, half_module, warmup_batches
-from sft_engine.engines.precision import Fp16Recipe, fp16_recipe, fp16_tolerance
-from sft_engine.errors import ExportError, ParityError
+from sft_engine.engines.gpu_common import fp16_gate, dynamic_batching, gpu_instance_group, half_module, warmup_batches
+from sft_engine.engines.precision import Fp16Recipe, fp16_recipe
+from sft_engine.errors import ExportError
 from sft_engine.repository.config import ModelConfigSpec, TensorSpec
-from sft_engine.verify import check_parity
 
 __all__ = ["export", "check_available", "tensorrt_config", "batch_profile", "plan_filenames", "compile_plan", "INPUT_NAME", "OUTPUT_NAME"]
 
@@ -198,15 +196,10 @@ def _compile_one(ctx: ExportContext, recipe: Fp16Recipe, gpu: GpuInfo, path: Pat
     if not verdict.passed:
         raise ExportError(f"the TensorRT plan for {gpu.name} is not FP16: {'; '.join(verdict.reasons)}",
                           hint=f"Torch-TensorRT {'.'.join(map(str, recipe.version))} ignored the FP16 request; nothing was published")
-    tolerance = fp16_tolerance(ctx.tolerance, getattr(b, "source", {}))
-    report = check_parity(f"tensorrt-fp16@{gpu.sm}", ctx.reference, runner.run, ctx.data, tolerance, batch_size=min(b.max_batch_size, 16))
-    if not report.passed:
-        raise ParityError(f"the FP16 TensorRT plan disagrees with eager FP32 on {gpu.name}: {', '.join(report.reasons)}",
-                          hint="nothing was published; check the model, or pass --parity-atol / --parity-min-top1-agreement to loosen the gate",
-                          report=report.to_dict())
+    report = fp16_gate(ctx, f"tensorrt-fp16@{gpu.sm}", runner.run, "TensorRT plan", gpu.name)
     return {
         "runner": runner, "report": report, "verdict": verdict, "detailed_profile": detailed,
-        "io": runner.io(), "bytes": len(plan), "tolerance": tolerance,
+        "io": runner.io(), "bytes": len(plan),
     }
 
 
@@ -242,7 +235,7 @@ def export(ctx: ExportContext) -> EngineArtifact:
         "parity_per_architecture": {cc: r["report"].to_dict() for cc, r in results.items()},
         "fp16_check": {cc: {**r["verdict"].to_dict(), "detailed_profile": r["detailed_profile"]} for cc, r in results.items()},
         "fp16_recipe": recipe.describe(),
-        "tolerance": dataclasses.asdict(first["tolerance"]),
+        "tolerance": first["report"].tolerance,
         "batch_profile": list(batch_profile(b.max_batch_size)),
         "io": first["io"],
         "plan_bytes": {plans[cc]: r["bytes"] for cc, r in results.items()},

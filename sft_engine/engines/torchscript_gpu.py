@@ -19,7 +19,6 @@ Config notes (server docs, model_configuration.md and model_config.proto):
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -32,11 +31,9 @@ from torch import nn
 from sft_engine.engines.base import EngineArtifact, ExportContext
 from sft_engine.engines.compat import GpuInfo, compatibility_manifest, list_gpus, require_cuda, select_gpus
 from sft_engine.engines import gpu_common
-from sft_engine.engines.gpu_common import DeviceRunner, dynamic_batching, gpu_instance_group, half_module, warmup_batches
-from sft_engine.engines.precision import fp16_tolerance
-from sft_engine.errors import ExportError, ParityError
+from sft_engine.engines.gpu_common import fp16_gate, DeviceRunner, dynamic_batching, gpu_instance_group, half_module, warmup_batches
+from sft_engine.errors import ExportError
 from sft_engine.repository.config import ModelConfigSpec, TensorSpec
-from sft_engine.verify import check_parity
 
 __all__ = ["export", "check_available", "torchscript_gpu_config", "export_fp16_torchscript", "weight_dtypes", "INPUT_NAME", "OUTPUT_NAME", "MODEL_FILE"]
 
@@ -125,19 +122,14 @@ def export(ctx: ExportContext) -> EngineArtifact:
     if problems:
         raise ExportError(f"the TorchScript module is not FP16: {'; '.join(problems)}", hint="report this as a bug; nothing was published")
     runner = DeviceRunner(loaded, device, torch.float16)
-    tolerance = fp16_tolerance(ctx.tolerance, getattr(b, "source", {}))
-    report = check_parity(f"torchscript-fp16@{gpu.sm}", ctx.reference, runner.run, ctx.data, tolerance, batch_size=min(b.max_batch_size, 16))
-    if not report.passed:
-        raise ParityError(f"the FP16 TorchScript module disagrees with eager FP32 on {gpu.name}: {', '.join(report.reasons)}",
-                          hint="nothing was published; check the model, or pass --parity-atol / --parity-min-top1-agreement to loosen the gate",
-                          report=report.to_dict())
+    report = fp16_gate(ctx, f"torchscript-fp16@{gpu.sm}", runner.run, "TorchScript module", gpu.name)
     config = torchscript_gpu_config(b.name, b.num_classes, tuple(b.preprocessing.shape), b.max_batch_size, b.instance_count,
                                     b.max_queue_delay_us, tuple(b.gpus), ctx.parameters)
     compat = compatibility_manifest("torchscript-gpu", [gpu])
     compat["triton_container_note"] = f"needs an NGC Triton container whose PyTorch is torch {torch.__version__.split('+')[0]} or newer (TorchScript loads forward, not backward)"
     details = {
         "parity": report.to_dict(),
-        "tolerance": dataclasses.asdict(tolerance),
+        "tolerance": report.tolerance,
         "fp16_check": {"weight_bytes_by_dtype": weights, "passed": True},
         "compatibility": compat,
     }

@@ -316,3 +316,25 @@ def test_onnx_target_builds_and_verifies_on_cpu(tiny_weights, tmp_path):
     manifest = read_manifest(version)
     assert manifest["parity"]["passed"] and manifest["parity"]["max_abs_diff"] < 1e-3
     assert manifest["compatibility"]["onnx_opset"] == 17 and manifest["compatibility"]["engine"] == "onnx"
+
+
+def test_fp16_gate_passes_close_logits_and_refuses_wrong_ones(tmp_path):
+    """The gate both GPU targets share, run on CPU with runners whose errors are known."""
+    import numpy as np
+
+    from sft_engine.engines.base import ExportContext
+    from sft_engine.engines.gpu_common import fp16_gate
+    from sft_engine.errors import ParityError
+    from sft_engine.verify import ParityData
+
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((16, 4)).astype(np.float32) * 5
+    cfg = BuildConfig().merged({"parity_atol": 0.02}, "flags")  # a value the user set survives
+    ctx = ExportContext(model=None, build=cfg, workdir=tmp_path, data=ParityData(np.zeros((16, 3, 8, 8), np.float32)),
+                        reference=reference, tolerance=Tolerance(atol=0.02), parameters={})
+    close = iter([reference[:16] + 1e-3])
+    report = fp16_gate(ctx, "torchscript-fp16@sm_90", lambda batch: next(close)[: len(batch)], "TorchScript module", "H200")
+    assert report.passed and report.tolerance["atol"] == 0.02 and report.tolerance["rtol"] == FP16_TOLERANCE.rtol
+    shuffled = iter([reference[::-1].copy()])
+    with pytest.raises(ParityError, match="the FP16 TensorRT plan disagrees with eager FP32 on H200"):
+        fp16_gate(ctx, "tensorrt-fp16@sm_90", lambda batch: next(shuffled)[: len(batch)], "TensorRT plan", "H200")
