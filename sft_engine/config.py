@@ -10,18 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from sft_engine.errors import ConfigError
 from sft_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, parse_floats
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from sft_engine.settings import load_toml, resolve_relative, section
 
 __all__ = ["BuildConfig", "validate_model_name", "load_toml", "load_build_spec", "read_labels", "TARGETS", "CPU_ENGINES", "CPU_PRECISIONS"]
 
@@ -41,18 +36,6 @@ def validate_model_name(name: str) -> str:
             hint="use letters, digits, '_', '-' or '.', starting with a letter or digit, without '/', '..' or spaces",
         )
     return name
-
-
-def load_toml(path: str | Path, what: str = "spec file") -> dict[str, Any]:
-    """Read a TOML file with a one-line error for a missing or malformed file."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist", hint="check the path") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{what} {path} cannot be read: {exc}", hint="fix the TOML syntax") from None
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -206,15 +189,8 @@ def load_build_spec(path: str | Path) -> dict[str, Any]:
     the command runs, like the flag.
     """
     path = Path(path)
-    data = load_toml(path, "build spec")
-    data = data.get("build", data)
-    if not isinstance(data, dict):
-        raise ConfigError(f"build spec {path} has no [build] table", hint="see build/resnet18_demo.toml")
-    base = path.parent
-    for key in ("weights", "labels_file", "calibration_dir", "from_finetune"):
-        if key in data and not Path(data[key]).is_absolute():
-            data[key] = str((base / data[key]).resolve())
-    return data
+    data = section(load_toml(path, "build spec", hint="fix the TOML syntax; see build/resnet18_demo.toml"), "build", path, "build spec")
+    return resolve_relative(data, ("weights", "labels_file", "calibration_dir", "from_finetune"), path.parent)
 
 
 FINETUNE_FORMAT = "sft-engine/finetune@1"

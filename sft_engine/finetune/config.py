@@ -10,12 +10,13 @@ pretrained starting point - before a single file is written.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from sft_engine.errors import ConfigError
 from sft_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from sft_engine.settings import load_toml, resolve_relative, section, strict_updates
 
 __all__ = [
     "FinetuneConfig",
@@ -98,14 +99,7 @@ class FinetuneConfig:
 
     def merged(self, data: Mapping[str, Any], origin: str) -> "FinetuneConfig":
         """A copy with ``data``'s keys applied; an unknown key is an error, never ignored."""
-        known = {f.name for f in fields(self)}
-        updates: dict[str, Any] = {}
-        for key, value in data.items():
-            attr = key.replace("-", "_")
-            if attr not in known:
-                raise ConfigError(f"unknown key {key!r} in {origin}", hint=f"known keys: {', '.join(sorted(known))}")
-            updates[attr] = value
-        return replace(self, **updates)
+        return replace(self, **strict_updates(self, data, origin))
 
     # -- validation ------------------------------------------------------------------
     def validated(self) -> "FinetuneConfig":
@@ -210,20 +204,9 @@ def load_finetune_toml(path: str | Path) -> dict[str, Any]:
     Relative ``data_dir``/``output``/``pretrained`` paths are taken relative to the file,
     so a config can travel with its data.
     """
-    from sft_engine.config import load_toml
-
     path = Path(path)
-    data = load_toml(path, "finetune config")
-    data = data.get("finetune", data)
-    if not isinstance(data, dict):
-        raise ConfigError(f"finetune config {path} has no [finetune] table", hint="put the settings at the top level or under [finetune]")
-    for key in ("data_dir", "output", "pretrained"):
-        value = data.get(key)
-        if isinstance(value, str) and value and not Path(value).is_absolute():
-            candidate = path.parent / value
-            if key != "pretrained" or candidate.exists():
-                data[key] = str(candidate)
-    return data
+    data = section(load_toml(path, "finetune config"), "finetune", path, "finetune config")
+    return resolve_relative(data, ("data_dir", "output", "pretrained"), path.parent, only_if_exists=("pretrained",), absolute=False)
 
 
 # -- helpers ----------------------------------------------------------------------------

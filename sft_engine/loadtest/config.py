@@ -17,17 +17,12 @@ import ipaddress
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on 3.10
-    import tomli as tomllib
-
 from sft_engine.errors import ConfigError
+from sft_engine.settings import check_keys, load_toml, table, typed
 
 __all__ = [
     "Endpoint",
@@ -470,20 +465,7 @@ _TOP_KEYS = {"load", "slo", "validity", "capacity", "model", "description"}
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario (SLO) TOML file. Any problem is a ConfigError."""
     path = Path(path)
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"SLO file {path} does not exist", hint="check the path, e.g. loadtest/default.toml") from None
-    except IsADirectoryError:
-        raise ConfigError(f"SLO file {path} is a directory", hint="give a .toml file") from None
-    except OSError as exc:
-        raise ConfigError(f"SLO file {path} cannot be read: {exc.strerror or exc}", hint="check its permissions") from None
-    try:
-        data = tomllib.loads(text.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"SLO file {path} is not UTF-8 text", hint="save it as UTF-8 TOML") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"SLO file {path} is not valid TOML: {exc}", hint="fix the syntax; see loadtest/default.toml") from None
+    data = load_toml(path, "SLO file", hint="fix the syntax; see loadtest/default.toml")
     return scenario_from_mapping(data, path)
 
 
@@ -592,26 +574,9 @@ def parse_target(text: str, slo: SloSpec | None = None) -> SloSpec:
     return base
 
 
-def _table(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: {key} must be a table ([{key}])", hint=f"write a [{key}] section")
-    return value
-
-
-def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ConfigError(f"{where} has unknown key(s): {', '.join(unknown)}", hint=f"allowed: {', '.join(sorted(allowed))}")
-
-
-def _typed(value: Any, types: type | tuple[type, ...], where: str) -> Any:
-    if isinstance(value, bool) and types is not bool and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise ConfigError(f"{where} must be a number, not a boolean", hint="remove the true/false")
-    if not isinstance(value, types):
-        names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-        raise ConfigError(f"{where} must be {names}, not {type(value).__name__}", hint="fix the value's type")
-    return value
+_table = table
+_check_keys = check_keys
+_typed = typed
 
 
 def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
