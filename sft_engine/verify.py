@@ -28,6 +28,8 @@ LOGGER = logging.getLogger(__name__)
 #: image files a calibration directory is read for
 CALIBRATION_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm"})
 _DECIMAL = re.compile(r"[0-9]+")
+#: fractions of a few hundred images are not exact in binary: 2 of 400 is a drop of 0.5000000000000004 points
+_EPS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,15 @@ class ParityReport:
 
 @dataclass
 class ParityData:
-    """Inputs for the gate; ``labels`` only for labelled calibration images."""
+    """Inputs for the gate; ``labels`` only for labelled calibration images.
+
+    ``files``: for labelled images, each input's path relative to the calibration
+    directory (what an INT8 build splits into calibration and gate images, and hashes).
+    """
 
     inputs: np.ndarray
     labels: np.ndarray | None = None
+    files: tuple[str, ...] | None = None
 
 
 def parity_inputs(
@@ -98,13 +105,18 @@ def parity_inputs(
     calibration_dir = Path(calibration_dir)
     if not calibration_dir.is_dir():
         raise ConfigError(f"calibration directory {calibration_dir} does not exist", hint="pass --calibration DIR with images")
+    try:
+        next(iter(calibration_dir.iterdir()), None)
+    except OSError as exc:
+        raise ConfigError(f"calibration directory {calibration_dir} cannot be read: {exc.strerror or exc}", hint="make it readable, or pass another --calibration DIR") from None
     files = sorted(p for p in calibration_dir.rglob("*") if p.suffix.lower() in CALIBRATION_SUFFIXES and p.is_file())
     if not files:
         raise ConfigError(f"calibration directory {calibration_dir} holds no images", hint="put PNG or JPEG files in it")
     folders = [p.relative_to(calibration_dir).parts[0] if p.parent != calibration_dir else None for p in files]
     if all(folder is not None for folder in folders):
         index = class_indices({f for f in folders if f is not None}, labels, calibration_dir)
-        return ParityData(prep.batch(files), np.array([index[f] for f in folders if f is not None], dtype=np.int64))
+        return ParityData(prep.batch(files), np.array([index[f] for f in folders if f is not None], dtype=np.int64),
+                          tuple(p.relative_to(calibration_dir).as_posix() for p in files))
     return ParityData(np.concatenate([random, prep.batch(files)]))
 
 
@@ -176,13 +188,13 @@ def check_parity(
         reasons.append("engine produced non-finite values")
     if float(diff.max()) > allowed:
         reasons.append(f"max|diff| {float(diff.max()):.3g} > {allowed:.3g}")
-    if agreement < tolerance.min_top1_agreement:
+    if agreement < tolerance.min_top1_agreement - _EPS:
         reasons.append(f"top-1 agreement {agreement:.2%} < {tolerance.min_top1_agreement:.2%}")
     eager_acc = engine_acc = None
     if data.labels is not None:
         eager_acc = float((reference.argmax(1) == data.labels).mean())
         engine_acc = float((got.argmax(1) == data.labels).mean())
-        if (eager_acc - engine_acc) * 100 > tolerance.max_accuracy_drop:
+        if (eager_acc - engine_acc) * 100 > tolerance.max_accuracy_drop + _EPS:
             reasons.append(f"accuracy drop {(eager_acc - engine_acc) * 100:.2f} points > {tolerance.max_accuracy_drop}")
     report = ParityReport(
         engine=engine, samples=len(got), max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),

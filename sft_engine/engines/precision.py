@@ -40,6 +40,8 @@ __all__ = [
     "fp16_tolerance",
     "BF16_TOLERANCE",
     "bf16_tolerance",
+    "INT8_TOLERANCE",
+    "int8_tolerance",
 ]
 
 #: first release with ``dynamo.convert_exported_program_to_serialized_trt_engine``
@@ -51,6 +53,11 @@ FP16_TOLERANCE = Tolerance(atol=1e-2, rtol=1e-2, min_top1_agreement=0.995, max_a
 #: bfloat16 keeps 8 mantissa bits to FP16's 11, so logits move several times further
 #: (ResNet-50: ~0.5% of the largest logit); the decision gate is as strict as FP16's
 BF16_TOLERANCE = Tolerance(atol=5e-2, rtol=3e-2, min_top1_agreement=0.995, max_accuracy_drop=0.3)
+
+#: INT8 moves logits by a few per cent of their range (quantized activations), so logit
+#: distance is recorded, not gated (bounded only by the logits' own scale, which catches a
+#: broken engine); what must hold is the decision, on held-out images the quantizer never saw
+INT8_TOLERANCE = Tolerance(atol=0.0, rtol=1.0, min_top1_agreement=0.99, max_accuracy_drop=0.5)
 
 # BuildConfig field (as recorded in ``cfg.source``) → Tolerance field
 _TOLERANCE_FIELDS = {
@@ -160,3 +167,8 @@ def fp16_tolerance(given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
 def bf16_tolerance(given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
     """bf16 parity tolerance (CPU engines), keeping each value the user set."""
     return _reduced_tolerance(BF16_TOLERANCE, given, source)
+
+
+def int8_tolerance(given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
+    """INT8 gate (CPU engines), keeping each value the user set."""
+    return _reduced_tolerance(INT8_TOLERANCE, given, source)

@@ -1,0 +1,129 @@
+"""INT8 on CPU: which instruction set runs it, and which images calibrate and which gate it.
+
+Why a separate gate set: post-training quantization picks its scales from the
+calibration images, so agreement measured on those same images flatters the engine.
+The labelled images (the fine-tune's holdout, or ``--calibration DIR`` in class folders)
+are split once, deterministically: up to ``calibration_images`` calibrate, the rest
+(at least ``MIN_GATE_IMAGES``) gate. Both counts and a hash of each file list go into
+the build manifest, so a later check can tell which images judged the engine.
+
+INT8 is worth building only where the CPU has integer dot-product instructions
+(AVX512-VNNI, AVX-VNNI, AMX-INT8); elsewhere an INT8 engine runs emulated and loses
+the timing, so ``auto`` leaves it out and ``--precision int8`` is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from sft_engine.errors import TargetUnavailable
+from sft_engine.verify import ParityData
+
+__all__ = [
+    "INT8_ISAS", "MIN_GATE_IMAGES", "MIN_CALIBRATION_IMAGES", "DEFAULT_CALIBRATION_IMAGES",
+    "cpu_int8_isa", "require_int8_isa", "Int8Split", "split_for_int8", "files_sha256",
+]
+
+#: /proc/cpuinfo flag → name, best first
+INT8_ISAS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"))
+#: fewer gate images than this cannot resolve a 1 % agreement threshold (one image is 0.5 %)
+MIN_GATE_IMAGES = 200
+#: below this a quantizer's activation ranges are noise (unless the user asked for fewer)
+MIN_CALIBRATION_IMAGES = 32
+DEFAULT_CALIBRATION_IMAGES = 300
+
+
+def cpu_int8_isa(cpuinfo: str | None = None) -> str | None:
+    """The best INT8 dot-product instruction set of this CPU (``AMX-INT8``, ...), or None.
+
+    ``cpuinfo``: the text of /proc/cpuinfo (read when not given; None off Linux).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    for flag, name in INT8_ISAS:
+        if flag in flags:
+            return name
+    return None
+
+
+def require_int8_isa(isa: str | None) -> str:
+    """``isa`` itself; refuses (one line naming what is missing) when there is none."""
+    if isa is None:
+        raise TargetUnavailable(
+            "this CPU has no INT8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8): an INT8 engine would run emulated",
+            hint="build with --precision bf16 or fp32, or on a CPU of the serving hosts' kind",
+        )
+    return isa
+
+
+def files_sha256(files: Iterable[str]) -> str:
+    """Hash of a list of relative paths (one per line, in the given order)."""
+    return hashlib.sha256("".join(f"{f}\n" for f in files).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Int8Split:
+    """The calibration images (inputs only) and the labelled gate set, with their indices into the full set."""
+
+    calibration: np.ndarray
+    calibration_files: tuple[str, ...]
+    gate: ParityData
+    calibration_index: np.ndarray
+    gate_index: np.ndarray
+    seed: int
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready, for the manifest's ``engine_details``."""
+        assert self.gate.files is not None
+        return {
+            "calibration_images": int(len(self.calibration)),
+            "gate_images": int(len(self.gate.inputs)),
+            "calibration_files_sha256": files_sha256(self.calibration_files),
+            "gate_files_sha256": files_sha256(self.gate.files),
+            "split_seed": self.seed,
+        }
+
+
+def split_for_int8(data: ParityData, calibration_images: int = DEFAULT_CALIBRATION_IMAGES, seed: int = 0,
+                   min_gate: int = MIN_GATE_IMAGES) -> Int8Split:
+    """Split labelled images into calibration and gate sets, or refuse (``TargetUnavailable``) saying why.
+
+    Calibration gets ``min(calibration_images, total - min_gate)`` images drawn by a
+    seeded permutation (so the same directory always splits the same way), the gate the
+    rest. Refused: no labelled images, fewer than ``min_gate`` left for the gate, or a
+    calibration set under ``MIN_CALIBRATION_IMAGES`` (or under the number asked for,
+    when that is smaller).
+    """
+    if data.labels is None or data.files is None:
+        raise TargetUnavailable(
+            "INT8 needs labelled images to calibrate and gate it, and none were given",
+            hint="pass --calibration DIR with images in one folder per class (at least 250), or --from-finetune DIR",
+        )
+    total = len(data.files)
+    if calibration_images < 1:
+        raise TargetUnavailable("INT8 calibration needs at least one image", hint="pass --int8-calibration-images 1 or more")
+    n_cal = min(calibration_images, total - min_gate)
+    if n_cal < min(calibration_images, MIN_CALIBRATION_IMAGES):
+        need = min_gate + min(calibration_images, MIN_CALIBRATION_IMAGES)
+        raise TargetUnavailable(
+            f"INT8 needs at least {need} labelled images ({min_gate} to gate it, the rest to calibrate it); there are {total}",
+            hint="add labelled images to the calibration directory (fine-tune with --holdout-images 512 or more)",
+        )
+    order = np.random.default_rng(seed).permutation(total)
+    cal_index, gate_index = np.sort(order[:n_cal]), np.sort(order[n_cal:])
+    gate = ParityData(np.ascontiguousarray(data.inputs[gate_index]), data.labels[gate_index],
+                      tuple(data.files[i] for i in gate_index))
+    return Int8Split(np.ascontiguousarray(data.inputs[cal_index]), tuple(data.files[i] for i in cal_index),
+                     gate, cal_index, gate_index, seed)

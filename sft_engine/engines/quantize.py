@@ -1,0 +1,94 @@
+"""Post-training static INT8 quantization with the maintained libraries, on real calibration images.
+
+Two quantizers, one per CPU runtime, each the vendor's own:
+
+* OpenVINO: NNCF's ``nncf.quantize`` on the OpenVINO model (min-max ranges over the
+  calibration images, then fast bias correction); the result is an IR with
+  FakeQuantize nodes that OpenVINO's CPU plugin runs as INT8 kernels (VNNI/AMX).
+* ONNX Runtime: ``onnxruntime.quantization.quantize_static`` in QDQ format (U8
+  activations, per-channel S8 weights, the layout ORT's x86 INT8 kernels expect), with
+  a ``CalibrationDataReader`` over the same images, after ORT's own pre-processing
+  (shape inference and graph optimization), as its documentation asks.
+
+Each returns what it did (library, version, settings) for the build manifest. A
+failure inside the library raises ``QuantizationError`` carrying the library's
+message, so the build records that candidate as failed and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from sft_engine.errors import ExportError
+
+__all__ = ["QuantizationError", "quantize_openvino", "quantize_onnx", "CALIBRATION_BATCH"]
+
+LOGGER = logging.getLogger(__name__)
+#: images per calibration forward pass (ranges are the same for any batching; memory is not)
+CALIBRATION_BATCH = 16
+
+
+class QuantizationError(ExportError):
+    """The quantization library failed on this model; the message is the library's."""
+
+
+def _batches(images: np.ndarray, batch: int = CALIBRATION_BATCH) -> list[np.ndarray]:
+    return [np.ascontiguousarray(images[i:i + batch]) for i in range(0, len(images), batch)]
+
+
+def _library_failure(library: str, exc: Exception) -> QuantizationError:
+    return QuantizationError(f"{library} failed: {type(exc).__name__}: {exc}"[:400], hint="build with --precision fp32 or bf16")
+
+
+def quantize_openvino(model_xml: Path, calibration: np.ndarray, out_xml: Path) -> dict[str, Any]:
+    """NNCF INT8 of the IR ``model_xml`` into ``out_xml`` (+ ``.bin``), calibrated on ``calibration`` (NCHW float32)."""
+    import nncf
+    import openvino as ov
+
+    nncf.set_log_level(logging.WARNING)  # no progress bars from inside a library call
+    batches = _batches(calibration)
+    settings = {"preset": "performance", "subset_size": int(len(calibration)), "fast_bias_correction": True}
+    try:
+        model = ov.Core().read_model(str(model_xml))
+        quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
+                                  subset_size=len(batches), fast_bias_correction=True)
+        ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
+    except Exception as exc:  # any failure inside NNCF/OpenVINO is this candidate's, not the build's
+        raise _library_failure("nncf.quantize", exc) from exc
+    return {"quantizer": "nncf", "version": nncf.__version__, **settings}
+
+
+def quantize_onnx(model_onnx: Path, calibration: np.ndarray, out_onnx: Path, input_name: str = "input") -> dict[str, Any]:
+    """ONNX Runtime static QDQ INT8 of ``model_onnx`` into ``out_onnx``, calibrated on ``calibration``."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        """The calibration images, ``CALIBRATION_BATCH`` at a time."""
+
+        def __init__(self) -> None:
+            self._batches: Iterator[np.ndarray] = iter(_batches(calibration))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    reader = Reader()
+    settings = {"format": "QDQ", "activation_type": "QUInt8", "weight_type": "QInt8", "per_channel": True,
+                "calibrate_method": "MinMax", "calibration_images": int(len(calibration))}
+    try:
+        with tempfile.TemporaryDirectory(prefix="sft-ort-quant-") as tmp:
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(model_onnx), str(prepared))
+            quantize_static(str(prepared), str(out_onnx), reader, quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            calibrate_method=CalibrationMethod.MinMax)
+    except Exception as exc:  # any failure inside ONNX Runtime's quantizer is this candidate's, not the build's
+        raise _library_failure("onnxruntime quantize_static", exc) from exc
+    return {"quantizer": "onnxruntime.quantization", "version": ort.__version__, **settings}

@@ -1,0 +1,190 @@
+"""INT8 on CPU: instruction-set detection, the calibration/gate split, the gate, the quantizers."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sft_engine.engines.int8 import MIN_GATE_IMAGES, cpu_int8_isa, files_sha256, require_int8_isa, split_for_int8
+from sft_engine.engines.precision import INT8_TOLERANCE, int8_tolerance
+from sft_engine.errors import ConfigError, ExportError, TargetUnavailable
+from sft_engine.preprocess import Preprocessing
+from sft_engine.verify import ParityData, Tolerance, check_parity, parity_inputs
+from tests.unit.finetune_fixtures import write_folder
+
+CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {extra}\nbogomips\t: 1\n"
+
+
+def test_isa_detection_prefers_amx_then_vnni():
+    assert cpu_int8_isa(CPUINFO.format(extra="avx512_vnni amx_bf16 amx_int8 amx_tile")) == "AMX-INT8"
+    assert cpu_int8_isa(CPUINFO.format(extra="avx512_vnni")) == "AVX512-VNNI"
+    assert cpu_int8_isa(CPUINFO.format(extra="avx_vnni")) == "AVX-VNNI"
+    assert cpu_int8_isa(CPUINFO.format(extra="avx512_bf16")) is None
+    assert cpu_int8_isa("") is None
+
+
+def test_int8_is_refused_without_the_instructions_naming_them():
+    with pytest.raises(TargetUnavailable, match="AVX512-VNNI, AVX-VNNI or AMX-INT8") as info:
+        require_int8_isa(None)
+    assert "--precision bf16 or fp32" in (info.value.hint or "")
+    assert require_int8_isa("AVX-VNNI") == "AVX-VNNI"
+
+
+def _labelled(n: int) -> ParityData:
+    files = tuple(f"c{i % 4}/{i:04d}.png" for i in range(n))
+    return ParityData(np.arange(n, dtype=np.float32).reshape(n, 1), np.arange(n) % 4, files)
+
+
+def test_split_is_disjoint_deterministic_and_hashed():
+    data = _labelled(600)
+    split = split_for_int8(data, 300)
+    cal, gate = set(split.calibration_index.tolist()), set(split.gate_index.tolist())
+    assert len(cal) == 300 and len(gate) == 300 and not cal & gate and cal | gate == set(range(600))
+    # the arrays really are the images of those indices (inputs here encode their own index)
+    assert split.calibration[:, 0].astype(int).tolist() == sorted(cal)
+    assert split.gate.inputs[:, 0].astype(int).tolist() == sorted(gate)
+    assert split.gate.labels.tolist() == [i % 4 for i in sorted(gate)]
+    again = split_for_int8(data, 300)
+    assert again.describe() == split.describe()
+    info = split.describe()
+    assert (info["calibration_images"], info["gate_images"]) == (300, 300)
+    assert info["gate_files_sha256"] == files_sha256(data.files[i] for i in sorted(gate))
+    assert info["calibration_files_sha256"] != info["gate_files_sha256"]
+    assert split_for_int8(data, 300, seed=1).describe()["gate_files_sha256"] != info["gate_files_sha256"]
+
+
+def test_split_keeps_the_gate_at_its_minimum_by_calibrating_on_fewer():
+    split = split_for_int8(_labelled(256), 300)  # a default fine-tune holdout
+    assert (len(split.calibration), len(split.gate.inputs)) == (56, MIN_GATE_IMAGES)
+    tiny = split_for_int8(_labelled(600), 4)  # asked for a tiny calibration set: granted
+    assert (len(tiny.calibration), len(tiny.gate.inputs)) == (4, 596)
+
+
+def test_split_refuses_too_few_or_unlabelled_images():
+    with pytest.raises(TargetUnavailable, match="at least 232 labelled images .* there are 231"):
+        split_for_int8(_labelled(231), 300)
+    with pytest.raises(TargetUnavailable, match="needs labelled images"):
+        split_for_int8(ParityData(np.zeros((300, 1), np.float32)), 300)
+    with pytest.raises(TargetUnavailable, match="at least one image"):
+        split_for_int8(_labelled(600), 0)
+
+
+def test_labelled_calibration_dir_records_relative_files(tmp_path: Path):
+    write_folder(tmp_path, {"cat": 2, "dog": 1}, size=8)
+    data = parity_inputs(Preprocessing(input_size=8), 3, tmp_path, labels=["cat", "dog"])
+    assert data.files == ("cat/0.png", "cat/1.png", "dog/0.png")
+    assert data.labels.tolist() == [0, 0, 1]
+
+
+def test_unreadable_calibration_dir_is_one_line(tmp_path: Path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads any directory")
+    write_folder(tmp_path / "cal", {"cat": 1}, size=8)
+    (tmp_path / "cal").chmod(0)
+    try:
+        with pytest.raises(ConfigError, match="cannot be read"):
+            parity_inputs(Preprocessing(input_size=8), 3, tmp_path / "cal", labels=["cat", "dog"])
+    finally:
+        (tmp_path / "cal").chmod(0o755)
+
+
+def test_int8_gate_judges_decisions_and_records_distance():
+    assert INT8_TOLERANCE.min_top1_agreement == 0.99 and INT8_TOLERANCE.max_accuracy_drop == 0.5
+    given = Tolerance(atol=1e-6, rtol=0.0, min_top1_agreement=0.5, max_accuracy_drop=9.0)
+    assert int8_tolerance(given, {}) == INT8_TOLERANCE
+    strict = int8_tolerance(given, {"parity_min_top1_agreement": "flags"})
+    assert strict.min_top1_agreement == 0.5 and strict.max_accuracy_drop == 0.5
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((400, 4)).astype(np.float32) * 5
+    labels = ref.argmax(1)
+    shifted = ref + rng.standard_normal(ref.shape).astype(np.float32) * 0.05  # quantization-sized noise
+    report = check_parity("int8", ref, lambda x: shifted[x[:, 0].astype(int)], ParityData(np.arange(400, dtype=np.float32)[:, None], labels), INT8_TOLERANCE, 50)
+    assert report.max_abs_diff > 0.05 and report.top1_agreement >= 0.99, report.reasons  # distance recorded, not gated
+    assert report.passed
+    wrong = ref.copy()
+    wrong[:8] = wrong[:8, ::-1]  # 2 % of decisions flipped
+    report = check_parity("int8", ref, lambda x: wrong[x[:, 0].astype(int)], ParityData(np.arange(400, dtype=np.float32)[:, None], labels), INT8_TOLERANCE, 50)
+    assert not report.passed and any("top-1 agreement" in r for r in report.reasons)
+
+
+# -- the quantizers, on a real (small) model ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
+    from sft_engine.engines.cpu import export_onnx
+    from sft_engine.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 4).eval()
+    path = tmp_path_factory.mktemp("q") / "model.onnx"
+    export_onnx(model, torch.randn(2, 3, 32, 32), path)
+    return path, model
+
+
+def _calibration(n: int = 24) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((n, 3, 32, 32)).astype(np.float32)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")
+def test_onnxruntime_qdq_quantization_is_int8_and_close(small_onnx, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from sft_engine.engines.quantize import quantize_onnx
+
+    src, model = small_onnx
+    out = tmp_path / "model.onnx"
+    info = quantize_onnx(src, _calibration(), out)
+    assert info["quantizer"] == "onnxruntime.quantization" and info["version"] == ort.__version__ and info["format"] == "QDQ"
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    x = _calibration(4)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert 0 < np.abs(got - ref).max() < 0.5 * np.abs(ref).max()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf is not installed")
+def test_nncf_quantization_runs_int8_kernels(small_onnx, tmp_path):
+    import nncf
+    import openvino as ov
+
+    from sft_engine.engines.quantize import quantize_openvino
+
+    src, _ = small_onnx
+    ir = tmp_path / "fp32.xml"
+    ov.save_model(ov.convert_model(str(src)), str(ir), compress_to_fp16=False)
+    out = tmp_path / "model.xml"
+    info = quantize_openvino(ir, _calibration(), out)
+    assert info["quantizer"] == "nncf" and info["version"] == nncf.__version__ and info["subset_size"] == 24
+    assert (tmp_path / "model.bin").is_file()
+    kinds = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
+    assert "FakeQuantize" in kinds
+    if cpu_int8_isa() is not None:  # the CPU plugin really runs integer kernels
+        compiled = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ops()
+                      if "runtimePrecision" in op.get_rt_info()}
+        assert precisions & {"i8", "u8"}
+
+
+def test_a_failure_inside_the_library_carries_its_message(tmp_path):
+    from sft_engine.engines.quantize import QuantizationError, quantize_onnx, quantize_openvino
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    if importlib.util.find_spec("onnxruntime") is not None:
+        with pytest.raises(QuantizationError, match="onnxruntime quantize_static failed: ") as info:
+            quantize_onnx(broken, _calibration(2), tmp_path / "out.onnx")
+        assert isinstance(info.value, ExportError) and "\n" not in str(info.value)
+    if importlib.util.find_spec("nncf") is not None:
+        (tmp_path / "broken.xml").write_text("<net>")
+        with pytest.raises(QuantizationError, match="nncf.quantize failed: "):
+            quantize_openvino(tmp_path / "broken.xml", _calibration(2), tmp_path / "out.xml")
