@@ -22,7 +22,7 @@ from sft_engine.config import BuildConfig
 from sft_engine.engines import ExportContext, exporter_for, resolve_target
 from sft_engine.models import build_model, load_weights, sha256_file
 from sft_engine.repository.config import to_pbtxt
-from sft_engine.repository.manifest import write_manifest
+from sft_engine.repository.manifest import BuildManifest, write_manifest
 from sft_engine.repository.writer import PublishedVersion, publish
 from sft_engine.verify import Tolerance, eager_logits, parity_inputs
 
@@ -81,14 +81,14 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
         }
 
         def manifest(version_dir: Path, version: int) -> None:
-            write_manifest(version_dir, {
-                "model": cfg.name, "version": version, "target": target, "engine": artifact.engine,
-                "arch": cfg.arch, "num_classes": cfg.num_classes, "preprocessing": prep.to_parameters(),
-                "inputs": inputs, "settings": cfg.describe(), "parity": artifact.details.get("parity"),
-                "engine_details": {k: v for k, v in artifact.details.items() if k not in ("parity", "compatibility")},
-                "compatibility": artifact.details.get("compatibility"),
-                "candidates": artifact.candidates, "config_pbtxt_sha256": _sha_text(config_text),
-            })
+            write_manifest(version_dir, BuildManifest(
+                model=cfg.name, version=version, target=target, engine=artifact.engine,
+                arch=cfg.arch, num_classes=cfg.num_classes, preprocessing=prep.to_parameters(),
+                inputs=inputs, settings=cfg.describe(), parity=artifact.details.get("parity"),
+                engine_details={k: v for k, v in artifact.details.items() if k not in ("parity", "compatibility")},
+                compatibility=artifact.details.get("compatibility"),
+                candidates=artifact.candidates, config_pbtxt_sha256=_sha_text(config_text),
+            ))
 
         progress(f"[4/4] publishing into {cfg.repository}")
         published = publish(cfg.repository, cfg.name, config_text, cfg.label_list, artifact.files, manifest)  # type: ignore[arg-type]

@@ -73,14 +73,11 @@ def _model_names(repository: Path) -> list[str]:
 
 def _tag_from_manifests(repository: Path) -> str | None:
     """The NGC tag a GPU build recorded (its TensorRT must match the container's)."""
-    import json
+    from sft_engine.repository.manifest import MANIFEST_NAME, find_manifest
 
     tags = set()
-    for manifest in repository.glob("*/*/build_manifest.json"):
-        try:
-            tag = (json.loads(manifest.read_text()).get("compatibility") or {}).get("triton_container_tag")
-        except (OSError, ValueError):
-            continue
-        if tag:
-            tags.add(tag)
+    for path in repository.glob(f"*/*/{MANIFEST_NAME}"):
+        manifest = find_manifest(path.parent)
+        if manifest is not None and manifest.triton_container_tag:
+            tags.add(manifest.triton_container_tag)
     return sorted(tags)[-1] if tags else None

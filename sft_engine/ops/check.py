@@ -18,7 +18,6 @@ finite. The report says which weights each version was built from, so a failed
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -32,9 +31,9 @@ from sft_engine.errors import ConfigError
 from sft_engine.ops.control import ModelControl
 from sft_engine.preprocess import Preprocessing
 from sft_engine.repository.config import parameters_of
-from sft_engine.repository.manifest import MANIFEST_NAME
+from sft_engine.repository.manifest import BuildManifest
 
-__all__ = ["CHECK_MODES", "CheckSpec", "CheckReport", "read_version_manifest", "recorded_tolerance", "loosest", "gate_inputs", "compare_versions"]
+__all__ = ["CHECK_MODES", "CheckSpec", "CheckReport", "recorded_tolerance", "loosest", "gate_inputs", "compare_versions"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -90,48 +89,34 @@ class CheckReport:
         return out
 
 
-def read_version_manifest(version_dir: Path) -> dict[str, Any] | None:
-    """The build manifest of a version, or None (a version sft-engine did not build)."""
-    path = Path(version_dir) / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        LOGGER.warning("cannot read %s: %s; using default tolerances", path, exc)
-        return None
-
-
-def _weights_sha(manifest: dict[str, Any] | None) -> str | None:
-    weights = ((manifest or {}).get("inputs") or {}).get("weights") or {}
-    return weights.get("sha256") if isinstance(weights, dict) else None
-
-
-def _build_labels(settings: dict[str, Any]) -> list[str] | None:
+def _build_labels(manifest: BuildManifest | None) -> list[str] | None:
     """The labels the build resolved class folders with (its ``label_list``), so the check scores the same classes."""
-    labels = settings.get("labels")
+    if manifest is None:
+        return None
+    labels = manifest.setting("labels")
     if isinstance(labels, list) and labels:
         return [str(label) for label in labels]
-    classes = settings.get("num_classes")
+    classes = manifest.setting("num_classes")
     return [f"class_{i}" for i in range(classes)] if isinstance(classes, int) and classes > 0 else None
 
 
-def recorded_tolerance(manifest: dict[str, Any] | None) -> Any:
+def recorded_tolerance(manifest: BuildManifest | None) -> Any:
     """The Tolerance a version's build gate judged it by: recorded with its parity, else its settings."""
     from sft_engine.verify import Tolerance
 
-    recorded = ((manifest or {}).get("parity") or {}).get("tolerance")
-    if isinstance(recorded, dict):
+    if manifest is None:
+        return Tolerance()
+    recorded = manifest.parity_tolerance
+    if recorded is not None:
         try:
             return Tolerance(**{k: float(v) for k, v in recorded.items()})
         except (TypeError, ValueError):
             LOGGER.warning("unreadable parity tolerance in a build manifest (%s); using its settings", recorded)
-    settings = (manifest or {}).get("settings") or {}
     return Tolerance(
-        atol=float(settings.get("parity_atol", Tolerance.atol)),
-        rtol=float(settings.get("parity_rtol", Tolerance.rtol)),
-        min_top1_agreement=float(settings.get("parity_min_top1_agreement", Tolerance.min_top1_agreement)),
-        max_accuracy_drop=float(settings.get("accuracy_max_drop", Tolerance.max_accuracy_drop)),
+        atol=float(manifest.setting("parity_atol", Tolerance.atol)),
+        rtol=float(manifest.setting("parity_rtol", Tolerance.rtol)),
+        min_top1_agreement=float(manifest.setting("parity_min_top1_agreement", Tolerance.min_top1_agreement)),
+        max_accuracy_drop=float(manifest.setting("accuracy_max_drop", Tolerance.max_accuracy_drop)),
     )
 
 
@@ -146,12 +131,12 @@ def loosest(*tolerances: Any) -> Any:
     )
 
 
-def gate_inputs(cfg: mc.ModelConfig, manifest: dict[str, Any] | None, spec: CheckSpec,
-                previous_manifest: dict[str, Any] | None = None) -> tuple[Any, Any]:
+def gate_inputs(cfg: mc.ModelConfig, manifest: BuildManifest | None, spec: CheckSpec,
+                previous_manifest: BuildManifest | None = None) -> tuple[Any, Any]:
     """(ParityData, Tolerance) for the gate: the new version's inputs, the looser of both versions' gates."""
     from sft_engine.verify import ParityData, parity_inputs
 
-    settings = (manifest or {}).get("settings") or {}
+    recorded = manifest or BuildManifest()
     tolerance = recorded_tolerance(manifest)
     if previous_manifest is not None:
         tolerance = loosest(tolerance, recorded_tolerance(previous_manifest))
@@ -160,20 +145,20 @@ def gate_inputs(cfg: mc.ModelConfig, manifest: dict[str, Any] | None, spec: Chec
         tolerance = replace(tolerance, atol=math.inf, rtol=0.0, min_top1_agreement=agreement)
     elif spec.mode == "sanity":
         tolerance = replace(tolerance, atol=math.inf, rtol=0.0, min_top1_agreement=0.0, max_accuracy_drop=math.inf)
-    samples = int(spec.samples or settings.get("parity_samples") or 16)
-    seed = int(spec.seed if spec.seed is not None else settings.get("seed") or 0)
-    calibration = settings.get("calibration_dir")
+    samples = int(spec.samples or recorded.setting("parity_samples") or 16)
+    seed = int(spec.seed if spec.seed is not None else recorded.setting("seed", 0))
+    calibration = recorded.setting("calibration_dir")
     if calibration and not Path(calibration).is_dir():
         LOGGER.warning("calibration images %s of the build are gone; the check uses random inputs only", calibration)
         calibration = None
     try:
-        params = (manifest or {}).get("preprocessing") or parameters_of(cfg)
+        params = recorded.preprocessing or parameters_of(cfg)
         prep = Preprocessing.from_parameters(params)
     except ConfigError:
         prep = None
     dims = tuple(int(d) for d in cfg.input[0].dims)
     if prep is not None and prep.shape == dims:
-        data = parity_inputs(prep, samples, Path(calibration) if calibration else None, seed=seed, labels=_build_labels(settings))
+        data = parity_inputs(prep, samples, Path(calibration) if calibration else None, seed=seed, labels=_build_labels(manifest))
     else:  # not an sft-engine image model: random inputs of the configured shape
         if any(d < 1 for d in dims):
             raise ConfigError(f"input {cfg.input[0].name!r} has variable dims {list(dims)}", hint="the rollout check needs fixed input dims")
@@ -187,8 +172,8 @@ def compare_versions(
     cfg: mc.ModelConfig,
     previous: int,
     new: int,
-    previous_manifest: dict[str, Any] | None,
-    new_manifest: dict[str, Any] | None,
+    previous_manifest: BuildManifest | None,
+    new_manifest: BuildManifest | None,
     spec: CheckSpec,
 ) -> CheckReport:
     """Ask both versions on the live server and judge the new one against the previous one."""
@@ -208,7 +193,8 @@ def compare_versions(
         return control.infer(model, new, input_name, output_name, chunk)[0]
 
     parity = check_parity(f"version {new}", reference, runner, data, tolerance, batch)
-    weights = {str(previous): _weights_sha(previous_manifest), str(new): _weights_sha(new_manifest)}
+    weights = {str(previous): previous_manifest.weights_sha256 if previous_manifest else None,
+               str(new): new_manifest.weights_sha256 if new_manifest else None}
     hint = None
     if not parity.passed and spec.mode == "parity":
         w_old, w_new = weights[str(previous)], weights[str(new)]

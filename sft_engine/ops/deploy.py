@@ -29,7 +29,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.errors import ConfigError, RepositoryError
 from sft_engine.repository.config import read_config
-from sft_engine.repository.manifest import MANIFEST_NAME
+from sft_engine.repository.manifest import find_manifest, read_manifest, MANIFEST_NAME
 from sft_engine.repository.writer import list_versions
 from sft_engine.server import DEFAULT_TRITON_TAG
 
@@ -127,8 +127,8 @@ def _version_requirements(version_dir: Path) -> set[str]:
         return set()
     try:
         engine = json.loads(engine_file.read_text()).get("engine")
-        tools = (json.loads((version_dir / MANIFEST_NAME).read_text()).get("tools") or {}) if (version_dir / MANIFEST_NAME).is_file() else {}
-    except (OSError, ValueError) as exc:
+        tools = read_manifest(version_dir).tools if (version_dir / MANIFEST_NAME).is_file() else {}
+    except (OSError, ValueError, RepositoryError) as exc:
         raise RepositoryError(f"{version_dir} has an unreadable engine.json or manifest: {exc}", hint="rebuild that version") from None
     reqs = {f"numpy=={tools['numpy']}" if tools.get("numpy") else "numpy<2"}
     if engine == "onnxruntime":
@@ -144,15 +144,9 @@ def _version_requirements(version_dir: Path) -> set[str]:
 def _recorded_tags(version_dirs: list[Path]) -> set[str]:
     tags = set()
     for version_dir in version_dirs:
-        manifest = version_dir / MANIFEST_NAME
-        if not manifest.is_file():
-            continue
-        try:
-            tag = (json.loads(manifest.read_text()).get("compatibility") or {}).get("triton_container_tag")
-        except (OSError, ValueError):
-            continue
-        if tag:
-            tags.add(str(tag))
+        manifest = find_manifest(version_dir)
+        if manifest is not None and manifest.triton_container_tag:
+            tags.add(manifest.triton_container_tag)
     return tags
 
 

@@ -35,7 +35,8 @@ from typing import Any, Callable
 import numpy as np
 
 from sft_engine.errors import RepositoryError, SftEngineError
-from sft_engine.ops.check import CheckReport, CheckSpec, compare_versions, read_version_manifest
+from sft_engine.ops.check import CheckReport, CheckSpec, compare_versions
+from sft_engine.repository.manifest import find_manifest
 from sft_engine.ops.control import LoadFailed, ModelControl
 from sft_engine.ops.modelconfig import disk_config, override, require_version, with_versions
 
@@ -173,7 +174,7 @@ class _Rollout:
             reference = max(older)
             report = compare_versions(
                 control, name, self.cfg, reference, new,
-                read_version_manifest(plan.repository / name / str(reference)), read_version_manifest(self.version_dir), plan.check,
+                find_manifest(plan.repository / name / str(reference)), find_manifest(self.version_dir), plan.check,
             )
             result.check = report
             if not report.passed:

@@ -35,10 +35,10 @@ from typing import Any, Callable, Iterator
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.errors import ConfigError, LoadTestError
-from sft_engine.ops.check import read_version_manifest
 from sft_engine.ops.control import LoadFailed, ModelControl
 from sft_engine.ops.modelconfig import ServingKnobs, apply_knobs, disk_config, knobs_of, override, require_version, with_versions
 from sft_engine.ops.tune_writer import render_config
+from sft_engine.repository.manifest import BuildManifest, find_manifest
 from sft_engine.repository.writer import list_versions
 
 __all__ = ["TuneSpace", "TuneConfig", "Candidate", "TuneResult", "default_space", "coordinate_descent", "tune", "candidate_table", "DIMENSIONS"]
@@ -334,9 +334,8 @@ class _Search:
         return candidate
 
 
-def _built_max(cfg: mc.ModelConfig, manifest: dict[str, Any] | None) -> int:
-    settings = (manifest or {}).get("settings") or {}
-    built = settings.get("max_batch_size")
+def _built_max(cfg: mc.ModelConfig, manifest: BuildManifest | None) -> int:
+    built = manifest.setting("max_batch_size") if manifest else None
     return int(built) if isinstance(built, int) and built >= 1 else cfg.max_batch_size
 
 
@@ -356,7 +355,7 @@ def tune(config: TuneConfig, progress: Progress = _noop) -> TuneResult:
     versions = list_versions(config.repository / config.model)
     version = config.version or (versions[-1] if versions else 0)
     version_dir = require_version(config.repository, config.model, version)
-    manifest = read_version_manifest(version_dir)
+    manifest = find_manifest(version_dir)
     with contextlib.ExitStack() as stack:
         if config.url is None:
             server = stack.enter_context(_open_server(config))
@@ -386,7 +385,7 @@ def _restore(control: ModelControl, model: str, previous: list[int], live: dict[
 
 
 def _run(config: TuneConfig, control: ModelControl, endpoint: Any, cfg: mc.ModelConfig, version: int,
-         manifest: dict[str, Any] | None, progress: Progress) -> TuneResult:
+         manifest: BuildManifest | None, progress: Progress) -> TuneResult:
     search = _Search(config, control, endpoint, progress)
     current = knobs_of(cfg)
     if config.gpus:

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.errors import RepositoryError
-from sft_engine.ops.check import read_version_manifest
 from sft_engine.ops.modelconfig import model_dir, require_version
 from sft_engine.repository.config import to_pbtxt
-from sft_engine.repository.manifest import MANIFEST_NAME, write_manifest
+from sft_engine.repository.manifest import MANIFEST_NAME, BuildManifest, find_manifest, write_manifest
 from sft_engine.repository.writer import PublishedVersion, publish
 
 __all__ = ["publish_tuned", "render_config"]
@@ -59,14 +59,12 @@ def publish_tuned(repository: Path, model: str, from_version: int, config_text: 
             raise RepositoryError(f"version {from_version} of {model!r} holds a directory ({item.name})",
                                   hint="tune publishes versions whose files sit directly in the version directory")
         files[item.name] = item
-    previous = read_version_manifest(source) or {}
+    previous = find_manifest(source) or BuildManifest()
     config_sha = hashlib.sha256(config_text.encode()).hexdigest()
 
     def manifest(version_dir: Path, version: int) -> None:
-        body = {k: v for k, v in previous.items() if k not in ("format", "created", "outputs", "tools", "host")}
-        body.update({"model": model, "version": version, "config_pbtxt_sha256": config_sha,
-                     "tuned": {"from_version": from_version, **tune}})
-        write_manifest(version_dir, body)
+        write_manifest(version_dir, replace(previous, model=model, version=version, config_pbtxt_sha256=config_sha,
+                                            tuned={"from_version": from_version, **tune}))
 
     published = publish(Path(repository), model, config_text, _labels(model_dir(repository, model)), files, manifest)
     LOGGER.info("published the tuned configuration of %s as version %d", model, published.version)

@@ -55,7 +55,7 @@ def _assert_fp16_gates(manifest: dict) -> None:
 def test_torchscript_gpu_build(classifier, tmp_path):
     result = _build(classifier, tmp_path / "repo", "torchscript-gpu")
     version = result.published.path
-    manifest = read_manifest(version)
+    manifest = read_manifest(version).to_dict()
     _assert_fp16_gates(manifest)
     cfg = read_config(version.parent / "config.pbtxt")
     assert cfg.platform == "pytorch_libtorch" and cfg.input[0].name == "INPUT__0"
@@ -77,7 +77,7 @@ def test_fp16_tolerance_yields_to_user_flags(classifier, tmp_path):
                       max_batch_size=8, repository=tmp_path / "repo", target="torchscript-gpu", parity_samples=4)
     cfg = cfg.merged({"parity_min_top1_agreement": 0.5}, "flags")
     result = build(cfg)
-    tolerance = read_manifest(result.published.path)["engine_details"]["tolerance"]
+    tolerance = read_manifest(result.published.path).to_dict()["engine_details"]["tolerance"]
     assert tolerance["min_top1_agreement"] == 0.5 and tolerance["atol"] == 0.01
 
 
@@ -85,7 +85,7 @@ def test_fp16_tolerance_yields_to_user_flags(classifier, tmp_path):
 def test_tensorrt_build(classifier, tmp_path):
     result = _build(classifier, tmp_path / "repo", "tensorrt")
     version = result.published.path
-    manifest = read_manifest(version)
+    manifest = read_manifest(version).to_dict()
     _assert_fp16_gates(manifest)
     cfg = read_config(version.parent / "config.pbtxt")
     assert cfg.platform == "tensorrt_plan" and cfg.optimization.cuda.graphs

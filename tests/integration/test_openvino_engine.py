@@ -61,7 +61,7 @@ def _eager(weights, x):
 
 def test_fp32_openvino_served_matches_eager(server, repo, tiny_weights):
     version_dir = repo / "ov" / "1"
-    manifest = read_manifest(version_dir)
+    manifest = read_manifest(version_dir).to_dict()
     assert manifest["engine"] == "openvino" and manifest["engine_details"]["precision"] == "fp32"
     assert {"model.xml", "model.bin", "engine.json", "model.py"} <= {p.name for p in version_dir.iterdir()}
     x = np.random.default_rng(3).standard_normal((5, 3, 32, 32)).astype(np.float32)
@@ -71,7 +71,7 @@ def test_fp32_openvino_served_matches_eager(server, repo, tiny_weights):
 
 @needs_bf16
 def test_bf16_openvino_served_within_its_gate(server, repo, tiny_weights):
-    manifest = read_manifest(repo / "ov_bf16" / "1")
+    manifest = read_manifest(repo / "ov_bf16" / "1").to_dict()
     assert manifest["engine_details"]["precision"] == "bf16"
     parity = manifest["parity"]
     assert parity["passed"] and parity["top1_agreement"] >= 0.995

@@ -57,7 +57,7 @@ def test_http_and_grpc_match_eager(server, repo, eager):
     x = _inputs()
     with torch.inference_mode():
         ref = eager(torch.from_numpy(x)).numpy()
-    allowed = read_manifest(repo / "tiny" / "1")["parity"]["allowed_abs_diff"]
+    allowed = read_manifest(repo / "tiny" / "1").to_dict()["parity"]["allowed_abs_diff"]
     for mod, url in ((grpcclient, server.grpc_url), (httpclient, server.http_url)):
         client = mod.InferenceServerClient(url)
         inp = mod.InferInput("input", list(x.shape), "FP32")

@@ -92,7 +92,7 @@ def test_tune_publishes_the_config_that_meets_the_slo(repo, server, tmp_path, ca
     cfg = read_config(repo / MODEL / "config.pbtxt")
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 0 and cfg.max_batch_size == 8
     assert cfg.version_policy.HasField("latest")
-    manifest = read_manifest(repo / MODEL / "2")
+    manifest = read_manifest(repo / MODEL / "2").to_dict()
     assert manifest["tuned"]["from_version"] == 1 and manifest["version"] == 2
     # the shared server is back as it was: version 1 with the built configuration
     with ModelControl(server.http_url) as control:

@@ -46,7 +46,7 @@ def test_first_build_layout_and_manifest(published, tiny_weights):
     cfg = read_config(model_dir / "config.pbtxt")
     assert cfg.backend == "python" and cfg.max_batch_size == 8
     assert cfg.parameters["preprocess_input_size"].string_value == "32"
-    manifest = read_manifest(model_dir / "1")
+    manifest = read_manifest(model_dir / "1").to_dict()
     assert manifest["inputs"]["weights"]["sha256"] == sha256_file(tiny_weights)
     assert manifest["parity"]["passed"] and manifest["parity"]["top1_agreement"] == 1.0
     for name, entry in manifest["outputs"].items():
@@ -235,6 +235,26 @@ def test_bf16_candidate_failing_its_gate_falls_back_to_fp32(tmp_path, tiny_weigh
     out = capsys.readouterr().out
     assert "(cpu/openvino fp32)" in out
     assert "candidate openvino-bf16: failed its gate (max|diff|" in out
-    manifest = read_manifest(tmp_path / "repo" / "resnet18" / "1")
+    manifest = read_manifest(tmp_path / "repo" / "resnet18" / "1").to_dict()
     assert manifest["engine_details"]["precision"] == "fp32"
     assert {c["candidate"]: c["parity"]["passed"] for c in manifest["candidates"]} == {"openvino": True, "openvino-bf16": False}
+
+
+def test_manifest_round_trips_and_reads_the_unversioned_format(tmp_path):
+    """A manifest of the format before it was versioned (no ``format`` key) still reads, and rewrites losslessly."""
+    from sft_engine.errors import RepositoryError
+    from sft_engine.repository.manifest import MANIFEST_FORMAT, BuildManifest, find_manifest
+
+    old = {"model": "m", "version": 3, "engine": "onnxruntime", "settings": {"seed": 5, "calibration_dir": None},
+           "inputs": {"weights": {"file": "w.safetensors", "sha256": "ab"}}, "compatibility": {"triton_container_tag": "24.10"},
+           "tools": {"numpy": "1.26.4"}, "something_new": {"kept": True}}
+    manifest = BuildManifest.from_dict(old)
+    assert manifest.format_version == 0 and manifest.setting("seed") == 5 and manifest.setting("calibration_dir", "x") == "x"
+    assert manifest.weights_sha256 == "ab" and manifest.triton_container_tag == "24.10" and manifest.parity_tolerance is None
+    again = manifest.to_dict()
+    assert again["format"] == MANIFEST_FORMAT and again["something_new"] == {"kept": True} and again["tools"] == old["tools"]
+    assert BuildManifest.from_dict(again).to_dict() == again
+    with pytest.raises(RepositoryError, match="newer than this sft-engine reads"):
+        BuildManifest.from_dict({"format": "sft-engine/build-manifest@99"})
+    (tmp_path / "build_manifest.json").write_text("{not json")
+    assert find_manifest(tmp_path) is None and find_manifest(tmp_path / "absent") is None

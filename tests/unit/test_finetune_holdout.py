@@ -97,7 +97,7 @@ def test_build_from_finetune_gates_accuracy_on_the_holdout(finished: Any, tmp_pa
     cfg = BuildConfig().merged(load_finetune_dir(out), "fine-tuning metadata").merged(
         {"repository": tmp_path / "repo", "name": "ft", "engine": "onnxruntime", "precision": "fp32", "max_batch_size": 8}, "test")
     result = build(cfg)
-    manifest = read_manifest(result.published.path)
+    manifest = read_manifest(result.published.path).to_dict()
     parity = manifest["parity"]
     assert parity["passed"] and parity["samples"] == 10  # the labelled images replace the random tensors
     assert parity["eager_accuracy"] is not None and parity["engine_accuracy"] is not None

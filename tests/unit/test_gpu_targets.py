@@ -313,7 +313,7 @@ def test_onnx_target_builds_and_verifies_on_cpu(tiny_weights, tmp_path):
     assert sorted(p.name for p in version.iterdir()) == ["build_manifest.json", "model.onnx"], "no Python-backend files"
     cfg = parse_pbtxt((repo / "tiny_onnx" / "config.pbtxt").read_text())
     assert cfg.platform == "onnxruntime_onnx" and cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
-    manifest = read_manifest(version)
+    manifest = read_manifest(version).to_dict()
     assert manifest["parity"]["passed"] and manifest["parity"]["max_abs_diff"] < 1e-3
     assert manifest["compatibility"]["onnx_opset"] == 17 and manifest["compatibility"]["engine"] == "onnx"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 
 from sft_engine.cli import main
 from sft_engine.errors import ConfigError, RepositoryError
-from sft_engine.ops.check import CheckSpec, gate_inputs, read_version_manifest
+from sft_engine.ops.check import CheckSpec, gate_inputs
+from sft_engine.repository.manifest import find_manifest
 from sft_engine.ops.control import ModelControl
 from sft_engine.ops.modelconfig import disk_config
 from sft_engine.ops.rollout import RolloutPlan, RolloutResult, rollout
@@ -36,7 +38,7 @@ def repo(tmp_path: Path) -> Path:
 
 def test_parity_gate_uses_the_builds_inputs_and_tolerance(repo):
     cfg = disk_config(repo, "tiny")
-    manifest = read_version_manifest(repo / "tiny" / "1")
+    manifest = find_manifest(repo / "tiny" / "1")
     data, tol = gate_inputs(cfg, manifest, CheckSpec())
     assert (tol.atol, tol.rtol, tol.min_top1_agreement, tol.max_accuracy_drop) == (0.01, 0.002, 0.98, 0.5)
     assert data.inputs.shape == (6, 3, 32, 32) and data.inputs.dtype == np.float32
@@ -48,7 +50,7 @@ def test_parity_gate_uses_the_builds_inputs_and_tolerance(repo):
 
 def test_top1_and_sanity_modes_relax_the_gate(repo):
     cfg = disk_config(repo, "tiny")
-    manifest = read_version_manifest(repo / "tiny" / "1")
+    manifest = find_manifest(repo / "tiny" / "1")
     _, top1 = gate_inputs(cfg, manifest, CheckSpec(mode="top1", min_agreement=0.9))
     assert math.isinf(top1.atol) and top1.min_top1_agreement == 0.9
     _, top1_default = gate_inputs(cfg, manifest, CheckSpec(mode="top1"))
@@ -60,8 +62,8 @@ def test_top1_and_sanity_modes_relax_the_gate(repo):
 def test_reduced_precision_versions_are_judged_by_their_recorded_gate(repo):
     """A bf16 version rolled out over an FP32 one: the looser gate of the two applies."""
     cfg = disk_config(repo, "tiny")
-    fp32 = read_version_manifest(repo / "tiny" / "1")
-    bf16 = dict(fp32, parity={"tolerance": {"atol": 0.05, "rtol": 0.03, "min_top1_agreement": 0.995, "max_accuracy_drop": 0.3}})
+    fp32 = find_manifest(repo / "tiny" / "1")
+    bf16 = replace(fp32, parity={"tolerance": {"atol": 0.05, "rtol": 0.03, "min_top1_agreement": 0.995, "max_accuracy_drop": 0.3}})
     _, tol = gate_inputs(cfg, bf16, CheckSpec(), previous_manifest=fp32)
     assert (tol.atol, tol.rtol, tol.min_top1_agreement, tol.max_accuracy_drop) == (0.05, 0.03, 0.98, 0.5)
     _, back = gate_inputs(cfg, fp32, CheckSpec(), previous_manifest=bf16)  # and rolling back to FP32
@@ -72,7 +74,7 @@ def test_reduced_precision_versions_are_judged_by_their_recorded_gate(repo):
 
 def test_a_version_without_manifest_gets_default_tolerances(repo):
     (repo / "tiny" / "1" / "build_manifest.json").unlink()
-    assert read_version_manifest(repo / "tiny" / "1") is None
+    assert find_manifest(repo / "tiny" / "1") is None
     data, tol = gate_inputs(disk_config(repo, "tiny"), None, CheckSpec())
     assert tol.atol == 1e-3 and data.inputs.shape == (16, 3, 32, 32)
 
