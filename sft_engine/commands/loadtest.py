@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,107 +79,39 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    if ":" not in text:
-        raise ConfigError(f"--shape {text!r} is not NAME:D1,D2", hint="e.g. --shape INPUT0:3,224,224")
-    name, dims = text.rsplit(":", 1)
-    try:
-        shape = tuple(int(d) for d in dims.split(",") if d.strip())
-    except ValueError:
-        raise ConfigError(f"--shape {text!r} has a non-integer dimension", hint="e.g. --shape INPUT0:3,224,224") from None
-    return name.strip(), shape
-
-
 def config_from_args(args: argparse.Namespace) -> Any:
     """Scenario file first, flags on top: the LoadTestConfig of this invocation."""
-    from sft_engine.loadtest.config import (
-        DEFAULT_PERCENTILES, DEFAULT_PORTS, CapacitySpec, LoadSpec, LoadTestConfig, ValiditySpec, default_workers, load_scenario,
-        parse_endpoint, parse_number_list, parse_target,
-    )
+    from sft_engine.loadtest.config import LoadTestConfig, parse_shape, resolve_endpoints
+    from sft_engine.loadtest.scenario import load_scenario
+    from sft_engine.loadtest.spec import parse_number_list
 
     scenario = load_scenario(args.slo) if args.slo else None
-    load = replace(LoadSpec(), **(scenario.load if scenario else {}))
-    if args.concurrency is not None and args.rate is not None:
-        raise ConfigError("--concurrency and --rate are both given", hint="closed loop takes --concurrency, open loop --rate: pick one")
-    if args.concurrency is not None:
-        load = replace(load, mode="closed", concurrency=tuple(int(c) for c in parse_number_list(args.concurrency, "--concurrency", integer=True)))
-    if args.rate is not None:
-        load = replace(load, mode="open", rates=parse_number_list(args.rate, "--rate"))
-    overrides = {
+    load = {
+        "concurrency": None if args.concurrency is None else tuple(int(c) for c in parse_number_list(args.concurrency, "--concurrency", integer=True)),
+        "rates": None if args.rate is None else parse_number_list(args.rate, "--rate"),
         "arrival": args.arrival, "duration_s": args.duration, "warmup_s": args.warmup, "window_s": args.window,
         "batch_size": args.batch_size, "timeout_ms": args.timeout_ms, "max_in_flight": args.max_in_flight, "seed": args.seed,
     }
-    load = replace(load, **{k: v for k, v in overrides.items() if v is not None})
-    window_given = args.window is not None or (scenario is not None and "window_s" in scenario.load)
-    if not window_given and 0 < load.duration_s < load.window_s:
-        load = replace(load, window_s=load.duration_s)  # a 0.5 s run is one 0.5 s window
-
-    slo = scenario.slo if scenario else None
-    for text in args.target:
-        slo = parse_target(text, slo)
-    validity = scenario.validity if scenario else ValiditySpec()
-    if args.max_send_lag_ms is not None:
-        validity = replace(validity, max_send_lag_p99_ms=args.max_send_lag_ms)
-    if args.min_tail_samples is not None:
-        validity = replace(validity, min_tail_samples=args.min_tail_samples)
-
-    urls = args.url or [f"127.0.0.1:{DEFAULT_PORTS[args.protocol or 'grpc']}"]
-    endpoints = [parse_endpoint(u, args.protocol, args.allow_remote) for u in urls]
-    if args.metrics_url and len(args.metrics_url) != len(endpoints):
-        # each server's counters are summed: one URL for two servers would count one of them twice
-        raise ConfigError(f"{len(args.metrics_url)} --metrics-url for {len(endpoints)} --url", hint="give one per --url, in the same order")
-    metrics = list(args.metrics_url)
-    resolved = []
-    for i, ep in enumerate(endpoints):
-        if metrics:
-            url = metrics[i]
-            _check_metrics_url(url, args.allow_remote)
-        elif ep.port in (8000, 8001):
-            url = f"http://{ep.url.rsplit(':', 1)[0]}:8002/metrics"
-        else:
-            url = None
-        resolved.append(replace(ep, metrics_url=url))
-
-    model = args.model or (scenario.model if scenario else None)
-    if not model:
-        raise ConfigError("no model to load-test", hint="pass --model NAME (or set model = \"...\" in the scenario file)")
-    shapes = dict(_parse_shape(s) for s in args.shape)
-    percentiles = DEFAULT_PERCENTILES
-    if args.percentiles:
-        percentiles = tuple(parse_number_list(args.percentiles, "--percentiles"))
-    capacity = scenario.capacity if scenario else None
-    if args.find_capacity and capacity is None:
-        capacity = CapacitySpec()
-    return LoadTestConfig(
-        endpoints=tuple(resolved),
-        model=model,
-        model_version=args.model_version or "",
+    if load["concurrency"] is not None and load["rates"] is not None:
+        raise ConfigError("--concurrency and --rate are both given", hint="closed loop takes --concurrency, open loop --rate: pick one")
+    return LoadTestConfig.from_scenario(
+        scenario,
+        endpoints=resolve_endpoints(args.url, args.protocol, args.metrics_url, args.allow_remote),
+        model=args.model,
         load=load,
-        slo=slo,
-        validity=validity,
-        capacity=capacity,
+        targets=args.target,
+        validity={"max_send_lag_p99_ms": args.max_send_lag_ms, "min_tail_samples": args.min_tail_samples},
+        model_version=args.model_version or "",
         find_capacity=bool(args.find_capacity),
-        workers=args.workers if args.workers is not None else default_workers(),
-        shapes=shapes,
+        workers=args.workers,
+        shapes=dict(parse_shape(s) for s in args.shape),
         input_data=args.input_data,
         report=args.report,
         prometheus_port=args.prometheus_port,
         allow_remote=bool(args.allow_remote),
-        percentiles=percentiles,
-        scenario_path=args.slo,
+        percentiles=tuple(parse_number_list(args.percentiles, "--percentiles")) if args.percentiles else None,
         transport=args.transport,
     )
-
-
-def _check_metrics_url(url: str, allow_remote: bool) -> None:
-    from urllib.parse import urlparse
-
-    from sft_engine.loadtest.config import parse_endpoint
-
-    parsed = urlparse(url)
-    if parsed.scheme != "http" or not parsed.hostname:
-        raise ConfigError(f"--metrics-url {url!r} is not an http:// URL", hint="e.g. http://127.0.0.1:8002/metrics")
-    parse_endpoint(f"{parsed.hostname}:{parsed.port or 80}", "http", allow_remote)
 
 
 def _step_line(step: Any) -> str:

@@ -162,7 +162,8 @@ def _register_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from sft_engine.ops.tune import TuneConfig, candidate_table, tune
+    from sft_engine.ops.tune import TuneConfig, tune
+    from sft_engine.ops.tune_table import candidate_table
     from sft_engine.ops.tune_writer import publish_tuned
 
     if args.metrics_url and not args.url:

@@ -13,7 +13,8 @@ Programmatic use (a tuner or a rollout gate calls the same code as the CLI)::
     result = run_loadtest(config)
     result.verdict, result.exit_code, result.steps[0].latency_ms.get(99.0)
 
-Modules: ``config`` (typed specs, TOML scenarios), ``schedule`` (open/closed loop
+Modules: ``spec`` (typed load, SLO, validity, capacity specs), ``scenario`` (TOML scenario
+files), ``config`` (endpoints and ``LoadTestConfig.from_scenario``), ``schedule`` (open/closed loop
 plans), ``payload`` (the prebuilt request), ``transport`` and ``worker`` (the hot
 path, in worker processes), ``histogram`` (HDR), ``server_stats`` (Triton statistics
 and /metrics), ``control`` (abort flag and live counters shared with the workers),
@@ -22,9 +23,9 @@ and /metrics), ``control`` (abort flag and live counters shared with the workers
 
 from __future__ import annotations
 
-from sft_engine.loadtest.config import (
-    CapacitySpec, Endpoint, LoadSpec, LoadTestConfig, Scenario, SloSpec, ValiditySpec, load_scenario, parse_endpoint,
-)
+from sft_engine.loadtest.config import Endpoint, LoadTestConfig, parse_endpoint
+from sft_engine.loadtest.scenario import Scenario, load_scenario
+from sft_engine.loadtest.spec import CapacitySpec, LoadSpec, SloSpec, ValiditySpec
 from sft_engine.loadtest.results import (
     EXIT_CODES, FAIL, INVALID, MEASURED, PASS, SCHEMA_VERSION, CapacityResult, LoadTestResult, StepResult,
 )

@@ -18,7 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from sft_engine.loadtest.config import LoadTestConfig, percentile_label
+from sft_engine.loadtest.config import LoadTestConfig
+from sft_engine.loadtest.spec import percentile_label
 from sft_engine.loadtest.histogram import LatencyHistogram
 from sft_engine.loadtest.results import (
     GeneratorCheck, RequestCounts, Stability, StepResult, Validity, WindowResult,

@@ -25,7 +25,8 @@ import logging
 import math
 from typing import Callable, Sequence
 
-from sft_engine.loadtest.config import CapacitySpec, LoadTestConfig
+from sft_engine.loadtest.config import LoadTestConfig
+from sft_engine.loadtest.spec import CapacitySpec
 from sft_engine.loadtest.results import FAIL, INVALID, PASS, CapacityResult, StepResult
 
 __all__ = ["knee_point", "CapacitySearch"]

@@ -1,55 +1,45 @@
-"""Typed configuration of a load test, and the TOML scenario (SLO) files users edit.
+"""The configuration of one load test: endpoints, model, specs, output; and how it is assembled.
 
-A scenario file says *what load* to apply (``[load]``), *what must hold* (``[slo]``),
-when a run is *not trustworthy* (``[validity]``) and how to *search for capacity*
-(``[capacity]``). Command-line flags override the file, so
-``sft-engine loadtest --slo loadtest/default.toml --url ... --model ...`` is a
-complete run and ``--rate 400`` on top of it is a variation.
+``LoadTestConfig`` is the only form ``run_loadtest`` accepts. Build it in code, or with
+``LoadTestConfig.from_scenario(scenario, **overrides)``: the scenario file first, the
+overrides (command-line flags, a tuner's values) on top, with the defaults that only
+make sense for a merged run (a window no longer than the run, the metrics URL next to
+Triton's default ports) applied in that one place.
 
-Every value is validated here, before any server is contacted: a typo in a key, a
-rate of zero or an unreadable file must fail at once with a one-line message, not
-after a minute of load.
+Endpoints are checked here too: non-loopback hosts are refused unless asked for.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 from sft_engine.errors import ConfigError
-from sft_engine.settings import check_keys, load_toml, table, typed
+from sft_engine.loadtest.scenario import Scenario, parse_target
+from sft_engine.loadtest.spec import DEFAULT_PERCENTILES, CapacitySpec, LoadSpec, SloSpec, ValiditySpec, percentile_label
+from sft_engine.settings import strict_updates
 
 __all__ = [
     "Endpoint",
-    "LoadSpec",
-    "SloSpec",
-    "ValiditySpec",
-    "CapacitySpec",
-    "Scenario",
     "LoadTestConfig",
     "parse_endpoint",
-    "parse_number_list",
-    "parse_percentile_key",
-    "percentile_label",
-    "parse_target",
-    "load_scenario",
     "default_workers",
-    "DEFAULT_PERCENTILES",
+    "default_metrics_url",
+    "resolve_endpoints",
+    "parse_shape",
+    "DEFAULT_PORTS",
 ]
 
 Protocol = Literal["grpc", "http"]
-Mode = Literal["closed", "open"]
-Arrival = Literal["constant", "poisson"]
 
-#: percentiles every report shows, whatever the SLO gates on
-DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0, 99.9)
 #: Triton's default ports, used when no ``--url`` is given
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+#: Triton's default metrics port, next to the default HTTP/gRPC ports
+DEFAULT_METRICS_PORT = 8002
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
@@ -132,241 +122,6 @@ def parse_endpoint(text: str, protocol: Protocol | None = None, allow_remote: bo
     return Endpoint(host=host, port=port, protocol=proto)
 
 
-# -- small parsers --------------------------------------------------------------------
-def parse_number_list(text: str | int | float | list[Any], what: str, integer: bool = False) -> tuple[float, ...]:
-    """``"100"``, ``"1,2,4,8"``, ``"100:500:100"`` (start:stop:step, inclusive) or a TOML list."""
-    items: list[float] = []
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        items = [float(text)]
-    elif isinstance(text, list):
-        for item in text:
-            items.extend(parse_number_list(item, what, integer))
-    elif isinstance(text, str):
-        for part in (p.strip() for p in text.split(",")):
-            if not part:
-                raise ConfigError(f"{what} {text!r} has an empty entry", hint="e.g. 1,2,4,8 or 100:500:100")
-            if ":" in part:
-                pieces = part.split(":")
-                if len(pieces) != 3:
-                    raise ConfigError(f"{what} range {part!r} is not start:stop:step", hint="e.g. 100:500:100")
-                start, stop, step = (_number(p, what) for p in pieces)
-                if step <= 0 or stop < start:
-                    raise ConfigError(f"{what} range {part!r} is empty or has a step <= 0", hint="e.g. 100:500:100")
-                count = int(math.floor((stop - start) / step + 1e-9)) + 1
-                if count > 1000:
-                    raise ConfigError(f"{what} range {part!r} has {count} steps", hint="use at most 1000 steps")
-                items.extend(start + i * step for i in range(count))
-            else:
-                items.append(_number(part, what))
-    else:
-        raise ConfigError(f"{what} must be a number, a list or a string, not {type(text).__name__}", hint="e.g. 100 or [100, 200]")
-    for value in items:
-        if not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"{what} must be > 0, got {value:g}", hint=f"give a positive {what}")
-        if integer and value != int(value):
-            raise ConfigError(f"{what} must be a whole number, got {value:g}", hint="e.g. 1,2,4,8")
-    if not items:
-        raise ConfigError(f"{what} is empty", hint="give at least one value")
-    return tuple(float(v) for v in items)
-
-
-def _number(text: str, what: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{what} {text!r} is not a number", hint="e.g. 100 or 1,2,4") from None
-
-
-_PCT_KEY = re.compile(r"^p(\d+)(?:[._](\d+))?_ms$")
-
-
-def parse_percentile_key(key: str) -> float | None:
-    """``p99_ms`` -> 99, ``p99_9_ms``/``p99.9_ms``/``p999_ms`` -> 99.9; None if not a percentile key."""
-    match = _PCT_KEY.match(key)
-    if not match:
-        return None
-    whole, frac = match.group(1), match.group(2)
-    if frac is not None:
-        value = float(f"{whole}.{frac}")
-    elif int(whole) <= 100:
-        value = float(whole)
-    else:  # p999 = 99.9, p9999 = 99.99: the usual shorthand
-        value = float(f"{whole[:2]}.{whole[2:]}")
-    if not 0 < value < 100:
-        raise ConfigError(f"{key}: percentile {value:g} is not between 0 and 100", hint="e.g. p50_ms, p99_ms, p99_9_ms")
-    return value
-
-
-def percentile_label(q: float) -> str:
-    """99.0 -> ``p99``, 99.9 -> ``p99.9`` (the keys of every report)."""
-    return f"p{q:g}"
-
-
-# -- specs ----------------------------------------------------------------------------
-@dataclass
-class LoadSpec:
-    """The load to apply: closed loop at fixed concurrency or open loop at a rate.
-
-    A tuple of several concurrencies or rates is a sweep: one step each, in order.
-    """
-
-    mode: Mode = "closed"
-    concurrency: tuple[int, ...] = (1,)
-    rates: tuple[float, ...] = ()
-    arrival: Arrival = "constant"
-    duration_s: float = 10.0
-    warmup_s: float = 2.0
-    window_s: float = 1.0
-    batch_size: int = 1
-    timeout_ms: float | None = None
-    #: per worker; beyond it an open-loop send waits (and the wait counts in latency)
-    max_in_flight: int = 4096
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.mode not in ("closed", "open"):
-            raise ConfigError(f"load mode {self.mode!r} is unknown", hint="use 'closed' (concurrency) or 'open' (rate)")
-        if self.arrival not in ("constant", "poisson"):
-            raise ConfigError(f"--arrival {self.arrival!r} is unknown", hint="use constant or poisson")
-        if self.mode == "closed":
-            if not self.concurrency:
-                raise ConfigError("closed loop needs a concurrency", hint="pass --concurrency N")
-            for c in self.concurrency:
-                if int(c) != c or c < 1 or c > 100_000:
-                    raise ConfigError(f"--concurrency {c} is not a whole number in 1..100000", hint="e.g. --concurrency 4 or 1,2,4,8")
-        else:
-            if not self.rates:
-                raise ConfigError("open loop needs a rate", hint="pass --rate R (requests/s)")
-            for r in self.rates:
-                if not math.isfinite(r) or r <= 0:
-                    raise ConfigError(f"--rate must be > 0, got {r:g}", hint="give requests per second, e.g. --rate 200")
-        _positive(self.duration_s, "--duration")
-        if not math.isfinite(self.warmup_s) or self.warmup_s < 0:
-            raise ConfigError(f"--warmup must be >= 0, got {self.warmup_s:g}", hint="e.g. --warmup 2")
-        _positive(self.window_s, "--window")
-        if self.window_s > self.duration_s:
-            raise ConfigError(f"--window {self.window_s:g} s is longer than --duration {self.duration_s:g} s", hint="use a window of at most the duration")
-        if self.duration_s / self.window_s > 3600:
-            raise ConfigError("more than 3600 measurement windows", hint="raise --window")
-        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be a whole number >= 1, got {self.batch_size}", hint="e.g. --batch-size 8")
-        if self.timeout_ms is not None:
-            _positive(self.timeout_ms, "--timeout-ms")
-        if self.max_in_flight < 1:
-            raise ConfigError(f"--max-in-flight must be >= 1, got {self.max_in_flight}", hint="e.g. 4096")
-
-    @property
-    def levels(self) -> tuple[float, ...]:
-        """The swept values: concurrencies (closed) or rates (open)."""
-        return tuple(float(c) for c in self.concurrency) if self.mode == "closed" else self.rates
-
-
-def _positive(value: float, name: str) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be > 0, got {value}", hint=f"give a positive {name}")
-
-
-@dataclass
-class SloSpec:
-    """Service-level targets. Latency limits are per percentile, in milliseconds."""
-
-    latency_ms: dict[float, float] = field(default_factory=dict)
-    min_throughput: float | None = None
-    max_error_rate: float | None = None
-    #: fail a step whose gated percentile still climbs across the run (open loop over capacity)
-    require_stable: bool = True
-    #: "climbing" = last third above (1 + tolerance) x first third, and rising throughout
-    stability_tolerance: float = 1.0
-
-    def validate(self) -> None:
-        for q, limit in self.latency_ms.items():
-            if not 0 < q < 100:
-                raise ConfigError(f"SLO percentile {q:g} is not between 0 and 100", hint="e.g. p99_ms = 50")
-            _positive(limit, f"{percentile_label(q)}_ms")
-        if self.min_throughput is not None:
-            _positive(self.min_throughput, "min_throughput")
-        if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
-            raise ConfigError(f"max_error_rate must be in [0, 1], got {self.max_error_rate}", hint="e.g. 0.001 for 0.1%")
-        if self.stability_tolerance <= 0:
-            raise ConfigError("stability_tolerance must be > 0", hint="e.g. 1.0 (a doubling)")
-        if self.is_empty:
-            raise ConfigError("the SLO has no targets", hint="set at least one of p<N>_ms, min_throughput, max_error_rate")
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.latency_ms and self.min_throughput is None and self.max_error_rate is None
-
-    @property
-    def gated_percentile(self) -> float | None:
-        """The highest percentile with a limit: it needs the most samples, so it gates validity."""
-        return max(self.latency_ms) if self.latency_ms else None
-
-
-@dataclass
-class ValiditySpec:
-    """When a run's numbers are not to be trusted, whatever they say."""
-
-    #: send lag p99 above this = the generator could not keep its schedule
-    max_send_lag_p99_ms: float = 10.0
-    #: a percentile q needs ceil(min_tail_samples / (1 - q/100)) samples
-    min_tail_samples: int = 10
-    #: an endpoint refusing connections this long, with no success, aborts the run
-    unreachable_after_s: float = 1.0
-
-    def validate(self) -> None:
-        _positive(self.max_send_lag_p99_ms, "max_send_lag_p99_ms")
-        if int(self.min_tail_samples) != self.min_tail_samples or self.min_tail_samples < 1:
-            raise ConfigError(f"min_tail_samples must be a whole number >= 1, got {self.min_tail_samples}", hint="e.g. 10")
-        _positive(self.unreachable_after_s, "unreachable_after_s")
-
-    def min_samples(self, percentile: float) -> int:
-        return int(math.ceil(round(self.min_tail_samples / (1.0 - percentile / 100.0), 6)))
-
-
-@dataclass
-class CapacitySpec:
-    """How ``--find-capacity`` searches: bisection on the open-loop rate."""
-
-    min_rate: float | None = None
-    max_rate: float | None = None
-    #: stop when the bracket is narrower than this fraction of its upper end
-    tolerance: float = 0.05
-    max_steps: int = 8
-    #: a rate counts as sustained when achieved throughput >= this x offered
-    sustain_ratio: float = 0.95
-    #: concurrency of the closed-loop probe that finds the upper bracket when max_rate is not given
-    probe_concurrency: int = 8
-
-    def validate(self) -> None:
-        for name in ("min_rate", "max_rate"):
-            value = getattr(self, name)
-            if value is not None:
-                _positive(value, name)
-        if self.min_rate is not None and self.max_rate is not None and self.min_rate >= self.max_rate:
-            raise ConfigError(f"capacity min_rate {self.min_rate:g} is not below max_rate {self.max_rate:g}", hint="widen the bracket")
-        if not 0 < self.tolerance < 1:
-            raise ConfigError(f"capacity tolerance must be in (0, 1), got {self.tolerance}", hint="e.g. 0.05")
-        if self.max_steps < 2:
-            raise ConfigError("capacity max_steps must be >= 2", hint="e.g. 8")
-        if not 0 < self.sustain_ratio <= 1:
-            raise ConfigError("capacity sustain_ratio must be in (0, 1]", hint="e.g. 0.95")
-        if self.probe_concurrency < 1:
-            raise ConfigError("capacity probe_concurrency must be >= 1", hint="e.g. 8")
-
-
-@dataclass
-class Scenario:
-    """A parsed scenario file: load overrides (only the keys it sets) and specs."""
-
-    path: Path | None = None
-    load: dict[str, Any] = field(default_factory=dict)
-    slo: SloSpec | None = None
-    validity: ValiditySpec = field(default_factory=ValiditySpec)
-    capacity: CapacitySpec | None = None
-    model: str | None = None
-    description: str = ""
-
-
 @dataclass
 class LoadTestConfig:
     """Everything ``run_loadtest`` needs. Build it in code, or from flags + a scenario file."""
@@ -427,6 +182,62 @@ class LoadTestConfig:
         if self.input_data is not None and not Path(self.input_data).is_file():
             raise ConfigError(f"--input-data {self.input_data} does not exist", hint="give an .npz file with one array per input")
 
+    @classmethod
+    def from_scenario(
+        cls,
+        scenario: Scenario | None,
+        *,
+        endpoints: Iterable[Endpoint],
+        model: str | None = None,
+        load: Mapping[str, Any] | None = None,
+        targets: Iterable[str] = (),
+        validity: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> "LoadTestConfig":
+        """The scenario's settings with the overrides on top: how the CLI and ``tune`` both build a run.
+
+        An override of None means "not given" (the scenario's value, or the default, stays).
+        ``load`` overrides LoadSpec fields (``concurrency`` makes the run closed-loop,
+        ``rates`` open-loop; not both); ``targets`` are ``KEY=VALUE`` SLO targets laid on the
+        scenario's SLO (or on a ``slo`` override); ``validity`` overrides ValiditySpec fields;
+        every other keyword is a field of LoadTestConfig (``workers``, ``find_capacity``,
+        ``capacity``, ``report``, ...), so a new field needs no change here.
+
+        Two defaults are applied only here, because they need the merged result: a window
+        longer than a run that sets no window shrinks to the run (a 0.5 s run is one 0.5 s
+        window), and an endpoint on Triton's default ports without a metrics URL gets the
+        default metrics port beside it.
+        """
+        given = {k: v for k, v in (load or {}).items() if v is not None}
+        if "concurrency" in given and "rates" in given:
+            raise ConfigError("--concurrency and --rate are both given", hint="closed loop takes --concurrency, open loop --rate: pick one")
+        if "concurrency" in given:
+            given.setdefault("mode", "closed")
+        if "rates" in given:
+            given.setdefault("mode", "open")
+        from_file = dict(scenario.load) if scenario else {}
+        spec = replace(LoadSpec(), **strict_updates(LoadSpec(), {**from_file, **given}, "the load overrides"))
+        if "window_s" not in given and "window_s" not in from_file:
+            spec = spec.window_fitted()
+
+        slo = overrides.pop("slo") if "slo" in overrides else (scenario.slo if scenario else None)
+        for text in targets:
+            slo = parse_target(text, slo)
+        checks = scenario.validity if scenario else ValiditySpec()
+        checks = replace(checks, **strict_updates(checks, {k: v for k, v in (validity or {}).items() if v is not None}, "the validity overrides"))
+
+        model = model or (scenario.model if scenario else None)
+        if not model:
+            raise ConfigError("no model to load-test", hint="pass --model NAME (or set model = \"...\" in the scenario file)")
+        rest = {k: v for k, v in overrides.items() if v is not None}
+        if rest.get("capacity") is None:
+            capacity = scenario.capacity if scenario else None
+            rest["capacity"] = CapacitySpec() if capacity is None and rest.get("find_capacity") else capacity
+        rest.setdefault("scenario_path", scenario.path if scenario else None)
+        fields_ = strict_updates(cls, rest, "LoadTestConfig.from_scenario", exclude=("endpoints", "model", "load", "validity"))
+        resolved = tuple(ep if ep.metrics_url else replace(ep, metrics_url=default_metrics_url(ep)) for ep in endpoints)
+        return cls(endpoints=resolved, model=model, load=spec, slo=slo, validity=checks, **fields_)
+
     @property
     def report_percentiles(self) -> tuple[float, ...]:
         """The default percentiles plus every percentile the SLO gates on, sorted."""
@@ -451,143 +262,48 @@ class LoadTestConfig:
         return conv(self)
 
 
-# -- scenario files -------------------------------------------------------------------
-_LOAD_KEYS = {
-    "mode", "rate", "concurrency", "arrival", "duration_s", "warmup_s", "window_s",
-    "batch_size", "timeout_ms", "max_in_flight", "seed",
-}
-_SLO_KEYS = {"min_throughput", "max_error_rate", "require_stable", "stability_tolerance"}
-_VALIDITY_KEYS = {f.name for f in fields(ValiditySpec)}
-_CAPACITY_KEYS = {f.name for f in fields(CapacitySpec)}
-_TOP_KEYS = {"load", "slo", "validity", "capacity", "model", "description"}
+def default_metrics_url(endpoint: Endpoint) -> str | None:
+    """Triton's metrics URL beside an endpoint on its default ports; None elsewhere (unknown)."""
+    if endpoint.port in DEFAULT_PORTS.values():
+        return f"http://{endpoint.url.rsplit(':', 1)[0]}:{DEFAULT_METRICS_PORT}/metrics"
+    return None
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario (SLO) TOML file. Any problem is a ConfigError."""
-    path = Path(path)
-    data = load_toml(path, "SLO file", hint="fix the syntax; see loadtest/default.toml")
-    return scenario_from_mapping(data, path)
+def resolve_endpoints(
+    urls: Iterable[str], protocol: Protocol | None = None, metrics_urls: Iterable[str] = (), allow_remote: bool = False
+) -> tuple[Endpoint, ...]:
+    """``--url`` (default: loopback on Triton's port) and ``--metrics-url`` values -> endpoints.
+
+    Metrics URLs are one per endpoint, in the same order, or none (then the default beside
+    Triton's ports applies in ``from_scenario``): each server's counters are summed, so one
+    URL for two servers would count one of them twice.
+    """
+    urls = list(urls) or [f"127.0.0.1:{DEFAULT_PORTS[protocol or 'grpc']}"]
+    endpoints = [parse_endpoint(u, protocol, allow_remote) for u in urls]
+    metrics = list(metrics_urls)
+    if metrics and len(metrics) != len(endpoints):
+        raise ConfigError(f"{len(metrics)} --metrics-url for {len(endpoints)} --url", hint="give one per --url, in the same order")
+    for url in metrics:
+        _check_metrics_url(url, allow_remote)
+    return tuple(replace(ep, metrics_url=m) for ep, m in zip(endpoints, metrics)) if metrics else tuple(endpoints)
 
 
-def scenario_from_mapping(data: Mapping[str, Any], path: Path | None = None) -> Scenario:
-    """Validate a scenario already parsed from TOML (or built in code)."""
-    where = str(path) if path else "scenario"
-    _check_keys(data, _TOP_KEYS, where)
-    scenario = Scenario(path=path)
-    if "model" in data:
-        scenario.model = _typed(data["model"], str, f"{where}: model")
-    scenario.description = str(data.get("description", ""))
-    load = _table(data, "load", where)
-    _check_keys(load, _LOAD_KEYS, f"{where} [load]")
-    scenario.load = _parse_load_table(load, where)
-    slo_table = _table(data, "slo", where)
-    if slo_table:
-        scenario.slo = _parse_slo_table(slo_table, where)
-    validity = _table(data, "validity", where)
-    _check_keys(validity, _VALIDITY_KEYS, f"{where} [validity]")
-    scenario.validity = _build(ValiditySpec, validity, f"{where} [validity]")
-    scenario.validity.validate()
-    capacity = _table(data, "capacity", where)
-    if capacity:
-        _check_keys(capacity, _CAPACITY_KEYS, f"{where} [capacity]")
-        scenario.capacity = _build(CapacitySpec, capacity, f"{where} [capacity]")
-        scenario.capacity.validate()
-    return scenario
+def _check_metrics_url(url: str, allow_remote: bool) -> None:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise ConfigError(f"--metrics-url {url!r} is not an http:// URL", hint="e.g. http://127.0.0.1:8002/metrics")
+    parse_endpoint(f"{parsed.hostname}:{parsed.port or 80}", "http", allow_remote)
 
 
-def _parse_load_table(load: Mapping[str, Any], where: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if "rate" in load:
-        out["rates"] = parse_number_list(load["rate"], f"{where} [load] rate")
-    if "concurrency" in load:
-        out["concurrency"] = tuple(int(c) for c in parse_number_list(load["concurrency"], f"{where} [load] concurrency", integer=True))
-    if "mode" in load:
-        out["mode"] = _typed(load["mode"], str, f"{where} [load] mode")
-        if out["mode"] not in ("open", "closed"):
-            raise ConfigError(f"{where} [load] mode {out['mode']!r} is unknown", hint="use 'open' (rate) or 'closed' (concurrency)")
-    elif "rates" in out and "concurrency" in out:
-        raise ConfigError(f"{where} [load] sets both rate and concurrency", hint="add mode = 'open' or 'closed' to say which applies")
-    elif "rates" in out:
-        out["mode"] = "open"
-    elif "concurrency" in out:
-        out["mode"] = "closed"
-    for key in ("duration_s", "warmup_s", "window_s", "timeout_ms"):
-        if key in load:
-            out[key] = float(_typed(load[key], (int, float), f"{where} [load] {key}"))
-    for key in ("batch_size", "max_in_flight", "seed"):
-        if key in load:
-            out[key] = _typed(load[key], int, f"{where} [load] {key}")
-    if "arrival" in load:
-        out["arrival"] = _typed(load["arrival"], str, f"{where} [load] arrival")
-    # validate now, on a LoadSpec built from defaults + this table, so errors name the file
-    probe = replace(LoadSpec(), **out)
-    if probe.mode == "open" and not probe.rates:
-        raise ConfigError(f"{where} [load] mode is 'open' but no rate is set", hint="add rate = 100")
+def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``NAME:D1,D2`` (a ``--shape``) -> the input's name and its shape without the batch dimension."""
+    if ":" not in text:
+        raise ConfigError(f"--shape {text!r} is not NAME:D1,D2", hint="e.g. --shape INPUT0:3,224,224")
+    name, dims = text.rsplit(":", 1)
     try:
-        probe.validate()
-    except ConfigError as exc:
-        raise ConfigError(f"{where} [load]: {exc.message}", hint=exc.hint) from None
-    return out
-
-
-def _parse_slo_table(table: Mapping[str, Any], where: str) -> SloSpec:
-    slo = SloSpec()
-    for key, value in table.items():
-        q = parse_percentile_key(key)
-        if q is not None:
-            slo.latency_ms[q] = float(_typed(value, (int, float), f"{where} [slo] {key}"))
-        elif key in ("min_throughput", "max_error_rate", "stability_tolerance"):
-            setattr(slo, key, float(_typed(value, (int, float), f"{where} [slo] {key}")))
-        elif key == "require_stable":
-            slo.require_stable = _typed(value, bool, f"{where} [slo] {key}")
-        else:
-            raise ConfigError(
-                f"{where} [slo] has an unknown key {key!r}",
-                hint="use p<N>_ms (p50_ms, p99_ms, p99_9_ms), min_throughput, max_error_rate, require_stable, stability_tolerance",
-            )
-    try:
-        slo.validate()
-    except ConfigError as exc:
-        raise ConfigError(f"{where} [slo]: {exc.message}", hint=exc.hint) from None
-    return slo
-
-
-def parse_target(text: str, slo: SloSpec | None = None) -> SloSpec:
-    """One ``--target KEY=VALUE`` (e.g. ``p99_ms=50``) applied to a copy of ``slo``."""
-    if "=" not in text:
-        raise ConfigError(f"--target {text!r} is not KEY=VALUE", hint="e.g. --target p99_ms=50 or --target max_error_rate=0.001")
-    key, value = (s.strip() for s in text.split("=", 1))
-    base = replace(slo, latency_ms=dict(slo.latency_ms)) if slo else SloSpec()
-    if key == "require_stable":
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ConfigError(f"--target {text!r}: require_stable takes true or false", hint="e.g. --target require_stable=false")
-        base.require_stable = value.lower() in ("true", "1", "yes")
-        return base
-    number = _number(value, f"--target {key}")
-    q = parse_percentile_key(key)
-    if q is not None:
-        base.latency_ms[q] = number
-    elif key in ("min_throughput", "max_error_rate", "stability_tolerance"):
-        setattr(base, key, number)
-    else:
-        raise ConfigError(f"--target {key!r} is unknown", hint="use p<N>_ms, min_throughput, max_error_rate, require_stable")
-    return base
-
-
-_table = table
-_check_keys = check_keys
-_typed = typed
-
-
-def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
-    kwargs = {}
-    defaults = cls()
-    for key, value in table.items():
-        expected = type(getattr(defaults, key))
-        if expected in (float, type(None)):
-            kwargs[key] = float(_typed(value, (int, float), f"{where} {key}"))
-        elif expected is int:
-            kwargs[key] = _typed(value, int, f"{where} {key}")
-        else:
-            kwargs[key] = _typed(value, expected, f"{where} {key}")
-    return cls(**kwargs)
+        shape = tuple(int(d) for d in dims.split(",") if d.strip())
+    except ValueError:
+        raise ConfigError(f"--shape {text!r} has a non-integer dimension", hint="e.g. --shape INPUT0:3,224,224") from None
+    return name.strip(), shape

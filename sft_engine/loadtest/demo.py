@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sft_engine.loadtest.config import LoadSpec, LoadTestConfig, SloSpec, parse_endpoint
+from sft_engine.loadtest.config import LoadTestConfig, parse_endpoint
+from sft_engine.loadtest.spec import LoadSpec, SloSpec
 from sft_engine.loadtest.runner import run_loadtest
 
 __all__ = ["demo_run"]

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from sft_engine.loadtest.config import LoadTestConfig, SloSpec, percentile_label
+from sft_engine.loadtest.config import LoadTestConfig
+from sft_engine.loadtest.spec import SloSpec, percentile_label
 from sft_engine.loadtest.results import (
     EXIT_CODES, FAIL, INVALID, MEASURED, PASS, CapacityResult, SloOutcome, StepResult, TargetOutcome, Validity,
 )

@@ -30,15 +30,17 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from sft_engine.errors import RepositoryError, SftEngineError
+from sft_engine.ops import Notify, quiet
 from sft_engine.ops.check import CheckReport, CheckSpec, compare_versions
-from sft_engine.repository.manifest import find_manifest
 from sft_engine.ops.control import LoadFailed, ModelControl
-from sft_engine.ops.modelconfig import disk_config, override, require_version, with_versions
+from sft_engine.ops.modelconfig import disk_config, override, require_version
+from sft_engine.ops.snapshot import ServingSnapshot
+from sft_engine.repository.manifest import find_manifest
 
 __all__ = ["RolloutPlan", "RolloutStep", "RolloutResult", "rollout", "SWITCHED", "UNCHANGED", "ROLLED_BACK", "ROLLBACK_FAILED"]
 
@@ -91,13 +93,6 @@ class RolloutResult:
         return out
 
 
-Progress = Callable[[str], None]
-
-
-def _noop(_: str) -> None:
-    pass
-
-
 class _Failed(Exception):
     """A step failed; the rollout restores the previous state."""
 
@@ -107,7 +102,7 @@ class _Failed(Exception):
 
 
 class _Rollout:
-    def __init__(self, plan: RolloutPlan, control: ModelControl, progress: Progress) -> None:
+    def __init__(self, plan: RolloutPlan, control: ModelControl, progress: Notify) -> None:
         self.plan = plan
         self.control = control
         self.progress = progress
@@ -124,8 +119,8 @@ class _Rollout:
         if not control.known_to_server(plan.model):
             raise RepositoryError(f"the server at {control.url} has no model {plan.model!r} in its repository",
                                   hint="point --url at the server that serves --repository")
-        previous = control.ready_versions(plan.model)
-        live = control.live_config(plan.model) if previous else None
+        snapshot = ServingSnapshot.take(control, plan.model)
+        previous = list(snapshot.versions)
         result = RolloutResult(model=plan.model, version=plan.version, previous=previous, serving=list(previous))
         if previous == [plan.version]:
             result.outcome = UNCHANGED
@@ -136,12 +131,12 @@ class _Rollout:
         except _Failed as failure:
             result.reason, result.hint = failure.reason, failure.hint
             self._step(result, failure.step, time.monotonic(), False, failure.reason)
-            self._restore(result, previous, live)
+            self._restore(result, snapshot)
         except (SftEngineError, KeyboardInterrupt) as exc:
             if isinstance(exc, SftEngineError) and not result.steps:
                 raise  # refused before anything changed (e.g. not explicit mode): nothing to undo
             result.reason = f"interrupted: {exc}" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            self._restore(result, previous, live)
+            self._restore(result, snapshot)
             if isinstance(exc, KeyboardInterrupt):
                 raise
         return result
@@ -211,14 +206,12 @@ class _Rollout:
         return self.control.infer(self.plan.model, None, cfg.input[0].name, cfg.output[0].name, batch)[1]
 
     # -- the way back ----------------------------------------------------------------
-    def _restore(self, result: RolloutResult, previous: list[int], live: dict[str, Any] | None) -> None:
+    def _restore(self, result: RolloutResult, snapshot: ServingSnapshot) -> None:
         plan, control = self.plan, self.control
+        previous = list(snapshot.versions)
         started = time.monotonic()
         try:
-            if live is not None:
-                control.load(plan.model, with_versions(live, previous))
-            else:
-                control.unload(plan.model)
+            snapshot.restore(control)
             added = [] if plan.version in previous else [plan.version]
             control.wait_gone(plan.model, added, plan.unload_timeout_s)
             serving = control.ready_versions(plan.model)
@@ -237,7 +230,7 @@ class _Rollout:
         self._step(result, "rollback", started, True, f"{what}; version {plan.version} unloaded")
 
 
-def rollout(plan: RolloutPlan, control: ModelControl, progress: Progress = _noop) -> RolloutResult:
+def rollout(plan: RolloutPlan, control: ModelControl, progress: Notify = quiet) -> RolloutResult:
     """Roll ``plan.version`` out on the server behind ``control``; see the module docstring.
 
     Raises an SftEngineError for what prevents starting (a version that does not exist,

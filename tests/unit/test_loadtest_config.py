@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 
 from sft_engine.errors import ConfigError
-from sft_engine.loadtest.config import (
-    CapacitySpec, LoadSpec, LoadTestConfig, SloSpec, ValiditySpec, load_scenario, parse_endpoint, parse_number_list,
-    parse_percentile_key, parse_target, scenario_from_mapping,
-)
+from sft_engine.loadtest.config import LoadTestConfig, parse_endpoint
+from sft_engine.loadtest.scenario import load_scenario, parse_target, scenario_from_mapping
+from sft_engine.loadtest.spec import CapacitySpec, LoadSpec, SloSpec, ValiditySpec, parse_number_list, parse_percentile_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -232,3 +231,33 @@ def test_shipped_scenarios_are_valid(path: Path) -> None:
 
 def test_shipped_scenarios_exist() -> None:
     assert (REPO_ROOT / "loadtest" / "default.toml").is_file()
+
+
+# -- LoadTestConfig.from_scenario -----------------------------------------------------
+def test_from_scenario_lays_overrides_on_the_file() -> None:
+    scenario = scenario_from_mapping({"model": "m", "load": {"rate": 100, "duration_s": 5, "window_s": 2}, "slo": {"p99_ms": 30}})
+    ep = parse_endpoint("127.0.0.1:9001")
+    config = LoadTestConfig.from_scenario(scenario, endpoints=(ep,), load={"duration_s": 1.5, "seed": None}, targets=["p50_ms=5"], workers=None)
+    assert config.model == "m" and config.load.rates == (100.0,) and config.load.mode == "open"
+    assert config.load.duration_s == 1.5 and config.load.seed == 0 and config.load.window_s == 2.0  # the file's window stays
+    assert config.slo.latency_ms == {99.0: 30.0, 50.0: 5.0} and scenario.slo.latency_ms == {99.0: 30.0}
+    assert config.endpoints[0].metrics_url is None  # not Triton's default ports: no guess
+    with pytest.raises(ConfigError, match="longer than --duration"):
+        config.validate()
+    closed = LoadTestConfig.from_scenario(scenario, endpoints=(ep,), load={"concurrency": (2,)})
+    assert closed.load.mode == "closed" and closed.load.concurrency == (2,) and closed.load.window_s == 2.0
+
+
+def test_from_scenario_defaults_and_refusals() -> None:
+    plain = LoadTestConfig.from_scenario(None, endpoints=(parse_endpoint("[::1]:8001"),), model="m", load={"duration_s": 0.25}, find_capacity=True)
+    assert plain.load.window_s == 0.25  # no window given anywhere: one window per run
+    assert plain.endpoints[0].metrics_url == "http://[::1]:8002/metrics"
+    assert plain.capacity is not None and plain.slo is None and plain.scenario_path is None
+    with pytest.raises(ConfigError, match="no model"):
+        LoadTestConfig.from_scenario(None, endpoints=(parse_endpoint("127.0.0.1"),))
+    with pytest.raises(ConfigError, match="both given"):
+        LoadTestConfig.from_scenario(None, endpoints=(), model="m", load={"concurrency": (1,), "rates": (5.0,)})
+    with pytest.raises(ConfigError, match="unknown key 'worker'"):
+        LoadTestConfig.from_scenario(None, endpoints=(), model="m", worker=3)
+    with pytest.raises(ConfigError, match="unknown key 'rate'"):
+        LoadTestConfig.from_scenario(None, endpoints=(), model="m", load={"rate": 3})

@@ -12,7 +12,8 @@ import pytest
 
 from sft_engine.loadtest.analysis import StepObservations, build_step, stability_of
 from sft_engine.loadtest.capacity import CapacitySearch, knee_point
-from sft_engine.loadtest.config import CapacitySpec, LoadSpec, LoadTestConfig, SloSpec, ValiditySpec, parse_endpoint
+from sft_engine.loadtest.config import LoadTestConfig, parse_endpoint
+from sft_engine.loadtest.spec import CapacitySpec, LoadSpec, SloSpec, ValiditySpec
 from sft_engine.loadtest.histogram import LatencyHistogram
 from sft_engine.loadtest.results import FAIL, INVALID, MEASURED, PASS, StepResult
 from sft_engine.loadtest.schedule import StepPlan

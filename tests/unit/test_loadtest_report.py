@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from sft_engine.loadtest.analysis import StepObservations, build_step
-from sft_engine.loadtest.config import LoadSpec, LoadTestConfig, SloSpec, parse_endpoint
+from sft_engine.loadtest.config import LoadTestConfig, parse_endpoint
+from sft_engine.loadtest.spec import LoadSpec, SloSpec
 from sft_engine.loadtest.histogram import LatencyHistogram
 from sft_engine.loadtest.progress import LiveExporter, Progress, TerminalProgress
 from sft_engine.loadtest.report import render_markdown, report_paths, write_reports

@@ -10,7 +10,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.errors import ConfigError, RepositoryError
 from sft_engine.ops.modelconfig import ServingKnobs, apply_knobs, disk_config, knobs_of, override, require_version, with_versions
-from sft_engine.ops.tune import Candidate, TuneResult, TuneSpace, candidate_table, coordinate_descent, default_space
+from sft_engine.ops.tune import TuneResult
+from sft_engine.ops.tune_search import Candidate, TuneSpace, coordinate_descent, default_space
+from sft_engine.ops.tune_table import candidate_table
 from sft_engine.ops.tune_writer import publish_tuned, render_config
 from sft_engine.repository.config import DynamicBatchingSpec, ModelConfigSpec, TensorSpec, parse_pbtxt, to_proto
 from tests.helpers import tree_digest
@@ -154,3 +156,25 @@ def test_publish_tuned_adds_a_version_and_touches_no_other(tmp_path: Path):
         require_version(repo, "tiny", 3)
     with pytest.raises(RepositoryError, match="models there: tiny"):
         disk_config(repo, "other")
+
+
+def test_tune_merges_the_scenario_as_the_loadtest_cli_does(tmp_path: Path) -> None:
+    """A scenario shorter than a window, an endpoint on Triton's ports: the same run either way."""
+    import argparse
+
+    from sft_engine.commands import loadtest as loadtest_command
+    from sft_engine.loadtest.config import parse_endpoint
+    from sft_engine.ops.tune import TuneConfig
+    from sft_engine.ops.tune_bench import CandidateBench
+
+    slo = tmp_path / "slo.toml"
+    slo.write_text("[load]\nrate = 50\nduration_s = 0.5\nwarmup_s = 0\n[slo]\np99_ms = 20\n[validity]\nmin_tail_samples = 3\n")
+    parser = argparse.ArgumentParser()
+    loadtest_command.register(parser.add_subparsers())
+    cli = loadtest_command.config_from_args(parser.parse_args(["loadtest", "--slo", str(slo), "--model", "m", "--url", "http://127.0.0.1:8000"]))
+    bench = CandidateBench(TuneConfig(repository=tmp_path, model="m", slo_file=slo), None, parse_endpoint("127.0.0.1:8000", "http"))  # type: ignore[arg-type]
+    assert bench.base.load == cli.load and bench.load.window_s == 0.5  # the window shrinks to the run
+    assert bench.base.endpoints[0].metrics_url == cli.endpoints[0].metrics_url == "http://127.0.0.1:8002/metrics"
+    assert bench.base.validity == cli.validity and bench.base.slo == cli.slo
+    assert bench.base.find_capacity and bench.base.capacity is not None
+    bench.base.validate()  # a run tune would start is a valid load test
