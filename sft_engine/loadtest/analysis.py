@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -28,7 +27,7 @@ from sft_engine.loadtest.schedule import StepPlan
 from sft_engine.loadtest.server_stats import EdgeSnapshot, reconcile, server_window
 from sft_engine.loadtest.worker import WorkerStepResult
 
-__all__ = ["StepObservations", "build_step", "stability_of", "read_host_cpu", "host_cpu_busy", "coordinator_cpu_since"]
+__all__ = ["StepObservations", "build_step", "stability_of", "read_host_cpu", "host_cpu_busy"]
 
 #: a climb smaller than this is noise whatever its ratio (sub-millisecond services jitter)
 STABILITY_MIN_RISE_MS = 5.0
@@ -244,8 +243,3 @@ def build_step(obs: StepObservations, config: LoadTestConfig) -> StepResult:
         aborted=obs.aborted,
         histograms={"latency": lat_all.encode(), "service_time": svc_all.encode(), "send_lag": lag_all.encode()},
     )
-
-
-def coordinator_cpu_since(cpu0: float, wall0: float) -> float | None:
-    wall = time.monotonic() - wall0
-    return round((time.process_time() - cpu0) / wall, 4) if wall > 0 else None

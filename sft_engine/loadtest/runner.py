@@ -31,7 +31,7 @@ from sft_engine.loadtest.results import SCHEMA_VERSION, LoadTestResult, StepResu
 from sft_engine.loadtest.schedule import StepPlan, worker_plans
 from sft_engine.loadtest.server_stats import EdgeSnapshot, take_snapshot
 from sft_engine.loadtest.slo import judge_step, overall_verdict
-from sft_engine.loadtest.worker import WorkerPool
+from sft_engine.loadtest.pool import WorkerPool
 
 __all__ = ["run_loadtest", "inspect_model", "StepExecutor"]
 
