@@ -84,6 +84,7 @@ class BuildConfig:
     calibration_dir: Path | None = None
     accuracy_max_drop: float = 0.3
     gpus: tuple[int, ...] = ()
+    allow_unmatched_tensorrt: bool = False
     selection_budget_s: float = 3.0
     seed: int = 0
     workdir: Path | None = None

@@ -13,6 +13,7 @@ and exits with code 2, never with a traceback.
     ├── RepositoryError        the model repository cannot be written as asked
     ├── ServerError            the embedded tritonserver cannot start or stopped
     ├── DataError              a dataset is empty, unreadable or inconsistent
+    ├── DependencyError        installed packages that do not fit together (torch / torchvision)
     ├── ClientError            (sft_engine.client) errors seen by clients of a server
     └── LoadTestError          a load test cannot run as specified
 """
@@ -29,6 +30,7 @@ __all__ = [
     "RepositoryError",
     "ServerError",
     "DataError",
+    "DependencyError",
     "LoadTestError",
 ]
 
@@ -86,6 +88,10 @@ class ServerError(SftEngineError):
 
 class DataError(SftEngineError):
     """A dataset is empty, unreadable or inconsistent."""
+
+
+class DependencyError(SftEngineError):
+    """Installed packages do not fit together (a torchvision built for another torch)."""
 
 
 class LoadTestError(SftEngineError):

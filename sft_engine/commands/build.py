@@ -15,6 +15,7 @@ _FLAG_FIELDS = (
     "arch", "weights", "pretrained", "num_classes", "input_size", "mean", "std", "max_batch_size", "name",
     "repository", "target", "engine", "precision", "instance_count", "intra_op_threads", "max_queue_delay_us", "parity_atol",
     "parity_rtol", "parity_min_top1_agreement", "parity_samples", "accuracy_max_drop", "calibration_dir", "gpus", "seed",
+    "allow_unmatched_tensorrt",
 )
 
 
@@ -46,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--intra-op-threads", type=int, help="threads per instance (default: cores / instances)")
     out.add_argument("--max-queue-delay-us", type=int, help="dynamic batching queue delay")
     out.add_argument("--gpus", help="GPU ids for the instance group, e.g. 0,1")
+    out.add_argument("--allow-unmatched-tensorrt", action="store_true", default=None,
+                     help="publish a TensorRT plan even when no known NGC Triton container ships its TensorRT")
     gate = p.add_argument_group("parity gate")
     gate.add_argument("--parity-atol", type=float)
     gate.add_argument("--parity-rtol", type=float)

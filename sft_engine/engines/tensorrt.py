@@ -34,14 +34,15 @@ import torch
 from torch import nn
 
 from sft_engine.engines.base import EngineArtifact, ExportContext
-from sft_engine.engines.compat import GpuInfo, compatibility_manifest, list_gpus, require_torch_tensorrt, select_gpus
+from sft_engine.engines.compat import GpuInfo, check_plan_servable, compatibility_manifest, list_gpus, require_torch_tensorrt, select_gpus
 from sft_engine.engines.fp16_check import assess_fp16
 from sft_engine.engines.gpu_common import fp16_gate, dynamic_batching, gpu_instance_group, half_module, warmup_batches
 from sft_engine.engines.precision import Fp16Recipe, fp16_recipe
 from sft_engine.errors import ExportError
 from sft_engine.repository.config import ModelConfigSpec, TensorSpec
 
-__all__ = ["export", "check_available", "tensorrt_config", "batch_profile", "plan_filenames", "compile_plan", "INPUT_NAME", "OUTPUT_NAME"]
+__all__ = ["export", "check_available", "tensorrt_config", "batch_profile", "plan_filenames", "compile_plan", "detailed_profiling",
+           "DEBUGGER_SINCE", "INPUT_NAME", "OUTPUT_NAME"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -112,18 +113,39 @@ def tensorrt_config(
     )
 
 
+#: first Torch-TensorRT with ``dynamo.Debugger`` (py/torch_tensorrt/dynamo/debug/_Debugger.py appears at v2.8.0)
+DEBUGGER_SINCE = (2, 8)
+
+
+def detailed_profiling(version: tuple[int, int]) -> tuple[str, dict[str, Any]]:
+    """How Torch-TensorRT ``version`` builds an engine with ``ProfilingVerbosity.DETAILED``.
+
+    Returns ``(mechanism, extra compile kwargs)``. From 2.8 the ``Debugger`` context
+    (``save_engine_profile=True``) sets it (``_TRTInterpreter`` reads the debugger
+    config; the ``debug`` argument is deprecated there); 2.5 – 2.7 have no Debugger and
+    set it from ``debug=True`` on the conversion call (``compilation_settings.debug`` in
+    ``_TRTInterpreter._populate_trt_builder_config``). Without it the inspector reports
+    layer names only and the FP16 check falls back to weaker evidence.
+    """
+    if version >= DEBUGGER_SINCE:
+        return "debugger", {}
+    return "debug_argument", {"debug": True}
+
+
 @contextlib.contextmanager
-def _detailed_profile(version: tuple[int, int], logdir: Path) -> Iterator[bool]:
+def _detailed_profile(version: tuple[int, int], logdir: Path) -> Iterator[tuple[bool, dict[str, Any]]]:
     """Build with detailed profiling verbosity so the inspector reports layer precisions.
 
-    Torch-TensorRT ≥ 2.9 switches it on inside ``dynamo.Debugger(save_engine_profile=True)``.
-    The Debugger reconfigures the root logger, so the logging setup is restored after.
-    Yields whether detailed profiling is on; any failure just leaves it off.
+    Yields ``(detailed, extra compile kwargs)``. Both mechanisms reconfigure logging (the
+    Debugger the root logger, ``debug=True`` Torch-TensorRT's logger), so the logging
+    setup is restored after. Any failure to set up the Debugger just leaves it off.
     """
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    trt_logger = logging.getLogger("torch_tensorrt")
+    handlers, level, trt_level = root.handlers[:], root.level, trt_logger.level
+    mechanism, extra = detailed_profiling(version)
     debugger = None
-    if version >= (2, 9):
+    if mechanism == "debugger":
         try:
             from torch_tensorrt.dynamo import Debugger
 
@@ -131,16 +153,18 @@ def _detailed_profile(version: tuple[int, int], logdir: Path) -> Iterator[bool]:
             debugger = Debugger(log_level="warning", save_engine_profile=True, engine_builder_monitor=False, logging_dir=str(logdir))
         except Exception as exc:  # diagnostics only
             LOGGER.info("detailed TensorRT profiling unavailable: %s", exc)
-            debugger = None
     try:
-        if debugger is None:
-            yield False
+        if mechanism == "debug_argument":
+            yield True, extra
+        elif debugger is None:
+            yield False, {}
         else:
             with debugger:
-                yield True
+                yield True, {}
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        trt_logger.setLevel(trt_level)
 
 
 def compile_plan(module: nn.Module, recipe: Fp16Recipe, gpu: GpuInfo, shape: tuple[int, ...], max_batch_size: int, logdir: Path | None = None) -> tuple[bytes, bool]:
@@ -162,7 +186,8 @@ def compile_plan(module: nn.Module, recipe: Fp16Recipe, gpu: GpuInfo, shape: tup
             logdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sft-trt-debug-")))
         stack.enter_context(torch.cuda.device(device))
         stack.enter_context(torch.no_grad())
-        detailed = stack.enter_context(_detailed_profile(recipe.version, logdir))
+        detailed, extra = stack.enter_context(_detailed_profile(recipe.version, logdir))
+        kwargs.update(extra)
         exported = torch_tensorrt.dynamo.trace(module, inputs=(spec,), device=device)
         plan = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine(
             exported, inputs=(spec,), device=device, require_full_compilation=True, min_block_size=1, **kwargs,
@@ -228,8 +253,7 @@ def export(ctx: ExportContext) -> EngineArtifact:
                              b.max_queue_delay_us, tuple(b.gpus), ctx.parameters, plans, input_name, output_name,
                              first["io"][input_name]["dtype"])
     compat = compatibility_manifest("tensorrt", list(by_cc.values()), plans)
-    if compat.get("triton_container_tag") is None:
-        LOGGER.warning("%s", compat["triton_container_note"])
+    check_plan_servable(compat, bool(getattr(b, "allow_unmatched_tensorrt", False)))
     details = {
         "parity": first["report"].to_dict(),
         "parity_per_architecture": {cc: r["report"].to_dict() for cc, r in results.items()},

@@ -1,6 +1,13 @@
-"""Model registry and safe checkpoint loading."""
+"""Model registry and safe checkpoint loading.
 
-from sft_engine.models.checkpoint import (
+The torch / torchvision pair is checked here, before anything imports torchvision.
+"""
+
+from sft_engine.deps import check_torch_pair
+
+check_torch_pair()
+
+from sft_engine.models.checkpoint import (  # noqa: E402
     KeyReport,
     apply_state_dict,
     load_state_dict_file,
@@ -8,7 +15,7 @@ from sft_engine.models.checkpoint import (
     save_state_dict,
     sha256_file,
 )
-from sft_engine.models.registry import ArchSpec, build_model, get_arch, head_prefix, list_archs, register_arch
+from sft_engine.models.registry import ArchSpec, build_model, get_arch, head_prefix, list_archs, register_arch  # noqa: E402
 
 __all__ = [
     "ArchSpec",

@@ -81,9 +81,24 @@ def test_fp16_tolerance_yields_to_user_flags(classifier, tmp_path):
     assert tolerance["min_top1_agreement"] == 0.5 and tolerance["atol"] == 0.01
 
 
+def _container_matches() -> bool:
+    import tensorrt
+
+    from sft_engine.engines.compat import triton_tag_for_tensorrt
+
+    return triton_tag_for_tensorrt(tensorrt.__version__) is not None
+
+
 @needs_trt
 def test_tensorrt_build(classifier, tmp_path):
-    result = _build(classifier, tmp_path / "repo", "tensorrt")
+    matched = _container_matches()
+    if not matched:  # e.g. a pip torch-tensorrt whose TensorRT no NGC container ships: refused, nothing published
+        from sft_engine.errors import ExportError
+
+        with pytest.raises(ExportError, match="no NGC Triton container"):
+            _build(classifier, tmp_path / "repo", "tensorrt")
+        assert not list((tmp_path / "repo").glob("*/*/model*.plan")), "a refused plan must not be published"
+    result = _build(classifier, tmp_path / "repo", "tensorrt", allow_unmatched_tensorrt=not matched)
     version = result.published.path
     manifest = read_manifest(version).to_dict()
     _assert_fp16_gates(manifest)
@@ -130,7 +145,7 @@ def test_tensorrt_fp32_engine_is_caught(classifier):
                     reason="needs GPUs of two architectures")
 @needs_trt
 def test_tensorrt_several_architectures(classifier, tmp_path):
-    result = _build(classifier, tmp_path / "repo", "tensorrt")
+    result = _build(classifier, tmp_path / "repo", "tensorrt", allow_unmatched_tensorrt=True)
     cfg = read_config(result.published.path.parent / "config.pbtxt")
     assert len(cfg.cc_model_filenames) >= 2
     for filename in cfg.cc_model_filenames.values():

@@ -338,3 +338,75 @@ def test_fp16_gate_passes_close_logits_and_refuses_wrong_ones(tmp_path):
     shuffled = iter([reference[::-1].copy()])
     with pytest.raises(ParityError, match="the FP16 TensorRT plan disagrees with eager FP32 on H200"):
         fp16_gate(ctx, "tensorrt-fp16@sm_90", lambda batch: next(shuffled)[: len(batch)], "TensorRT plan", "H200")
+
+
+# -- container table, refusal of unservable plans, detailed profiling ----------------------
+
+def test_container_table_has_rows_for_the_tensorrt_of_recent_torch_tensorrt():
+    """TensorRT of Torch-TensorRT 2.9 / 2.10 / 2.11 (each tag's dev_dep_versions.yml) has a container row;
+    2.12's 10.16.1 and 2.13's 11.0.0 have none."""
+    assert triton_tag_for_tensorrt("10.13.3.9").tag == "25.10"
+    assert triton_tag_for_tensorrt("10.14.1.48").tag == "26.01"
+    assert triton_tag_for_tensorrt("10.15.1").tag == "26.02"
+    assert triton_tag_for_tensorrt("10.13.2.6").tag == "25.08"
+    assert triton_tag_for_tensorrt("10.12.0") is None, "no container shipped 10.12"
+    assert "25.07" not in [r.tag for r in compat.TRITON_RELEASES], "there is no 25.07 -py3 release"
+
+
+def test_every_container_row_cites_its_source_and_says_whether_it_was_verified():
+    source = __import__("inspect").getsource(compat)
+    rows = [line for line in source.splitlines() if line.strip().startswith("TritonRelease(\"")]
+    assert len(rows) == len(compat.TRITON_RELEASES)
+    for line, release in zip(rows, compat.TRITON_RELEASES):
+        yy, mm = release.tag.split(".")
+        assert f"# rel-{yy}-{mm}" in line, line
+        assert ("verified=True" in line and "package list" in line) == release.verified, line
+        assert release.verified or "unverified" in line, line
+
+
+def test_nearest_releases_bracket_a_tensorrt_version():
+    older, newer = compat.nearest_releases("10.12.0")
+    assert (older.tag, newer.tag) == ("25.06", "25.08")
+    older, newer = compat.nearest_releases("11.0.0")
+    assert older.tag == "26.03" and newer is None
+
+
+def test_a_plan_no_container_can_load_is_refused_in_one_line():
+    with pytest.raises(compat.ExportError) as info:
+        compat.check_plan_servable({"tensorrt": "11.0.0.114", "triton_container_tag": None}, allow_unmatched=False)
+    line = info.value.one_line()
+    assert "TensorRT 11.0.0.114" in line and "26.03 ships TensorRT 10.16.0.72" in line
+    assert "--print-docker" in line and "--allow-unmatched-tensorrt" in line and "\n" not in line
+    with pytest.raises(compat.ExportError, match="unknown"):
+        compat.check_plan_servable({"tensorrt": None, "triton_container_tag": None}, allow_unmatched=False)
+
+
+def test_allow_unmatched_tensorrt_publishes_with_a_warning(caplog):
+    compat.check_plan_servable({"tensorrt": "10.12.0", "triton_container_tag": None}, allow_unmatched=True)
+    assert "publishing anyway" in caplog.text and "25.06 ships TensorRT 10.11.0.33" in caplog.text
+    compat.check_plan_servable({"tensorrt": "10.5.0.18", "triton_container_tag": "24.10"}, allow_unmatched=False)
+
+
+def test_allow_unmatched_tensorrt_flag_reaches_the_build_settings():
+    from sft_engine.cli import build_parser
+    from sft_engine.commands.build import config_from_args
+
+    args = build_parser().parse_args(["build", "--arch", "resnet18", "--num-classes", "3", "--allow-unmatched-tensorrt"])
+    assert config_from_args(args).allow_unmatched_tensorrt is True
+    args = build_parser().parse_args(["build", "--arch", "resnet18", "--num-classes", "3"])
+    assert config_from_args(args).allow_unmatched_tensorrt is False
+
+
+@pytest.mark.parametrize("version,mechanism,extra", [
+    ((2, 5), "debug_argument", {"debug": True}),
+    ((2, 7), "debug_argument", {"debug": True}),
+    ((2, 8), "debugger", {}),
+    ((2, 13), "debugger", {}),
+])
+def test_detailed_profiling_per_torch_tensorrt_version(version, mechanism, extra):
+    """The Debugger exists from 2.8 (py/torch_tensorrt/dynamo/debug/ first appears at v2.8.0);
+    2.5 - 2.7 set ProfilingVerbosity.DETAILED from debug=True on the conversion call."""
+    from sft_engine.engines.tensorrt import DEBUGGER_SINCE, detailed_profiling
+
+    assert DEBUGGER_SINCE == (2, 8)
+    assert detailed_profiling(version) == (mechanism, extra)
