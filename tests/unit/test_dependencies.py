@@ -83,7 +83,7 @@ def test_lock_pins_every_requirement_setup_installs_within_its_range():
 
 def test_setup_installs_through_the_lock_with_the_extras_it_was_made_for():
     setup = (ROOT / "scripts" / "setup.sh").read_text()
-    match = re.search(r"pip install .*-c constraints-cpu\.txt -e \"\.\[([a-z,]+)\]\"", setup)
+    match = re.search(r"pip install .*-c constraints-cpu\.txt -e \"\.\[([a-z0-9,]+)\]\"", setup)
     assert match, "scripts/setup.sh must install with -c constraints-cpu.txt"
     assert tuple(match.group(1).split(",")) == SETUP_EXTRAS == lock_cpu.EXTRAS
 
