@@ -254,7 +254,8 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    from sft_engine.ops.deploy import DeployOptions, deploy_compose, deploy_k8s
+    from sft_engine.ops.deploy import deploy_compose, deploy_k8s
+    from sft_engine.ops.deploy_spec import DeployOptions
 
     options = DeployOptions(
         repository=Path(args.repository), output=Path(args.output), name=args.name, image=args.image,

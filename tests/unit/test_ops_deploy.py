@@ -10,7 +10,8 @@ import yaml
 
 from sft_engine.cli import main
 from sft_engine.errors import ConfigError, RepositoryError
-from sft_engine.ops.deploy import DeployOptions, deploy_compose, deploy_k8s, scan_repository
+from sft_engine.ops.deploy import deploy_compose, deploy_k8s
+from sft_engine.ops.deploy_spec import DeployOptions, scan_repository
 from sft_engine.ops.k8s import METRIC_NAMES
 from sft_engine.repository.config import InstanceGroupSpec, ModelConfigSpec, TensorSpec, to_pbtxt
 
