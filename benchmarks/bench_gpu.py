@@ -1,7 +1,13 @@
-"""Eager FP32 vs the compiled FP16 engine on one GPU: images/s and the share of the GPU's FP16 peak.
+"""Eager FP32 (TF32 off and on) vs the compiled FP16 engine on one GPU: images/s and the share of the FP16 peak.
 
     python benchmarks/bench_gpu.py                      # resnet50 @ 224, batches 1, 8, 64, 256
     python benchmarks/bench_gpu.py --arch resnet18 --batches 1,32 --json out.json
+
+The baseline is named truthfully: cuDNN runs FP32 convolutions in TF32 by default on
+Ampere and later (``torch.backends.cudnn.conv.fp32_precision`` defaults to ``"tf32"``,
+``torch.backends.cudnn.allow_tf32`` to True in the legacy API), so "eager FP32" is
+measured twice, with TF32 off (true FP32, ``"ieee"``) and on (PyTorch's default), and the
+FP16 engine's speed-up is given against both.
 
 The FP16 engine is what the GPU targets publish: a TensorRT plan built by
 ``sft_engine.engines.tensorrt.compile_plan`` when torch_tensorrt imports, else the
@@ -47,6 +53,53 @@ def peak_tflops(device_name: str) -> float | None:
         if key in device_name:
             return value
     return None
+
+
+def set_tf32(enabled: bool) -> str:
+    """Allow (or forbid) TF32 for FP32 convolutions and matmuls; returns the API used.
+
+    torch ≥ 2.9 has per-backend ``fp32_precision`` ("tf32" / "ieee") and refuses a mix of
+    it with the legacy ``allow_tf32`` flags, so the new API is used wherever it exists.
+    """
+    import torch
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        value = "tf32" if enabled else "ieee"
+        conv.fp32_precision = value
+        torch.backends.cuda.matmul.fp32_precision = value
+        return f"fp32_precision={value}"
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    return f"allow_tf32={enabled}"
+
+
+def tf32_default() -> str:
+    """What this torch does with FP32 convolutions before anything is set (recorded in the JSON)."""
+    import torch
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return f"cudnn.conv.fp32_precision={conv.fp32_precision}"
+    return f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}"
+
+
+#: (JSON key, column title) of the three measured variants
+VARIANTS = (("eager_fp32_img_s", "eager FP32 (TF32 off)"), ("eager_tf32_img_s", "eager FP32 (TF32 on, default)"), ("fp16_img_s", "FP16 engine"))
+
+
+def table(rows: list[dict]) -> str:
+    """The Markdown table of a run: images/s, peak share of each variant, FP16 speed-up against both baselines."""
+    head = "| batch | " + " | ".join(f"{title} img/s | share of FP16 peak" for _, title in VARIANTS) + " | FP16 vs TF32 off | FP16 vs TF32 on |"
+    lines = [head, "|" + "------:|" * (1 + 2 * len(VARIANTS) + 2)]
+    for r in rows:
+        cells = [f"{r['batch']}"]
+        for key, _ in VARIANTS:
+            share = r.get(key.replace("_img_s", "_peak_fraction"))
+            cells += [f"{r[key]:,.0f}", f"{share:.1%}" if share is not None else "n/a"]
+        cells += [f"{r['fp16_img_s'] / r['eager_fp32_img_s']:.2f}x", f"{r['fp16_img_s'] / r['eager_tf32_img_s']:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def flop_per_image(model, shape: tuple[int, ...], device) -> float:
@@ -172,31 +225,33 @@ def main(argv: list[str] | None = None) -> int:
     gflop = flop_per_image(model, shape, torch.device("cpu")) / 1e9
     print(f"{args.arch} @ {args.input_size}, {props.name} (sm {props.major}.{props.minor}), {gflop:.2f} GFLOP/image, "
           f"dense FP16 peak {f'{peak:.0f} TFLOP/s' if peak else 'unknown (pass --peak-tflops)'}", flush=True)
+    default_tf32 = tf32_default()
     with tempfile.TemporaryDirectory(prefix="bench-gpu-", dir=args.workdir) as tmp:
         name, engine = fp16_engine(model, shape, max(batches), device, Path(tmp), args.engine)
         eager = model.to(device)
-        print(f"FP16 engine: {name}", flush=True)
+        print(f"FP16 engine: {name}; TF32 default of this torch: {default_tf32}", flush=True)
         rows = []
         for batch in batches:
             x32 = torch.randn((batch, *shape), device=device)
             x16 = x32.half()
+            set_tf32(False)
             t32 = time_on_gpu(eager, x32, args.seconds)
+            api = set_tf32(True)
+            ttf = time_on_gpu(eager, x32, args.seconds)
             t16 = time_on_gpu(engine, x16, args.seconds)
-            row = {"batch": batch, "eager_fp32_img_s": batch / t32, "fp16_img_s": batch / t16, "speedup": t32 / t16}
-            row["fp16_peak_fraction"] = (row["fp16_img_s"] * gflop * 1e9) / (peak * 1e12) if peak else None
-            row["eager_peak_fraction"] = (row["eager_fp32_img_s"] * gflop * 1e9) / (peak * 1e12) if peak else None
+            row = {"batch": batch, "eager_fp32_img_s": batch / t32, "eager_tf32_img_s": batch / ttf, "fp16_img_s": batch / t16,
+                   "speedup_vs_fp32": t32 / t16, "speedup_vs_tf32": ttf / t16, "tf32_api": api}
+            for key, _ in VARIANTS:
+                row[key.replace("_img_s", "_peak_fraction")] = (row[key] * gflop * 1e9) / (peak * 1e12) if peak else None
             rows.append(row)
             del x32, x16
     print()
-    print("| batch | eager FP32 img/s | FP16 engine img/s | speedup | FP16 share of dense FP16 peak |")
-    print("|------:|-----------------:|------------------:|--------:|------------------------------:|")
-    for r in rows:
-        share = f"{r['fp16_peak_fraction']:.1%}" if r["fp16_peak_fraction"] is not None else "n/a"
-        print(f"| {r['batch']:>5} | {r['eager_fp32_img_s']:>16,.0f} | {r['fp16_img_s']:>17,.0f} | {r['speedup']:>6.2f}x | {share:>29} |")
+    print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "arch": args.arch, "input_size": args.input_size, "gpu": props.name, "compute_capability": f"{props.major}.{props.minor}",
-            "gflop_per_image": gflop, "peak_fp16_tflops": peak, "fp16_engine": name, "torch": torch.__version__, "rows": rows,
+            "gflop_per_image": gflop, "peak_fp16_tflops": peak, "fp16_engine": name, "torch": torch.__version__,
+            "tf32_default": default_tf32, "rows": rows,
         }, indent=2) + "\n")
     return 0
 

@@ -72,6 +72,20 @@ def test_torchscript_gpu_build(classifier, tmp_path):
     assert out.dtype == torch.float32 and out.shape == (3, len(classifier.labels))
 
 
+def test_torch_export_of_the_half_model(classifier):
+    """What the tensorrt target hands TensorRT, checked on CUDA without TensorRT: dynamic batch 1..max,
+    the config's input name, one FP32 output, ep.module() within FP16 tolerance at batch 1 and max."""
+    from sft_engine.engines.export_check import check_half_export
+    from sft_engine.engines.tensorrt import INPUT_NAME
+    from sft_engine.models import build_model, load_weights
+
+    model = load_weights(build_model("resnet18", len(classifier.labels)), classifier.weights).eval()
+    check = check_half_export(model, (3, INPUT_SIZE, INPUT_SIZE), 16, torch.device("cuda", 0), expected_input=INPUT_NAME)
+    assert check.passed, check.reasons
+    assert check.batch_range == [1, 16] and check.device == "cuda:0"
+    print(json.dumps(check.to_dict()), file=sys.stderr)
+
+
 def test_fp16_tolerance_yields_to_user_flags(classifier, tmp_path):
     cfg = BuildConfig(arch="resnet18", num_classes=len(classifier.labels), weights=classifier.weights, input_size=INPUT_SIZE,
                       max_batch_size=8, repository=tmp_path / "repo", target="torchscript-gpu", parity_samples=4)
@@ -161,5 +175,6 @@ def test_gpu_benchmark_runs(capsys, tmp_path):
     assert bench_gpu.main(["--arch", "resnet18", "--input-size", "64", "--num-classes", "10", "--batches", "1,4",
                            "--seconds", "0.2", "--engine", "torchscript", "--json", str(tmp_path / "b.json")]) == 0
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert [r["batch"] for r in rows] == [1, 4] and all(r["fp16_img_s"] > 0 and r["eager_fp32_img_s"] > 0 for r in rows)
+    assert [r["batch"] for r in rows] == [1, 4]
+    assert all(r["fp16_img_s"] > 0 and r["eager_fp32_img_s"] > 0 and r["eager_tf32_img_s"] > 0 for r in rows)
     assert "| batch |" in capsys.readouterr().out
