@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from sft_engine.config import TARGETS, CPU_ENGINES, CPU_PRECISIONS, BuildConfig, load_build_spec, load_finetune_dir, read_labels
@@ -58,7 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     gate.add_argument("--calibration", dest="calibration_dir", metavar="DIR", help="images (in class folders for accuracy)")
     p.add_argument("--seed", type=int)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run)
+    ngc = p.add_argument_group("NGC containers (GPU targets)")
+    ngc.add_argument("--print-docker", action="store_true",
+                     help="print, without building, the two docker commands of one NGC release: this build inside "
+                          "nvcr.io/nvidia/pytorch:YY.MM-py3 and the serve with nvcr.io/nvidia/tritonserver:YY.MM-py3")
+    ngc.add_argument("--ngc-release", metavar="YY.MM", help="NGC release for --print-docker (default: the newest in sft-engine's table)")
+    p.set_defaults(func=run, build_parser=p)
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
@@ -84,10 +90,53 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     return cfg.merged(flags, "flags")
 
 
+#: flags whose value is a path the build reads, and the one it writes
+_INPUT_DESTS = ("weights", "labels", "calibration_dir", "spec", "from_finetune")
+_OUTPUT_DESTS = ("repository",)
+_NOT_PASSED_ON = ("print_docker", "ngc_release", "help")
+
+
+def _passed_on_args(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
+    """The build's flags as given (paths made absolute) for the build inside the container, and its input paths."""
+    out: list[str] = []
+    inputs: list[Path] = []
+    for action in args.build_parser._actions:
+        dest = action.dest
+        if not action.option_strings or dest in _NOT_PASSED_ON:
+            continue
+        value = getattr(args, dest, None)
+        if value is None or value is False:
+            continue
+        flag = max(action.option_strings, key=len)
+        if dest in _INPUT_DESTS + _OUTPUT_DESTS:
+            value = str(Path(value).resolve())
+            if dest in _INPUT_DESTS:
+                inputs.append(Path(value))
+        out += [flag] if value is True else [flag, str(value)]
+    if args.spec:  # paths inside a spec are relative to it: mount what they name as well
+        spec = load_build_spec(args.spec)
+        inputs += [Path(spec[k]) for k in ("weights", "labels_file", "calibration_dir", "from_finetune") if k in spec]
+    return out, inputs
+
+
+def _print_docker(args: argparse.Namespace, cfg: BuildConfig) -> int:
+    from sft_engine.ngc import current_uid_gid, ngc_commands, source_root
+
+    build_args, inputs = _passed_on_args(args)
+    commands = ngc_commands(cfg.target, build_args, inputs, Path(cfg.repository), args.ngc_release, source_root(), current_uid_gid())
+    for note in commands.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(commands.build)
+    print(commands.serve)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from sft_engine.build import build
 
     cfg = config_from_args(args)
+    if getattr(args, "print_docker", False):
+        return _print_docker(args, cfg.validated())
     quiet = args.json
     result = build(cfg, progress=(lambda _: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)))
     pub = result.published
