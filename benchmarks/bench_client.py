@@ -62,18 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(workdir: Path) -> Path:
-    import torch
+    from _fixture import build_random, random_weights
 
-    from sft_engine.build import build
-    from sft_engine.config import BuildConfig
-    from sft_engine.models import build_model as make, save_state_dict
-
-    torch.manual_seed(0)
     weights = workdir / "weights.safetensors"
-    save_state_dict(make("resnet18", len(LABELS)), weights)
+    random_weights(weights, "resnet18", len(LABELS))
     repo = workdir / "model_repository"
-    build(BuildConfig(arch="resnet18", num_classes=len(LABELS), weights=weights, input_size=32, max_batch_size=MAX_BATCH,
-                      repository=repo, name=MODEL, engine="onnxruntime", labels=LABELS, parity_samples=4))
+    build_random(repo, weights, arch="resnet18", num_classes=len(LABELS), input_size=32, max_batch_size=MAX_BATCH,
+                 name=MODEL, engine="onnxruntime", labels=LABELS, parity_samples=4)
     return repo
 
 
@@ -258,7 +253,7 @@ def bench_classify(url: str, paths: list[Path], rounds: int, pairs: int, top_k: 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from sft_engine.server import ServerConfig, TritonServer
+    from _fixture import embedded_server
 
     with tempfile.TemporaryDirectory(prefix="bench-client-", dir=args.workdir) as tmp:
         workdir = Path(tmp)
@@ -266,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         repo = build_model(workdir)
         paths = write_images(workdir / "images", args.images)
         print(f"built the model and wrote {len(paths)} images in {time.perf_counter() - t0:.1f} s", flush=True)
-        with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as server:
+        with embedded_server(repo) as server:
             batch1 = bench_batch1(server.grpc_url, args.requests, args.block)
             lat = batch1["latency"]
             print(f"batch-1 gRPC, {args.requests} requests per side in alternating blocks of {args.block}:")

@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sft_engine.build import build
-from sft_engine.config import CPU_ENGINES, CPU_PRECISIONS, BuildConfig
+from _fixture import build_random, embedded_server, random_weights
+
+from sft_engine.config import CPU_ENGINES, CPU_PRECISIONS
 from sft_engine.engines.serving_model import EngineRunner
-from sft_engine.models import build_model, save_state_dict
-from sft_engine.server import ServerConfig, TritonServer
 from sft_engine.timing import latency_stats, time_closed_loop, time_interleaved
 
 
@@ -143,16 +142,13 @@ def sweep(url: str, protocol: str, model: str, x: np.ndarray, levels: list[int],
 
 def bench_model(arch: str, size: int, batches: list[int], budget: float, engine: str, precision: str, work: Path,
                 levels: list[int], shm: bool) -> dict:
-    torch.manual_seed(0)
-    model = build_model(arch, 10).eval()
     weights = work / f"{arch}.safetensors"
-    save_state_dict(model, weights)
+    model = random_weights(weights, arch, 10)
     repo = work / "repo"
     name = f"{arch}_{size}"
     max_batch = min(max(batches) * max(levels), 256)
-    res = build(BuildConfig(arch=arch, num_classes=10, weights=weights, input_size=size, max_batch_size=max_batch,
-                            repository=repo, name=name, engine=engine, precision=precision, parity_samples=16,
-                            selection_budget_s=budget))
+    res = build_random(repo, weights, arch=arch, num_classes=10, input_size=size, max_batch_size=max_batch,
+                       name=name, engine=engine, precision=precision, parity_samples=16, selection_budget_s=budget)
     print(f"# {name}: built {res.engine_label} engine (candidates: "
           + ", ".join(f"{c['candidate']} {c.get('latency', {}).get('p50_ms', float('nan')):.1f} ms" for c in res.candidates) + ")", file=sys.stderr)
     runner = EngineRunner(str(res.published.path))
@@ -163,7 +159,7 @@ def bench_model(arch: str, size: int, batches: list[int], budget: float, engine:
             return model(torch.from_numpy(x)).numpy()
 
     rows = []
-    with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as srv:
+    with embedded_server(repo) as srv:
         for batch in batches:
             x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
             inproc = time_interleaved({"eager": eager, "engine": runner.run}, x, budget_s=2 * budget)

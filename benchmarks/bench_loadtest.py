@@ -234,12 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="open-loop rate of the stall experiment")
     args = parser.parse_args(argv)
 
-    from sft_engine.server import ServerConfig, TritonServer
+    from _fixture import embedded_server
 
     if args.stall_experiment:
         with tempfile.TemporaryDirectory() as tmp:
             repo = write_repository(Path(tmp) / "repo")
-            with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as srv:
+            with embedded_server(repo) as srv:
                 rows = stall_experiment(srv, repo, args.stall_ms, args.rate, args.duration, args.warmup)
         print(f"stall of {args.stall_ms:g} ms, 0.5 s into a {args.duration:g} s measured interval")
         print("| load | requests | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | requests > S/2 |")
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         repo = write_repository(Path(tmp) / "repo")
-        with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as srv:
+        with embedded_server(repo) as srv:
             loops, harnesses = [], []
             for i in range(args.repeat):
                 loops.append(run_loop(srv, args.protocol, args.concurrency, args.warmup, args.duration))

@@ -20,16 +20,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
+from _fixture import build_random, embedded_server, random_weights
 
-from sft_engine.build import build
-from sft_engine.config import BuildConfig
 from sft_engine.loadtest import LoadSpec, LoadTestConfig, parse_endpoint, run_loadtest
-from sft_engine.models import build_model, save_state_dict
 from sft_engine.ops.control import ModelControl
 from sft_engine.ops.modelconfig import disk_config, override
 from sft_engine.ops.rollout import RolloutPlan, rollout
-from sft_engine.server import ServerConfig, TritonServer
 
 MODEL = "tiny"
 
@@ -49,15 +45,12 @@ def main() -> int:
     out: dict = {"rate": args.rate, "duration_s": args.duration}
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
         work = Path(tmp)
-        torch.manual_seed(0)
-        save_state_dict(build_model("resnet18", 4), work / "w.safetensors")
+        random_weights(work / "w.safetensors", "resnet18", 4)
         repo = work / "repo"
-        base = BuildConfig(arch="resnet18", num_classes=4, weights=work / "w.safetensors", input_size=32, max_batch_size=8,
-                           repository=repo, name=MODEL, engine="onnxruntime", parity_samples=8)
-        for _ in range(2):
-            build(replace(base))
-        config = ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0, model_control_mode="explicit")
-        with TritonServer(config) as srv, ModelControl(srv.http_url) as control:
+        for _ in range(2):  # two versions of the same engine
+            build_random(repo, work / "w.safetensors", arch="resnet18", num_classes=4, input_size=32, max_batch_size=8,
+                         name=MODEL, engine="onnxruntime", parity_samples=8)
+        with embedded_server(repo, model_control_mode="explicit") as srv, ModelControl(srv.http_url) as control:
             control.load(MODEL, override(disk_config(repo, MODEL), [1]))
             control.wait_gone(MODEL, [2], 60)
             endpoint = replace(parse_endpoint(srv.grpc_url), metrics_url=srv.metrics_url)

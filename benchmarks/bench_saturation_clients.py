@@ -32,12 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _fixture import build_random, embedded_server  # noqa: E402
 from bench_cpu import CpuSplit, grpc_call_factory, saturation  # noqa: E402
 
-from sft_engine.build import build  # noqa: E402
-from sft_engine.config import BuildConfig  # noqa: E402
 from sft_engine.engines.serving_model import EngineRunner  # noqa: E402
-from sft_engine.server import ServerConfig, TritonServer  # noqa: E402
 from sft_engine.timing import time_closed_loop  # noqa: E402
 
 
@@ -88,8 +86,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-clients-") as tmp:
         repo = Path(tmp) / "repo"
-        res = build(BuildConfig(arch="resnet18", num_classes=10, allow_random_weights=True, input_size=32, max_batch_size=128,
-                                repository=repo, name="r18", parity_samples=16))
+        res = build_random(repo, arch="resnet18", num_classes=10, input_size=32, max_batch_size=128, name="r18", parity_samples=16)
         print(f"# engine: {res.engine_label}", file=sys.stderr)
         runner = EngineRunner(str(res.published.path))
         inproc = {}
@@ -97,7 +94,7 @@ def main() -> int:
             inproc[b] = time_closed_loop(runner.run, np.random.rand(b, 3, 32, 32).astype(np.float32), args.budget).images_per_s
             print(f"engine in-process, batch {b}: {inproc[b]:,.0f} img/s", flush=True)
         x = np.random.default_rng(0).standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
-        with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as srv:
+        with embedded_server(repo) as srv:
             urls = {"grpc": srv.grpc_url, "http": srv.http_url}
             for conc in levels:
                 cases = [("tritonclient gRPC, threads", "grpc", lambda c=conc: threaded_tritonclient(srv.grpc_url, "r18", x, c, args.budget)),

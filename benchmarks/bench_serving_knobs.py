@@ -22,14 +22,10 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import torch
+from _fixture import build_random, embedded_server, random_weights
 
-from sft_engine.build import build
-from sft_engine.config import BuildConfig
 from sft_engine.engines.serving_model import EngineRunner
 from sft_engine.loadtest import LoadSpec, LoadTestConfig, ValiditySpec, parse_endpoint, run_loadtest
-from sft_engine.models import build_model, save_state_dict
-from sft_engine.server import ServerConfig, TritonServer
 from sft_engine.timing import time_closed_loop
 
 #: name → (instances, allow_spinning, queue delay µs, requests in flight)
@@ -63,11 +59,10 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-knobs-") as tmp:
         work = Path(tmp)
-        torch.manual_seed(0)
-        save_state_dict(build_model("resnet18", 10), work / "w.safetensors")
+        random_weights(work / "w.safetensors", "resnet18", 10)
         repo = work / "repo"
-        build(BuildConfig(arch="resnet18", num_classes=10, weights=work / "w.safetensors", input_size=32, max_batch_size=32,
-                          repository=repo, name="base", engine="onnxruntime", parity_samples=4))
+        build_random(repo, work / "w.safetensors", arch="resnet18", num_classes=10, input_size=32, max_batch_size=32,
+                     name="base", engine="onnxruntime", parity_samples=4)
         names = {}
         for i, (label, (instances, spinning, delay, _)) in enumerate(VARIANTS.items()):
             names[label] = f"v{i}"
@@ -76,7 +71,7 @@ def main() -> int:
         x = np.random.default_rng(0).standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
         inproc = time_closed_loop(EngineRunner(str(repo / "v0" / "1")).run, x, 3.0).images_per_s
         print(f"engine in-process, batch {args.batch}: {inproc:.0f} img/s", flush=True)
-        with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as srv:
+        with embedded_server(repo) as srv:
             for label, (_, _, _, in_flight) in VARIANTS.items():
                 model = names[label]
                 load = LoadSpec(mode="closed", concurrency=(in_flight,), batch_size=args.batch, duration_s=args.duration, warmup_s=1.0)

@@ -114,26 +114,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def _step_line(step: Any) -> str:
-    lat = step.latency_ms
-    parts = [
-        f"step {step.index} {step.label}: {step.verdict}",
-        f"{step.throughput_rps:,.1f} req/s (offered {step.offered_rps:,.1f})",
-        f"p50 {_ms(lat.get(50.0))} p90 {_ms(lat.get(90.0))} p99 {_ms(lat.get(99.0))} p99.9 {_ms(lat.get(99.9))} max {_ms(lat.max_ms)}",
-        f"errors {step.requests.failed}",
-        f"send lag p99 {_ms(step.send_lag_ms.get(99.0))}",
-    ]
-    return " | ".join(parts)
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} ms"
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         from sft_engine.loadtest.progress import TerminalProgress
         from sft_engine.loadtest.runner import run_loadtest
+        from sft_engine.loadtest.summary import result_lines, step_lines
     except ModuleNotFoundError as exc:
         if exc.name in ("hdrh", "aiohttp", "grpc", "tritonclient"):
             raise ConfigError(f"the load tester needs the '{exc.name}' package", hint="pip install 'sft-engine[loadtest]'") from None
@@ -144,25 +129,10 @@ def run(args: argparse.Namespace) -> int:
     progress = TerminalProgress(sys.stderr, quiet=args.quiet)
 
     def on_step(step: Any) -> None:
-        print(_step_line(step), file=out, flush=True)
-        for reason in step.validity.reasons:
-            print(f"  invalid: {reason}", file=out)
-        if step.slo:
-            for t in step.slo.targets:
-                if not t.passed:
-                    print(f"  FAIL {t.name}: {t.measured} (limit {t.comparison} {t.limit:g})", file=out)
+        print("\n".join(step_lines(step)), file=out, flush=True)
 
     result = run_loadtest(config, progress=progress, on_step=on_step)
-    if result.capacity is not None:
-        c = result.capacity
-        cap = "none" if c.capacity_rps is None else f"{c.capacity_rps:,.1f} req/s"
-        knee = "-" if c.knee_rps is None else f"{c.knee_rps:,.1f} req/s"
-        print(f"capacity: {cap} (knee {knee}, bracket {c.bracket_rps}{', limited by ' + c.limited_by if c.limited_by else ''})", file=out)
-    print(f"verdict: {result.verdict} (exit {result.exit_code})", file=out)
-    for reason in result.reasons:
-        print(f"  {reason}", file=out)
-    for kind, path in result.report_files.items():
-        print(f"report {kind}: {path}", file=out)
+    print("\n".join(result_lines(result)), file=out)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     return result.exit_code

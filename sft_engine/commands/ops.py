@@ -78,8 +78,7 @@ def _register_rollout(sub: argparse._SubParsersAction) -> None:
 
 def run_rollout(args: argparse.Namespace) -> int:
     from sft_engine.ops.check import CheckSpec
-    from sft_engine.ops.control import ModelControl
-    from sft_engine.ops.rollout import RolloutPlan, rollout
+    from sft_engine.ops.rollout import RolloutPlan, rollout_at
 
     if args.version < 1:
         raise ConfigError(f"--version {args.version} is not a version number", hint="versions start at 1")
@@ -90,8 +89,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     )
     url = _control_url(args.url, args.allow_remote)
     progress = (lambda _: None) if args.json else (lambda msg: print(msg, flush=True))
-    with ModelControl(url, load_timeout_s=max(60.0, args.ready_timeout)) as control:
-        result = rollout(plan, control, progress)
+    result = rollout_at(url, plan, progress)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return result.exit_code
@@ -162,9 +160,8 @@ def _register_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from sft_engine.ops.tune import TuneConfig, tune
+    from sft_engine.ops.tune import TuneConfig, publish_best, tune
     from sft_engine.ops.tune_table import candidate_table
-    from sft_engine.ops.tune_writer import publish_tuned
 
     if args.metrics_url and not args.url:
         raise ConfigError("--metrics-url needs --url", hint="the embedded server's metrics are found without it")
@@ -196,10 +193,8 @@ def run_tune(args: argparse.Namespace) -> int:
     elif not result.improves:
         print("the current configuration is the best found: nothing written", file=log)
     else:
-        assert result.config_text is not None
-        published = publish_tuned(config.repository, config.model, result.version, result.config_text,
-                                  {"best": best.to_dict(), "slo": result.slo, "candidates": [c.to_dict() for c in result.candidates]})
-        result.published_version = published.version
+        published = publish_best(config, result)
+        assert published is not None  # improves: met, with a config to write
         print(f"published {published.name} version {published.version} with the tuned config.pbtxt at {published.path}", file=log)
         print(f"  roll it out: sft-engine rollout --repository {config.repository} --model {config.model} --version {published.version}", file=log)
     if args.json:

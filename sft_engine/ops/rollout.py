@@ -42,7 +42,7 @@ from sft_engine.ops.modelconfig import disk_config, override, require_version
 from sft_engine.ops.snapshot import ServingSnapshot
 from sft_engine.repository.manifest import find_manifest
 
-__all__ = ["RolloutPlan", "RolloutStep", "RolloutResult", "rollout", "SWITCHED", "UNCHANGED", "ROLLED_BACK", "ROLLBACK_FAILED"]
+__all__ = ["RolloutPlan", "RolloutStep", "RolloutResult", "rollout", "rollout_at", "SWITCHED", "UNCHANGED", "ROLLED_BACK", "ROLLBACK_FAILED"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -239,3 +239,10 @@ def rollout(plan: RolloutPlan, control: ModelControl, progress: Notify = quiet) 
     """
     plan.check.validate()
     return _Rollout(plan, control, progress).run()
+
+
+def rollout_at(url: str, plan: RolloutPlan, progress: Notify = quiet) -> RolloutResult:
+    """``rollout`` on the server whose HTTP endpoint is ``url`` (``host:port``); a load may take
+    as long as the plan lets a version become ready, so the control client waits that long."""
+    with ModelControl(url, load_timeout_s=max(60.0, plan.ready_timeout_s)) as control:
+        return rollout(plan, control, progress)

@@ -44,11 +44,12 @@ from sft_engine.ops.snapshot import ServingSnapshot
 from sft_engine.ops.tune_bench import CandidateBench
 from sft_engine.ops.tune_search import Candidate, coordinate_descent, default_space
 from sft_engine.ops.tune_table import candidate_line
-from sft_engine.ops.tune_writer import render_config
+from sft_engine.ops.tune_writer import publish_tuned, render_config
+from sft_engine.repository.writer import PublishedVersion
 from sft_engine.repository.manifest import BuildManifest, find_manifest
 from sft_engine.repository.writer import list_versions
 
-__all__ = ["TuneConfig", "TuneResult", "tune"]
+__all__ = ["TuneConfig", "TuneResult", "tune", "publish_best"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -200,3 +201,15 @@ def _run(config: TuneConfig, control: ModelControl, endpoint: Any, cfg: mc.Model
     if result.skipped:
         progress(f"budget spent: {len(result.skipped)} candidate(s) not tried")
     return result
+
+
+def publish_best(config: TuneConfig, result: TuneResult) -> PublishedVersion | None:
+    """Publish the winner as a new version when it meets the SLO and differs from the current
+    configuration (None otherwise: nothing is written); the tune's figures go in its manifest."""
+    if not result.improves or result.best is None or result.config_text is None:
+        return None
+    best = result.best
+    published = publish_tuned(config.repository, config.model, result.version, result.config_text,
+                              {"best": best.to_dict(), "slo": result.slo, "candidates": [c.to_dict() for c in result.candidates]})
+    result.published_version = published.version
+    return published

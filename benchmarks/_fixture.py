@@ -1,0 +1,50 @@
+"""The setup the serving benchmarks share: a random model, built, served on free ports.
+
+Every serving benchmark measures something on top of the same three steps - seeded
+random weights for an architecture, ``sft-engine build`` into a scratch repository,
+an embedded tritonserver bound to loopback on ports the OS picks - so they are written
+once here and the benchmarks differ only in what they measure. Random weights are
+enough: throughput and latency do not depend on what the weights are, and a seed
+keeps every run's model the same.
+
+Run the benchmarks as scripts (``python benchmarks/bench_x.py``): the folder is then
+first on ``sys.path`` and ``from _fixture import ...`` finds this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["random_weights", "build_random", "embedded_server"]
+
+
+def random_weights(path: Path, arch: str = "resnet18", num_classes: int = 10, seed: int = 0) -> Any:
+    """Seeded random weights for ``arch`` saved at ``path`` (safetensors); returns the model, in eval mode."""
+    import torch
+
+    from sft_engine.models import build_model, save_state_dict
+
+    torch.manual_seed(seed)
+    model = build_model(arch, num_classes).eval()
+    save_state_dict(model, path)
+    return model
+
+
+def build_random(repository: Path, weights: Path | None = None, *, arch: str = "resnet18", num_classes: int = 10, **settings: Any) -> Any:
+    """``sft-engine build`` of ``weights`` (None: the build's own seeded random initialization) into
+    ``repository``; ``settings`` are further BuildConfig fields (name, input size, engine, ...).
+    Returns the BuildResult."""
+    from sft_engine.build import build
+    from sft_engine.config import BuildConfig
+
+    return build(BuildConfig(arch=arch, num_classes=num_classes, weights=weights, allow_random_weights=weights is None,
+                             repository=repository, **settings))
+
+
+def embedded_server(repository: Path, **settings: Any) -> Any:
+    """An embedded tritonserver for ``repository`` on free loopback ports (use it as a context manager);
+    ``settings`` are further ServerConfig fields (e.g. ``model_control_mode="explicit"``)."""
+    from sft_engine.server import ServerConfig, TritonServer
+
+    return TritonServer(ServerConfig(repository=repository, http_port=0, grpc_port=0, metrics_port=0, **settings))
