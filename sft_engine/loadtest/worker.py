@@ -11,13 +11,9 @@ counts - happens after the step, with numpy, while no load is applied. Results g
 back to the coordinator as encoded histograms per window, so merging across
 processes is exact.
 
-Workers are fresh interpreters (``python -c``, never ``fork``: gRPC is not fork-safe;
-never ``multiprocessing.spawn``: it re-imports the caller's ``__main__``, which breaks
-any script that calls ``run_loadtest`` without a main guard). They talk to the
-coordinator over a socket pair (pickled plans and results) and share a small
-memory-mapped control block (abort flag, live counters). They are started once per
-run and reused for every step of a sweep or a capacity search, by ``pool.WorkerPool``
-in the coordinating process; this module is what runs inside a worker.
+Workers are fresh interpreters started by ``pool.WorkerPool`` (why not ``fork`` or
+``multiprocessing``: see there), reused for every step of a run; this module is what
+runs inside one.
 """
 
 from __future__ import annotations
