@@ -44,6 +44,9 @@ __all__ = [
     "select_gpus",
     "driver_version",
     "unavailable_reason",
+    "torch_tensorrt_mismatch",
+    "auto_target",
+    "probe_auto_target",
     "require_cuda",
     "require_torch_tensorrt",
     "compatibility_manifest",
@@ -224,8 +227,36 @@ def driver_version() -> str | None:
     return None
 
 
+def torch_tensorrt_mismatch(torch_tensorrt_version: str | None, torch_version: str) -> str | None:
+    """Why an installed Torch-TensorRT cannot work with this torch, from the versions alone, or None.
+
+    Each Torch-TensorRT 2.m is built against torch 2.m (its pyproject pins one torch minor:
+    v2.13.0 needs ``torch>=2.13.0,<2.14.0``); NGC builds (``2.8.0a0``) follow the same rule.
+    """
+    if not torch_tensorrt_version:
+        return None
+    from sft_engine.deps import minor_of
+
+    trt_minor, torch_minor = minor_of(torch_tensorrt_version), minor_of(torch_version)
+    if trt_minor is None or torch_minor is None or trt_minor == torch_minor:
+        return None
+    return (f"torch_tensorrt {torch_tensorrt_version} is built for torch {trt_minor[0]}.{trt_minor[1]}, "
+            f"not the installed torch {torch_version}")
+
+
 def _torch_tensorrt_problem() -> str | None:
-    """None when torch_tensorrt imports, else what is wrong, in a few words."""
+    """None when torch_tensorrt imports and fits this torch, else what is wrong, in a few words."""
+    from importlib import metadata
+
+    import torch
+
+    try:
+        installed = metadata.version("torch_tensorrt")
+    except metadata.PackageNotFoundError:
+        installed = None
+    mismatch = torch_tensorrt_mismatch(installed, torch.__version__)
+    if mismatch:  # importing it may crash the process or leave torch half-registered: do not try
+        return mismatch
     try:
         importlib.import_module("torch_tensorrt")
     except ModuleNotFoundError as exc:
@@ -236,6 +267,31 @@ def _torch_tensorrt_problem() -> str | None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"torch_tensorrt cannot be imported ({first[:160]})"
     return None
+
+
+def auto_target(cuda: bool, torch_tensorrt_problem: str | None) -> tuple[str, str]:
+    """What ``--target auto`` builds on a host, and why (pure: the probes are arguments).
+
+    ``tensorrt`` with CUDA and a working torch_tensorrt; ``torchscript-gpu`` with CUDA
+    alone (FP16 on the GPU needs no TensorRT); ``cpu`` without CUDA.
+    """
+    if cuda and torch_tensorrt_problem is None:
+        return "tensorrt", "CUDA and torch_tensorrt are available"
+    if cuda:
+        return "torchscript-gpu", f"CUDA is available but {torch_tensorrt_problem}"
+    return "cpu", "PyTorch sees no CUDA device"
+
+
+def probe_auto_target() -> tuple[str, str]:
+    """``auto_target`` for this host: CUDA through torch, torch_tensorrt by importing it.
+
+    torch_tensorrt is probed only where CUDA exists (without CUDA the answer is ``cpu``
+    whatever it is).
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return auto_target(cuda, _torch_tensorrt_problem() if cuda else None)
 
 
 def unavailable_reason(target: str, cuda: bool, torch_tensorrt_problem: str | None = None, needs_torch_tensorrt: bool = False) -> TargetUnavailable | None:

@@ -488,3 +488,48 @@ def test_print_docker_release_choice(tmp_path):
     for bad in (["--target", "cpu"], ["--target", "tensorrt", "--ngc-release", "2026.3"]):
         proc, _ = _print_docker(tmp_path, *bad)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# -- --target auto probes by importing -------------------------------------------------------
+
+def test_auto_target_per_host():
+    assert compat.auto_target(cuda=True, torch_tensorrt_problem=None)[0] == "tensorrt"
+    target, why = compat.auto_target(cuda=True, torch_tensorrt_problem="torch_tensorrt is not installed")
+    assert target == "torchscript-gpu" and "torch_tensorrt is not installed" in why
+    assert compat.auto_target(cuda=False, torch_tensorrt_problem="anything") == ("cpu", "PyTorch sees no CUDA device")
+
+
+def test_torch_tensorrt_for_another_torch_is_told_from_its_version():
+    assert "built for torch 2.13, not the installed torch 2.14.1" in compat.torch_tensorrt_mismatch("2.13.0", "2.14.1")
+    assert compat.torch_tensorrt_mismatch("2.8.0a0", "2.8.0a0+5228986c39.nv25.6") is None
+    assert compat.torch_tensorrt_mismatch(None, "2.14.1") is None
+
+
+def _fake_torch_tensorrt(root, version: str, body: str) -> None:
+    package = root / "torch_tensorrt"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(body)
+    info = root / f"torch_tensorrt-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch_tensorrt\nVersion: {version}\n")
+
+
+def test_probe_imports_torch_tensorrt_and_reports_why_it_fails(tmp_path, monkeypatch):
+    """A wheel built for this torch minor whose import fails (undefined symbol) is probed by importing it."""
+    minor = ".".join(torch.__version__.split(".")[:2])
+    _fake_torch_tensorrt(tmp_path, f"{minor}.0", "raise OSError('libtorchtrt.so: undefined symbol: _ZN3c104impl8GPUTrace')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torch_tensorrt", raising=False)
+    problem = compat._torch_tensorrt_problem()
+    assert problem.startswith("torch_tensorrt cannot be imported (libtorchtrt.so: undefined symbol")
+    target, why = compat.auto_target(True, problem)
+    assert target == "torchscript-gpu" and "undefined symbol" in why
+    error = compat.unavailable_reason("tensorrt", cuda=True, torch_tensorrt_problem=problem, needs_torch_tensorrt=True)
+    assert "--target torchscript-gpu" in error.one_line()
+
+
+def test_probe_refuses_a_torch_tensorrt_of_another_torch_without_importing_it(tmp_path, monkeypatch):
+    _fake_torch_tensorrt(tmp_path, "2.4.0", "raise SystemExit('must not be imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torch_tensorrt", raising=False)
+    assert "torch_tensorrt 2.4.0 is built for torch 2.4" in compat._torch_tensorrt_problem()
