@@ -21,7 +21,8 @@ import torch
 from sft_engine.config import BuildConfig
 from sft_engine.engines import ExportContext, exporter_for, resolve_target
 from sft_engine.models import build_model, load_weights, sha256_file
-from sft_engine.repository.config import to_pbtxt
+from sft_engine.repository.config import ModelConfigSpec, to_pbtxt
+from sft_engine.repository.image_models import ImageServing, ensemble_spec, preprocess_model_file, preprocess_spec
 from sft_engine.repository.manifest import BuildManifest, write_manifest
 from sft_engine.repository.writer import PublishedVersion, publish
 from sft_engine.verify import Tolerance, eager_logits, parity_inputs
@@ -92,7 +93,31 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
 
         progress(f"[4/4] publishing into {cfg.repository}")
         published = publish(cfg.repository, cfg.name, config_text, cfg.label_list, artifact.files, manifest)  # type: ignore[arg-type]
+        publish_image_models(cfg.repository, artifact.config, cfg.label_list, cfg.image_serving, published.version)
     return BuildResult(published, target, artifact.engine, artifact.details.get("parity", {}), artifact.candidates, time.monotonic() - started, precision)
+
+
+#: what the manifests of the two image-serving models record as their ``engine``
+IMAGE_ROLES = {"python": "preprocess", "ensemble": "ensemble"}
+
+
+def publish_image_models(repository: Path, engine: ModelConfigSpec, labels: list[str], settings: ImageServing, engine_version: int) -> None:
+    """Add a version of ``<name>_preprocess`` and ``<name>_image`` beside the engine's new version.
+
+    Every build publishes them, so a repository always answers image files with the
+    preprocessing of its latest engine; versions stay additive for all three models.
+    """
+    for spec, files in ((preprocess_spec(engine, settings), {"model.py": preprocess_model_file()}), (ensemble_spec(engine), {})):
+        text = to_pbtxt(spec)
+
+        def manifest(version_dir: Path, version: int, spec: ModelConfigSpec = spec, text: str = text) -> None:
+            write_manifest(version_dir, BuildManifest(
+                model=spec.name, version=version, engine=IMAGE_ROLES[spec.platform or spec.backend or ""],
+                preprocessing=dict(spec.parameters), config_pbtxt_sha256=_sha_text(text),
+                engine_details={"serves": {"model": engine.name, "version": engine_version}},
+            ))
+
+        publish(repository, spec.name, text, labels, files, manifest)
 
 
 def _sha_text(text: str) -> str:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sft_engine.errors import ConfigError
+from sft_engine.pixels import DEFAULT_MAX_IMAGE_PIXELS
 from sft_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, parse_floats
+from sft_engine.repository.image_models import ImageServing
 from sft_engine.settings import load_toml, resolve_relative, section
 
 __all__ = ["BuildConfig", "validate_model_name", "load_toml", "load_build_spec", "read_labels", "TARGETS", "CPU_ENGINES", "CPU_PRECISIONS"]
@@ -77,6 +79,8 @@ class BuildConfig:
     instance_count: int = 1
     intra_op_threads: int = 0
     max_queue_delay_us: int = 200
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    preprocess_instances: int = 2
     parity_atol: float = 1e-3
     parity_rtol: float = 1e-3
     parity_min_top1_agreement: float = 0.99
@@ -158,12 +162,18 @@ class BuildConfig:
         if not 0 < self.parity_min_top1_agreement <= 1:
             raise ConfigError("parity top-1 agreement must be in (0, 1]", hint="e.g. 0.99")
         self.preprocessing  # validates input size, mean, std
+        self.image_serving  # validates the preprocessing model's limits
         self.name = validate_model_name(self.name or self.arch)
         return self
 
     @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(input_size=int(self.input_size), mean=tuple(self.mean), std=tuple(self.std))  # type: ignore[arg-type]
+
+    @property
+    def image_serving(self) -> ImageServing:
+        """Settings of the ``<name>_preprocess`` model published beside the engine."""
+        return ImageServing(max_image_pixels=self.max_image_pixels, instances=self.preprocess_instances)
 
     @property
     def label_list(self) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from sft_engine.errors import ConfigError
+from sft_engine.pixels import DEFAULT_MAX_IMAGE_PIXELS, PixelPipeline
 
 __all__ = ["Preprocessing", "IMAGENET_MEAN", "IMAGENET_STD", "load_image"]
 
@@ -28,7 +29,9 @@ class Preprocessing:
 
     Steps, in order: convert to RGB; resize to ``input_size``×``input_size`` with
     bilinear interpolation (PIL, antialiased); scale to [0, 1]; subtract ``mean``,
-    divide by ``std`` per channel; lay out as ``layout`` (NCHW) float32.
+    divide by ``std`` per channel; lay out as ``layout`` (NCHW) float32. The steps
+    themselves live in ``sft_engine.pixels``, the file the served preprocessing model
+    runs; this class validates and records the parameters.
     """
 
     input_size: int = 224
@@ -107,12 +110,15 @@ class Preprocessing:
             image = Image.fromarray(image)
         if not isinstance(image, Image.Image):
             raise ConfigError(f"cannot use a {type(image).__name__} as an image", hint="pass a file path, a PIL image or an HWC uint8 array")
-        image = image.convert("RGB")
-        if image.size != (self.input_size, self.input_size):
-            image = image.resize((self.input_size, self.input_size), Image.BILINEAR)
-        arr = np.asarray(image, dtype=np.float32) * np.float32(self.scale)
-        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        return self.pipeline().image_to_array(image)
+
+    def pipeline(self, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> PixelPipeline:
+        """The shared pixel pipeline (``sft_engine.pixels``) with these parameters.
+
+        The same file runs as the ``<name>_preprocess`` model, so a client-side and
+        a server-side ``classify`` of one image see the same tensor.
+        """
+        return PixelPipeline(self.input_size, self.mean, self.std, self.scale, max_image_pixels)
 
     def batch(self, images: Iterable[Any]) -> np.ndarray:
         """Many images → NCHW float32 batch."""

@@ -17,6 +17,7 @@ _FLAG_FIELDS = (
     "repository", "target", "engine", "precision", "instance_count", "intra_op_threads", "max_queue_delay_us", "parity_atol",
     "parity_rtol", "parity_min_top1_agreement", "parity_samples", "accuracy_max_drop", "calibration_dir", "gpus", "seed",
     "allow_unmatched_tensorrt",
+    "max_image_pixels", "preprocess_instances",
 )
 
 
@@ -50,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--gpus", help="GPU ids for the instance group, e.g. 0,1")
     out.add_argument("--allow-unmatched-tensorrt", action="store_true", default=None,
                      help="publish a TensorRT plan even when no known NGC Triton container ships its TensorRT")
+    img = p.add_argument_group("image serving (the <name>_preprocess and <name>_image models)")
+    img.add_argument("--max-image-pixels", type=int, help="refuse larger images before decoding them (default 40000000)")
+    img.add_argument("--preprocess-instances", type=int, help="CPU instances of the preprocessing model (default 2)")
     gate = p.add_argument_group("parity gate")
     gate.add_argument("--parity-atol", type=float)
     gate.add_argument("--parity-rtol", type=float)

@@ -22,6 +22,7 @@ __all__ = [
     "TensorSpec",
     "InstanceGroupSpec",
     "DynamicBatchingSpec",
+    "EnsembleStepSpec",
     "ModelConfigSpec",
     "to_proto",
     "to_pbtxt",
@@ -68,11 +69,24 @@ class DynamicBatchingSpec:
 
 
 @dataclass(frozen=True)
+class EnsembleStepSpec:
+    """One step of an ensemble: ``input_map``/``output_map`` pair the step model's tensor names
+    (keys) with the ensemble's tensor names (values); version -1 = the latest the server serves."""
+
+    model_name: str
+    input_map: tuple[tuple[str, str], ...]
+    output_map: tuple[tuple[str, str], ...]
+    model_version: int = -1
+
+
+@dataclass(frozen=True)
 class ModelConfigSpec:
     """Everything sft-engine puts into one ``config.pbtxt``.
 
     Exactly one of ``backend`` (e.g. ``python``) and ``platform`` (``tensorrt_plan``,
-    ``pytorch_libtorch``, ``onnxruntime_onnx``) is set.
+    ``pytorch_libtorch``, ``onnxruntime_onnx``, ``ensemble``) is set. An ensemble has
+    ``ensemble_steps`` and neither instance groups, a dynamic batcher nor warmup (its
+    steps' models have those).
     """
 
     name: str
@@ -90,10 +104,13 @@ class ModelConfigSpec:
     cuda_graphs: bool = False
     onnx_tensorrt_accelerator: bool = False
     num_versions: int = 1
+    ensemble_steps: tuple[EnsembleStepSpec, ...] = ()
 
 
 def to_proto(spec: ModelConfigSpec) -> mc.ModelConfig:
     """The protobuf message for ``spec``."""
+    if spec.ensemble_steps and spec.dynamic_batching is not None:  # one oneof in the proto: it would vanish silently
+        raise RepositoryError(f"ensemble {spec.name!r} cannot have instance groups, a dynamic batcher or warmup", hint="set them on its steps' models")
     cfg = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if spec.backend:
         cfg.backend = spec.backend
@@ -126,6 +143,12 @@ def to_proto(spec: ModelConfigSpec) -> mc.ModelConfig:
         cfg.cc_model_filenames[cc] = filename
     if spec.cuda_graphs:
         cfg.optimization.cuda.graphs = True
+    for step in spec.ensemble_steps:
+        added = cfg.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version)
+        for key, value in step.input_map:
+            added.input_map[key] = value
+        for key, value in step.output_map:
+            added.output_map[key] = value
     if spec.onnx_tensorrt_accelerator:
         acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         acc.parameters["precision_mode"] = "FP16"
@@ -181,6 +204,10 @@ def validate(cfg: mc.ModelConfig) -> None:
         for tensor in list(cfg.input) + list(cfg.output):
             if "__" not in tensor.name:
                 raise RepositoryError(f"PyTorch backend tensor {tensor.name!r} must be named NAME__index", hint="use INPUT__0 / OUTPUT__0")
+    if (cfg.platform == "ensemble") != bool(cfg.ensemble_scheduling.step):
+        raise RepositoryError(f"model {cfg.name!r}: ensemble steps go with platform 'ensemble' and only with it", hint="report this as a bug")
+    if cfg.platform == "ensemble" and (cfg.instance_group or cfg.model_warmup):
+        raise RepositoryError(f"ensemble {cfg.name!r} cannot have instance groups, a dynamic batcher or warmup", hint="set them on its steps' models")
     for warm in cfg.model_warmup:
         if cfg.max_batch_size and warm.batch_size > cfg.max_batch_size:
             raise RepositoryError(f"warmup batch {warm.batch_size} exceeds max_batch_size {cfg.max_batch_size}", hint="lower the warmup batch")
