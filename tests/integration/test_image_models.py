@@ -1,0 +1,244 @@
+"""Raw image bytes against a real tritonserver: ``<name>_image`` answers what client-side preprocessing answers.
+
+Two builds of a resnet18 (32×32, 4 classes, max_batch_size 8) give versions 1 and 2 of
+all three models. The images are PNGs and JPEGs of a size the preprocessing must
+resize. Checked: the README's curl line and raw tritonclient (gRPC and HTTP) get the
+labels ``Client.classify`` gets client-side; every kind of bad image is its request's
+one-line error while the good ones around it are answered, also 1,000 of them
+interleaved with good requests under load; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sft_engine.build import build
+from sft_engine.client import Client
+from sft_engine.config import BuildConfig
+from sft_engine.repository.writer import list_versions
+from sft_engine.server import ServerConfig, TritonServer
+from tests.helpers import LABELS
+
+pytestmark = pytest.mark.integration
+
+MODEL = "demo"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_weights, tmp_path_factory):
+    import torch
+
+    from sft_engine.models import build_model, save_state_dict
+
+    tmp = tmp_path_factory.mktemp("image")
+    repo = tmp / "model_repository"
+    torch.manual_seed(11)
+    other = tmp / "v2.safetensors"
+    save_state_dict(build_model("resnet18", 4), other)
+    for weights in (tiny_weights, other):
+        build(BuildConfig(arch="resnet18", num_classes=4, weights=weights, input_size=32, max_batch_size=8, repository=repo,
+                          name=MODEL, engine="onnxruntime", labels=list(LABELS), parity_samples=4, max_image_pixels=1_000_000))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Photo-sized random images, half PNG and half JPEG (quality 90)."""
+    folder = tmp_path_factory.mktemp("image-files")
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(8):
+        pixels = rng.integers(0, 256, (30 + 7 * i, 50 + 3 * i, 3), dtype=np.uint8)
+        path = folder / (f"img{i}.png" if i % 2 == 0 else f"img{i}.jpg")
+        Image.fromarray(pixels).save(path, quality=90) if path.suffix == ".jpg" else Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def expected(server, images):
+    """Top-3 labels and logits from client-side preprocessing (the reference)."""
+    with Client(server.grpc_url, model=MODEL) as client:
+        top = [[p.label for p in preds] for preds in client.classify(images, top_k=3)]
+        batch = np.stack([client.model_info.preprocessing.image_to_array(p) for p in images])  # type: ignore[union-attr]
+        logits = client.infer(batch)
+    return top, logits
+
+
+def _image_request(mod, data_list, class_count=3, protocol="grpc"):
+    inp = mod.InferInput("IMAGE", [len(data_list), 1], "BYTES")
+    array = np.array([[d] for d in data_list], dtype=object)
+    if protocol == "http":
+        inp.set_data_from_numpy(array, binary_data=True)
+        out = mod.InferRequestedOutput("logits", binary_data=True, class_count=class_count)
+    else:
+        inp.set_data_from_numpy(array)
+        out = mod.InferRequestedOutput("logits", class_count=class_count)
+    return inp, out
+
+
+def _labels(entries):
+    return [(e.decode() if isinstance(e, bytes) else e).split(":", 2)[2] for e in entries]
+
+
+def test_a_rebuild_adds_a_version_to_all_three_models(repo):
+    for name in (MODEL, f"{MODEL}_preprocess", f"{MODEL}_image"):
+        assert list_versions(repo / name) == [1, 2], name
+    assert (repo / f"{MODEL}_preprocess" / "2" / "model.py").read_bytes() == (repo / f"{MODEL}_preprocess" / "1" / "model.py").read_bytes()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_raw_tritonclient_gets_the_client_side_labels(server, images, expected, protocol):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    mod = grpcclient if protocol == "grpc" else httpclient
+    top, logits = expected
+    client = mod.InferenceServerClient(server.grpc_url if protocol == "grpc" else server.http_url)
+    try:
+        for i, path in enumerate(images):
+            inp, out = _image_request(mod, [path.read_bytes()], protocol=protocol)
+            result = client.infer(f"{MODEL}_image", [inp], outputs=[out])
+            assert _labels(result.as_numpy("logits").reshape(-1)) == top[i], path.name
+            inp, _ = _image_request(mod, [path.read_bytes()], protocol=protocol)
+            raw = client.infer(f"{MODEL}_image", [inp]).as_numpy("logits")
+            np.testing.assert_allclose(raw[0], logits[i], atol=1e-4, rtol=1e-4)
+    finally:
+        client.close()
+
+
+def _readme_curl() -> str:
+    text = README.read_text()
+    block = re.search(r"<!-- image-curl -->\s*```bash\n(.*?)```", text, re.S)
+    assert block, "README has no image curl block"
+    return block.group(1)
+
+
+@pytest.mark.parametrize("index", [0, 1])  # a PNG and a JPEG
+def test_readme_curl_line_gets_the_client_side_labels(server, images, expected, index, tmp_path):
+    if shutil.which("curl") is None or shutil.which("perl") is None:
+        pytest.skip("curl or perl is not installed")
+    script = _readme_curl().replace("cat.jpg", str(images[index])).replace("resnet18_demo", MODEL).replace("localhost:8000", server.http_url)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    answer = json.loads(done.stdout)["outputs"][0]
+    assert answer["datatype"] == "BYTES" and answer["shape"] == [1, 3]
+    assert _labels(answer["data"]) == expected[0][index]
+
+
+def _jpeg(size=(64, 48)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _big_png() -> bytes:
+    """1,200×1,000 = 1.2 MP, over this repository's --max-image-pixels 1,000,000."""
+    buf = io.BytesIO()
+    Image.new("1", (1200, 1000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+BAD = {
+    "not an image": (b"this is not an image at all", "not a PNG, JPEG or WebP image"),
+    "truncated JPEG": (_jpeg()[:400], "truncated or corrupt"),
+    "0 bytes": (b"", r"empty \(0 bytes\)"),
+    "too many pixels": (_big_png(), "1200x1000 = 1200000 pixels, over the limit of 1000000 pixels"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_each_bad_image_is_a_one_line_error_and_the_server_keeps_serving(server, images, expected, kind):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    data, message = BAD[kind]
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        inp, out = _image_request(grpcclient, [data])
+        with pytest.raises(InferenceServerException) as info:
+            client.infer(f"{MODEL}_image", [inp], outputs=[out])
+        text = info.value.message()
+        assert re.search(message, text) and "\n" not in text, text
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        inp, out = _image_request(grpcclient, [images[1].read_bytes()])
+        assert _labels(client.infer(f"{MODEL}_image", [inp], outputs=[out]).as_numpy("logits").reshape(-1)) == expected[0][1]
+    finally:
+        client.close()
+
+
+def test_a_request_with_one_bad_image_names_it(server, images):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        inp, out = _image_request(httpclient, [images[0].read_bytes(), b"", images[1].read_bytes()], protocol="http")
+        with pytest.raises(InferenceServerException, match=r"image 1 of 3: the image is empty") as info:
+            client.infer(f"{MODEL}_image", [inp], outputs=[out])
+        assert info.value.status() == "400"
+    finally:
+        client.close()
+
+
+def test_1000_bad_requests_interleaved_with_good_ones_lose_no_good_one(server, images, expected):
+    """Good and bad requests alternate, 16 in flight, so the dynamic batcher mixes them in one execute."""
+    import tritonclient.grpc as grpcclient
+
+    top = expected[0]
+    bad_kinds = list(BAD.values())
+    plan = []  # (request index, good image index or None, bad kind)
+    for i in range(2000):
+        plan.append((i, (i // 2) % len(images), None) if i % 2 == 0 else (i, None, (i // 2) % len(bad_kinds)))
+    results: dict[int, object] = {}
+    lock = threading.Lock()
+    slots = threading.Semaphore(16)
+    done = threading.Event()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        def sender() -> None:
+            for index, good, bad in plan:
+                slots.acquire()
+                data = images[good].read_bytes() if good is not None else bad_kinds[bad][0]  # type: ignore[index]
+                inp, out = _image_request(grpcclient, [data])
+
+                def callback(result, error, index=index):
+                    with lock:
+                        results[index] = error if error is not None else _labels(result.as_numpy("logits").reshape(-1))
+                        if len(results) == len(plan):
+                            done.set()
+                    slots.release()
+
+                client.async_infer(f"{MODEL}_image", [inp], callback, outputs=[out])
+
+        thread = threading.Thread(target=sender)
+        thread.start()
+        assert done.wait(600), f"{len(plan) - len(results)} requests never answered"
+        thread.join()
+    finally:
+        client.close()
+    good_results = [(results[i], top[g]) for i, g, _ in plan if g is not None]
+    bad_results = [(results[i], bad_kinds[b][1]) for i, g, b in plan if g is None]
+    assert len(good_results) == 1000 and len(bad_results) == 1000
+    lost = [r for r, want in good_results if r != want]
+    assert not lost, f"{len(lost)} good requests lost or wrong, e.g. {lost[0]}"
+    for error, message in bad_results:
+        assert not isinstance(error, list) and re.search(message, error.message()), error
+    assert server.is_alive()
