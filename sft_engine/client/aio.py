@@ -26,6 +26,7 @@ from sft_engine.client.metrics import resolve_metrics
 from sft_engine.client.model_info import ModelInfo, labels_from_classification
 from sft_engine.client.predictions import Prediction, top_k as rank
 from sft_engine.client.retry import RetryPolicy, acall_with_retry
+from sft_engine.client.server_side import check_image_model, encode_images, image_model, missing_image_model, pinned_version, send_files_async
 from sft_engine.client.settings import ClientSettings, SettingsView
 from sft_engine.client.shm import ShmPool, ShmSlot, in_use, release_patience_s
 from sft_engine.client.transport import InferTarget, make_async_transport
@@ -54,6 +55,7 @@ class AsyncClient(SettingsView):
         self._transport = make_async_transport(self.settings.url, self.settings.protocol, self.settings.timeout_s)
         self._lock = asyncio.Lock()
         self._info: ModelInfo | None = None
+        self._image_info: ModelInfo | None = None
         self._target: InferTarget | None = None
         self._labels: list[str] | None = list(self.settings.labels) if self.settings.labels is not None else None
         self._shm: ShmPool | None = None
@@ -186,27 +188,47 @@ class AsyncClient(SettingsView):
         parts = chunks(array, info.chunk_size)
         return np.concatenate(await self._run(None, parts, window=len(parts)))  # already in memory: one window
 
-    async def classify(self, images: Any, top_k: int = 5) -> list[list[Prediction]]:
-        """The ``top_k`` most likely classes per image; see ``Client.classify``."""
+    async def classify(self, images: Any, top_k: int = 5, *, server_side: bool = False) -> list[list[Prediction]]:
+        """The ``top_k`` most likely classes per image; see ``Client.classify`` (also for ``server_side``)."""
         self._check_open()
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
             raise BadInput(f"top_k must be an integer >= 1, given {top_k!r}", hint="e.g. top_k=5", expected=">= 1", given=top_k)
         started = time.perf_counter()
-        info = await self.get_model_info()
-        plan = plan_classify(images, info)
-        labels = await self.get_labels()
-        if plan.ready is not None:
-            logits = await self.infer(plan.ready)
+        if server_side:
+            blobs = await asyncio.get_running_loop().run_in_executor(None, encode_images, images)
+            logits = await send_files_async(self._transport, await self._image_model_info(), blobs, self._retrying)
         else:
-            def prepare(chunk: Sequence[Any]) -> np.ndarray:
-                return preprocess_chunk(chunk, info)
+            info = await self.get_model_info()
+            plan = plan_classify(images, info)
+            if plan.ready is not None:
+                logits = await self.infer(plan.ready)
+            else:
+                def prepare(chunk: Sequence[Any]) -> np.ndarray:
+                    return preprocess_chunk(chunk, info)
 
-            parts = list(image_chunks(plan.images, info.chunk_size))
-            logits = np.concatenate(await self._run(prepare, parts, window=window_for(info, len(parts), self.settings.concurrency)))
-        results = rank(logits, int(top_k), labels)
+                parts = list(image_chunks(plan.images, info.chunk_size))
+                logits = np.concatenate(await self._run(prepare, parts, window=window_for(info, len(parts), self.settings.concurrency)))
+        results = rank(logits, int(top_k), await self.get_labels())
         if self._metrics is not None:
             self._metrics.observe(self.model, self.protocol, "classify", time.perf_counter() - started)
         return results
+
+    async def _image_model_info(self) -> ModelInfo:
+        """``<model>_image``'s interface, read once (the server-side classify path)."""
+        if self._image_info is None:
+            self._check_open()
+            pinned_version(self.model, self.settings.version)
+            name = image_model(self.model)
+
+            async def fetch() -> ModelInfo:
+                return ModelInfo.from_config(await self._transport.model_config(name, ""))
+
+            try:
+                info = await self._retrying(fetch, "model_config")
+            except ModelNotFound as exc:
+                raise missing_image_model(exc, self.model) from exc
+            self._image_info = check_image_model(info)
+        return self._image_info
 
     async def _run(self, prepare: Callable[[Any], np.ndarray] | None, items: Sequence[Any], window: int) -> list[np.ndarray]:
         """Prepare a window of items (in the loop's executor), send all its chunks at once; results in order.

@@ -41,6 +41,7 @@ from sft_engine.client.metrics import resolve_metrics
 from sft_engine.client.model_info import ModelInfo, labels_from_classification
 from sft_engine.client.predictions import Prediction, top_k as rank
 from sft_engine.client.retry import RetryPolicy, call_with_retry
+from sft_engine.client.server_side import check_image_model, encode_images, image_model, missing_image_model, pinned_version, send_files
 from sft_engine.client.settings import ClientSettings, SettingsView
 from sft_engine.client.shm import ShmPool, ShmSlot, in_use, release_patience_s
 from sft_engine.client.transport import InferTarget, make_transport
@@ -75,6 +76,7 @@ class Client(SettingsView):
         self._transport = make_transport(self.settings.url, self.settings.protocol, self.settings.timeout_s, self.settings.concurrency)
         self._lock = threading.RLock()
         self._info: ModelInfo | None = None
+        self._image_info: ModelInfo | None = None
         self._target: InferTarget | None = None
         self._labels: list[str] | None = list(self.settings.labels) if self.settings.labels is not None else None
         self._executor: ThreadPoolExecutor | None = None
@@ -212,30 +214,48 @@ class Client(SettingsView):
         parts = chunks(array, info.chunk_size)
         return np.concatenate(self._run(_same, parts, window=len(parts)))  # already in memory: one window
 
-    def classify(self, images: Any, top_k: int = 5) -> list[list[Prediction]]:
+    def classify(self, images: Any, top_k: int = 5, *, server_side: bool = False) -> list[list[Prediction]]:
         """The ``top_k`` most likely classes per image, best first; scores are softmax probabilities.
 
         ``images``: file paths, PIL images, HWC uint8 arrays (or a list of them, or an
-        NHWC uint8 array), or a ready NCHW float batch (numpy or torch).
+        NHWC uint8 array), or a ready NCHW float batch (numpy or torch). With
+        ``server_side=True`` the files themselves (or ``bytes``) go to ``<model>_image``,
+        which decodes and preprocesses them on the server exactly as the client would.
         """
         self._check_open()
         k = _check_top_k(top_k)
         started = time.perf_counter()
-        info = self.model_info
-        plan = plan_classify(images, info)
-        labels = self.labels
-        if plan.ready is not None:
-            logits = self.infer(plan.ready)
+        if server_side:
+            blobs = encode_images(images)
+            logits = send_files(self._transport, self._image_model_info(), blobs, self._retrying)
         else:
-            def prepare(chunk: Sequence[Any]) -> np.ndarray:
-                return preprocess_chunk(chunk, info)
+            info = self.model_info
+            plan = plan_classify(images, info)
+            if plan.ready is not None:
+                logits = self.infer(plan.ready)
+            else:
+                def prepare(chunk: Sequence[Any]) -> np.ndarray:
+                    return preprocess_chunk(chunk, info)
 
-            parts = list(image_chunks(plan.images, info.chunk_size))
-            logits = np.concatenate(self._run(prepare, parts, window=window_for(info, len(parts), self.settings.concurrency)))
-        results = rank(logits, k, labels)
+                parts = list(image_chunks(plan.images, info.chunk_size))
+                logits = np.concatenate(self._run(prepare, parts, window=window_for(info, len(parts), self.settings.concurrency)))
+        results = rank(logits, k, self.labels)
         if self._metrics is not None:
             self._metrics.observe(self.model, self.protocol, "classify", time.perf_counter() - started)
         return results
+
+    def _image_model_info(self) -> ModelInfo:
+        """``<model>_image``'s interface, read once (the server-side classify path)."""
+        if self._image_info is None:
+            self._check_open()
+            pinned_version(self.model, self.settings.version)
+            name = image_model(self.model)
+            try:
+                info = self._retrying(lambda: ModelInfo.from_config(self._transport.model_config(name, "")))
+            except ModelNotFound as exc:
+                raise missing_image_model(exc, self.model) from exc
+            self._image_info = check_image_model(info)
+        return self._image_info
 
     def _send(self, array: np.ndarray, first_error: ClientError | None = None) -> np.ndarray:
         """One blocking request with retries, shared memory and metrics as configured.

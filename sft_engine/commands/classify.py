@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: 30)")
     p.add_argument("--retries", type=int, default=2, help="retries when the server is unreachable (default: 2)")
     p.add_argument("--shared-memory", action="store_true", help="send tensors through system shared memory (server on this host)")
+    p.add_argument("--server-side", action="store_true",
+                   help="send the files themselves to <model>_image, which decodes and preprocesses them on the server")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
     p.set_defaults(func=run)
 
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
     with Client(url, protocol=args.protocol, model=args.model, version=args.model_version, timeout=args.timeout,
                 retries=args.retries, shared_memory=args.shared_memory) as client:
-        results = client.classify(args.images, top_k=args.top_k)
+        results = client.classify(args.images, top_k=args.top_k, server_side=args.server_side)
     if args.json:
         doc = [{"image": str(path), "predictions": [{"label": p.label, "index": p.index, "score": p.score} for p in preds]}
                for path, preds in zip(args.images, results)]

@@ -242,3 +242,58 @@ def test_1000_bad_requests_interleaved_with_good_ones_lose_no_good_one(server, i
     for error, message in bad_results:
         assert not isinstance(error, list) and re.search(message, error.message()), error
     assert server.is_alive()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_server_side_classify_matches_client_side(server, images, protocol):
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    with Client(url, protocol=protocol, model=MODEL) as client:
+        local = client.classify(images, top_k=4)
+        remote = client.classify(images, top_k=4, server_side=True)
+        forms = client.classify([Image.open(images[0]), images[1].read_bytes(), str(images[2])], top_k=4, server_side=True)
+    assert [[p.label for p in r] for r in remote] == [[p.label for p in r] for r in local]
+    for r, want in zip(remote, local):
+        np.testing.assert_allclose([p.score for p in r], [p.score for p in want], atol=1e-5)
+    assert [[p.label for p in r] for r in forms] == [[p.label for p in r] for r in local[:3]]
+
+
+def test_async_server_side_classify_matches_client_side(server, images):
+    import asyncio
+
+    from sft_engine.client import AsyncClient
+
+    async def run():
+        async with AsyncClient(server.grpc_url, model=MODEL) as client:
+            return await client.classify(images, top_k=3), await client.classify(images, top_k=3, server_side=True)
+
+    local, remote = asyncio.run(run())
+    assert [[p.label for p in r] for r in remote] == [[p.label for p in r] for r in local]
+
+
+def test_server_side_bad_input_and_missing_model_are_one_line_errors(server, images):
+    from sft_engine.client import BadInput, ModelNotFound
+
+    with Client(server.grpc_url, model=MODEL, retries=0) as client:
+        with pytest.raises(BadInput, match="not a PNG, JPEG or WebP image"):
+            client.classify([images[0], b"junk"], server_side=True)
+        with pytest.raises(BadInput, match="cannot be sent as an image file"):
+            client.classify(np.zeros((1, 3, 32, 32), np.float32), server_side=True)
+        assert len(client.classify(images[:1], server_side=True)) == 1  # still serving
+    with Client(server.grpc_url, model=f"{MODEL}_preprocess", retries=0) as client:
+        with pytest.raises(ModelNotFound, match="has no model 'demo_preprocess_image'") as info:
+            client.classify(images[:1], server_side=True)
+        assert "server_side=False" in (info.value.hint or "")
+
+
+def test_cli_classify_server_side_prints_the_client_side_labels(server, images):
+    import os
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    outputs = []
+    for extra in ([], ["--server-side"]):
+        done = subprocess.run([sys.executable, "-m", "sft_engine.cli", "classify", *map(str, images[:4]), "--model", MODEL,
+                               "--url", server.grpc_url, "--json", *extra], capture_output=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        outputs.append([[p["label"] for p in item["predictions"]] for item in json.loads(done.stdout)])
+    assert outputs[0] == outputs[1]
