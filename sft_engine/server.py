@@ -338,8 +338,8 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
             pass
 
 
-def docker_command(repository: Path, tag: str = DEFAULT_TRITON_TAG, gpus: bool = True) -> str:
-    """The equivalent ``docker run`` of the NGC Triton container for a GPU host."""
+def docker_command(repository: Path, tag: str = DEFAULT_TRITON_TAG, gpus: bool = True, image: str | None = None) -> str:
+    """The equivalent ``docker run`` of the NGC Triton container (or ``image`` built on it) for a GPU host."""
     repo = Path(repository).resolve()
     parts = ["docker", "run", "--rm"]
     if gpus:
@@ -347,7 +347,7 @@ def docker_command(repository: Path, tag: str = DEFAULT_TRITON_TAG, gpus: bool =
     parts += [
         "--shm-size=1g", "-p", "127.0.0.1:8000:8000", "-p", "127.0.0.1:8001:8001", "-p", "127.0.0.1:8002:8002",
         "-v", f"{repo}:/models:ro",
-        f"nvcr.io/nvidia/tritonserver:{tag}-py3",
+        image or f"nvcr.io/nvidia/tritonserver:{tag}-py3",
         "tritonserver", "--model-repository=/models",
     ]
     return " ".join(shlex.quote(p) for p in parts)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from sft_engine.server import DEFAULT_TRITON_TAG, ServerConfig, TritonServer, docker_command
+from sft_engine.server import DEFAULT_TRITON_TAG, ServerConfig, TritonServer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"warning: no build manifest names an NGC container whose TensorRT matches; using {DEFAULT_TRITON_TAG} "
                       "(pass --triton-tag; see docs/gpu.md)", file=sys.stderr)
             tag = DEFAULT_TRITON_TAG
-        print(docker_command(Path(args.repository), tag=tag))
+        from sft_engine.ops.deploy_spec import docker_commands
+
+        print(docker_commands(Path(args.repository), tag=tag))
         return 0
     cfg = ServerConfig(
         repository=Path(args.repository), host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,

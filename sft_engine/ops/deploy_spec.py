@@ -36,7 +36,7 @@ from sft_engine.server import DEFAULT_TRITON_TAG
 
 __all__ = [
     "ModelInfo", "RepositoryInfo", "DeployOptions", "scan_repository", "check_gpus", "image_for", "triton_args",
-    "dockerfile", "dump_yaml", "NGC_IMAGE",
+    "dockerfile", "docker_commands", "dump_yaml", "NGC_IMAGE",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -122,9 +122,14 @@ class DeployOptions:
 
 # -- reading the repository ----------------------------------------------------------------
 def _version_requirements(version_dir: Path) -> set[str]:
-    """pip requirements of one Python-backend version: its engine's runtime, at the built version."""
+    """pip requirements of one Python-backend version: its engine's runtime (or Pillow for a preprocessing model), at the built version."""
     engine_file = version_dir / "engine.json"
     if not engine_file.is_file():
+        manifest = find_manifest(version_dir)
+        if manifest is not None and manifest.engine == "preprocess":  # <name>_preprocess decodes with Pillow
+            tools = manifest.tools
+            return {f"numpy=={tools['numpy']}" if tools.get("numpy") else "numpy<2",
+                    f"pillow=={tools['pillow']}" if tools.get("pillow") else "pillow"}
         return set()
     try:
         engine = json.loads(engine_file.read_text()).get("engine")
@@ -216,6 +221,26 @@ def dockerfile(info: RepositoryInfo, tag: str) -> str:
         f"FROM {NGC_IMAGE}:{tag}-py3\n"
         f"RUN python3 -m pip install --no-cache-dir {reqs}\n"
     )
+
+
+def docker_commands(repository: Path, tag: str, gpus: bool = True) -> str:
+    """``serve --print-docker``: the NGC container command, preceded by an image build when Python models need packages.
+
+    The stock container has no Pillow (the preprocessing model's decoder) and no CPU
+    engine runtimes, so a repository with Python-backend models gets an image built
+    from ``dockerfile`` (from stdin, no files needed) and run instead of the stock one.
+    """
+    from sft_engine.server import docker_command
+
+    try:
+        info = scan_repository(Path(repository))
+    except RepositoryError:  # nothing servable yet: the plain command still says how
+        return docker_command(Path(repository), tag=tag, gpus=gpus)
+    if not info.requirements:
+        return docker_command(Path(repository), tag=tag, gpus=gpus)
+    image = f"{Path(repository).resolve().name.replace('_', '-').lower()}-triton:{tag}"
+    build = f"docker build -t {image} - <<'EOF'\n{dockerfile(info, tag)}EOF"
+    return build + "\n" + docker_command(Path(repository), tag=tag, gpus=gpus, image=image)
 
 
 def image_for(info: RepositoryInfo, options: DeployOptions) -> tuple[str, bool]:

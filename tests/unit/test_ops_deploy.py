@@ -186,3 +186,30 @@ def test_deploy_cli_writes_files_and_rejects_bad_input(repo, tmp_path, capsys):
     assert code == 2 and "not a valid Kubernetes name" in capsys.readouterr().err
     code = main(["deploy", "compose", "--repository", str(repo), "--output", str(out), "--gpus", "0,0"])
     assert code == 2 and "distinct" in capsys.readouterr().err
+
+
+def test_image_models_are_deployed_with_pillow_on_cpu_instances_beside_a_gpu_engine(tmp_path):
+    """The build's <name>_preprocess and <name>_image go everywhere the engine goes; preprocessing stays on CPU."""
+    from sft_engine.build import publish_image_models
+    from sft_engine.ops.deploy_spec import docker_commands, triton_args
+    from sft_engine.preprocess import Preprocessing
+    from sft_engine.repository.image_models import ImageServing
+
+    root = make_repository(tmp_path / "model_repository", gpus=(0,))
+    engine = ModelConfigSpec(name="tiny", inputs=(TensorSpec("input", "FP32", (3, 32, 32)),), outputs=(TensorSpec("logits", "FP32", (4,), label_filename="labels.txt"),),
+                             max_batch_size=8, platform="tensorrt_plan", instance_groups=(InstanceGroupSpec(kind="KIND_GPU", count=1, gpus=(0,)),),
+                             parameters=tuple(Preprocessing(input_size=32).to_parameters().items()))
+    publish_image_models(root, engine, ["a", "b", "c", "d"], ImageServing(), 1)
+    info = scan_repository(root)
+    kinds = {m.name: m.kind for m in info.models}
+    assert kinds == {"tiny": "KIND_GPU", "tiny_preprocess": "KIND_CPU", "tiny_image": "KIND_CPU"}
+    assert any(r.startswith("pillow==") for r in info.requirements), info.requirements
+    options = DeployOptions(repository=root, output=tmp_path / "out", gpus=(0,), model_control_mode="explicit")
+    args = triton_args(info, options, "/models")
+    assert {"--load-model=tiny", "--load-model=tiny_preprocess", "--load-model=tiny_image"} <= set(args)
+    _, files = deploy_compose(DeployOptions(repository=root, output=tmp_path / "compose", gpus=(0,)))
+    dockerfile = next(p for p in files if p.name == "Dockerfile").read_text()
+    assert "pillow==" in dockerfile and "FROM nvcr.io/nvidia/tritonserver:" in dockerfile
+    printed = docker_commands(root, "24.10")
+    assert printed.startswith("docker build -t model-repository-triton:24.10 - <<'EOF'") and "pillow==" in printed
+    assert printed.splitlines()[-1].startswith("docker run") and "model-repository-triton:24.10 tritonserver" in printed
