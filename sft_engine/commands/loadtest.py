@@ -55,6 +55,8 @@ def register(subparsers: Any) -> None:
     load.add_argument("--batch-size", type=int, default=None, metavar="N", help="batch size of each request (default 1)")
     load.add_argument("--shape", action="append", default=[], metavar="NAME:D1,D2", help="shape of a variable-size input, without the batch dim")
     load.add_argument("--input-data", type=Path, default=None, metavar="FILE.npz", help="input arrays by name (default: random data)")
+    load.add_argument("--images", type=Path, default=None, metavar="DIR",
+                      help="send these image files round-robin, as they are (to <model>_image, or any model with one BYTES input)")
     load.add_argument("--timeout-ms", type=float, default=None, metavar="MS", help="client timeout; a timeout is a failure at that latency")
     load.add_argument("--workers", type=int, default=None, metavar="N", help="load-generator processes (default: half the cores)")
     load.add_argument("--max-in-flight", type=int, default=None, metavar="N", help="open-loop cap on unanswered requests per worker (default 4096)")
@@ -106,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         workers=args.workers,
         shapes=dict(parse_shape(s) for s in args.shape),
         input_data=args.input_data,
+        images=args.images,
         report=args.report,
         prometheus_port=args.prometheus_port,
         allow_remote=bool(args.allow_remote),

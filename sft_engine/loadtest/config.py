@@ -139,6 +139,8 @@ class LoadTestConfig:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     #: .npz with one array per input name (with or without the batch dimension)
     input_data: Path | None = None
+    #: a directory of image files sent round-robin to a model with one BYTES input (``<name>_image``)
+    images: Path | None = None
     report: Path | None = None
     prometheus_port: int | None = None
     allow_remote: bool = False
@@ -179,6 +181,13 @@ class LoadTestConfig:
                 raise ConfigError(f"percentile {q} is not between 0 and 100", hint="e.g. 50, 99, 99.9")
         if self.transport not in ("raw", "tritonclient"):
             raise ConfigError(f"--transport {self.transport!r} is unknown", hint="use raw or tritonclient")
+        if self.images is not None:
+            if self.input_data is not None:
+                raise ConfigError("--images and --input-data are both given", hint="send image files (--images) or arrays (--input-data), not both")
+            if self.transport != "raw":
+                raise ConfigError("--images sends prebuilt requests", hint="use --transport raw with --images")
+            if not Path(self.images).is_dir():
+                raise ConfigError(f"--images {self.images} is not a directory", hint="give a directory of PNG, JPEG or WebP files")
         if self.input_data is not None and not Path(self.input_data).is_file():
             raise ConfigError(f"--input-data {self.input_data} does not exist", hint="give an .npz file with one array per input")
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from sft_engine.errors import ConfigError, LoadTestError
 
-__all__ = ["TensorSpec", "ModelSpec", "Payload", "build_payload", "describe_shapes"]
+__all__ = ["TensorSpec", "ModelSpec", "Payload", "build_payload", "build_image_payload", "image_files", "describe_shapes"]
 
 _NP_DTYPES = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -95,7 +95,12 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Payload:
-    """A complete inference request on the wire, for both protocols."""
+    """A complete inference request on the wire, for both protocols.
+
+    ``more`` holds further requests that the transports send in turn with this one
+    (``--images``: one request per image file, round-robin); ``input_bytes`` is then
+    the mean over all of them.
+    """
 
     model: str
     version: str
@@ -106,6 +111,16 @@ class Payload:
     http_path: str
     http_body: bytes
     http_headers: dict[str, str] = field(default_factory=dict)
+    more: tuple["Payload", ...] = ()
+
+    @property
+    def variants(self) -> list["Payload"]:
+        return [self, *self.more]
+
+    def request_bytes(self, protocol: str) -> int:
+        """Mean size of one request's body on the wire (gRPC message, or HTTP header + tensors)."""
+        sizes = [len(p.grpc_request) if protocol == "grpc" else len(p.http_body) for p in self.variants]
+        return int(round(sum(sizes) / len(sizes)))
 
 
 def _resolve_shape(tensor: TensorSpec, spec: ModelSpec, batch_size: int, given: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -179,8 +194,9 @@ def build_payload(
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     input_data: Path | None = None,
     seed: int = 0,
+    given_arrays: Mapping[str, np.ndarray] | None = None,
 ) -> Payload:
-    """Check the request against the model and build it for both protocols."""
+    """Check the request against the model and build it for both protocols (``given_arrays``: data by input name)."""
     shapes = dict(shapes or {})
     unknown = sorted(set(shapes) - {t.name for t in spec.inputs})
     if unknown:
@@ -192,7 +208,7 @@ def build_payload(
                           hint=f"use --batch-size 1..{spec.max_batch_size}")
     if not spec.inputs:
         raise LoadTestError(f"model '{spec.name}' declares no inputs in its config", hint="the load generator needs the input names, types and dims")
-    given: dict[str, np.ndarray] = {}
+    given: dict[str, np.ndarray] = dict(given_arrays or {})
     if input_data is not None:
         try:
             with np.load(input_data, allow_pickle=False) as npz:
@@ -244,6 +260,46 @@ def build_payload(
         http_body=header_bytes + b"".join(blobs),
         http_headers={"Inference-Header-Content-Length": str(len(header_bytes)), "Content-Type": "application/octet-stream"},
     )
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files of ``folder`` (PNG, JPEG, WebP; sorted), or a one-line error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"--images {folder} is not a directory", hint="give a directory of PNG, JPEG or WebP files")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"--images {folder} holds no .png, .jpg, .jpeg or .webp file", hint="put the images to send in it")
+    return files
+
+
+def build_image_payload(spec: ModelSpec, files: list[Path], batch_size: int = 1) -> Payload:
+    """One request per image file (``batch_size`` copies of it per request), for a model whose one input is BYTES.
+
+    The files are sent as they are, round-robin, so the server decodes real images of
+    real sizes (``<name>_image`` of an sft-engine build, or any model taking encoded files).
+    """
+    inputs = [t for t in spec.inputs if not t.optional]
+    if len(inputs) != 1 or inputs[0].datatype != "BYTES":
+        described = ", ".join(f"{t.name} {t.datatype}" for t in spec.inputs) or "none"
+        raise ConfigError(f"--images sends image files, but model '{spec.name}' takes {described}",
+                          hint="load the model's <name>_image ensemble (one BYTES input), or drop --images")
+    tensor = inputs[0]
+    if any(d not in (1, -1) for d in tensor.dims):
+        raise ConfigError(f"--images sends one file per item, but input '{tensor.name}' has dims {list(tensor.dims)}", hint="use a model whose input dims are [1]")
+    payloads = []
+    for path in files:
+        data = path.read_bytes()
+        array = np.empty((batch_size, 1) if spec.max_batch_size > 0 else (1,), dtype=np.object_)
+        array.fill(data)
+        payloads.append(build_payload(spec, batch_size, {tensor.name: (1,)} if -1 in tensor.dims else None, given_arrays={tensor.name: array}))
+    first = payloads[0]
+    mean_input = int(round(sum(p.input_bytes for p in payloads) / len(payloads)))
+    return Payload(first.model, first.version, first.batch_size, first.input_shapes, mean_input, first.grpc_request, first.http_path,
+                   first.http_body, first.http_headers, more=tuple(payloads[1:]))
 
 
 def describe_shapes(payload: Payload) -> str:

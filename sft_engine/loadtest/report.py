@@ -163,7 +163,9 @@ def render_markdown(result: LoadTestResult) -> str:
     endpoints = ", ".join(ep.get("url", "") for ep in cfg.get("endpoints", []))
     lines += [
         f"- endpoints: {endpoints} ({result.request.get('protocol')})",
-        f"- request: batch {result.request.get('batch_size')}, inputs {result.request.get('input_shapes')}",
+        f"- request: batch {result.request.get('batch_size')}, inputs {result.request.get('input_shapes')}, "
+        f"{result.request.get('request_bytes')} bytes on the wire"
+        + (f" (mean over {result.request['images']} image files sent round-robin)" if result.request.get("images") else ""),
         f"- started {result.started_at}, finished {result.finished_at}; {result.tool.get('name')} {result.tool.get('version')}",
         "",
     ]

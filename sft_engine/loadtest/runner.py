@@ -24,7 +24,7 @@ from sft_engine.errors import ConfigError, LoadTestError
 from sft_engine.loadtest.analysis import StepObservations, build_step, host_cpu_busy, read_host_cpu
 from sft_engine.loadtest.capacity import CapacitySearch
 from sft_engine.loadtest.config import LoadTestConfig
-from sft_engine.loadtest.payload import ModelSpec, Payload, build_payload
+from sft_engine.loadtest.payload import ModelSpec, Payload, build_image_payload, build_payload, image_files
 from sft_engine.loadtest.probe import ProbeError, ServerProbe, make_probe
 from sft_engine.loadtest.progress import LiveExporter, Progress
 from sft_engine.loadtest.results import SCHEMA_VERSION, LoadTestResult, StepResult
@@ -328,8 +328,12 @@ def run_loadtest(
     interrupted = False
     try:
         spec = inspect_model(probes, config.model, config.model_version)
-        payload = build_payload(spec, config.load.batch_size, config.shapes, config.input_data, config.load.seed)
-        _preflight(probes, payload)
+        if config.images is not None:
+            payload = build_image_payload(spec, image_files(config.images), config.load.batch_size)
+        else:
+            payload = build_payload(spec, config.load.batch_size, config.shapes, config.input_data, config.load.seed)
+        for variant in payload.variants:
+            _preflight(probes, variant)  # every image file must be one the server accepts
         if config.prometheus_port is not None:
             try:
                 exporter = LiveExporter(config.prometheus_port)
@@ -380,7 +384,8 @@ def run_loadtest(
         config=config.to_dict(),
         model=spec.to_dict(),
         request={"batch_size": payload.batch_size, "input_shapes": {k: list(v) for k, v in payload.input_shapes.items()},
-                 "input_bytes": payload.input_bytes, "protocol": config.endpoints[0].protocol},
+                 "input_bytes": payload.input_bytes, "request_bytes": payload.request_bytes(config.endpoints[0].protocol),
+                 "images": len(payload.variants) if config.images is not None else 0, "protocol": config.endpoints[0].protocol},
         steps=steps,
         capacity=capacity,
     )

@@ -36,6 +36,9 @@ def result_lines(result: LoadTestResult) -> list[str]:
         cap = "none" if c.capacity_rps is None else f"{c.capacity_rps:,.1f} req/s"
         knee = "-" if c.knee_rps is None else f"{c.knee_rps:,.1f} req/s"
         lines.append(f"capacity: {cap} (knee {knee}, bracket {c.bracket_rps}{', limited by ' + c.limited_by if c.limited_by else ''})")
+    req = result.request
+    images = f", mean of {req['images']} image files" if req.get("images") else ""
+    lines.append(f"request: batch {req.get('batch_size')}, {req.get('request_bytes')} bytes on the wire{images}")
     lines.append(f"verdict: {result.verdict} (exit {result.exit_code})")
     lines += [f"  {reason}" for reason in result.reasons]
     lines += [f"report {kind}: {path}" for kind, path in result.report_files.items()]

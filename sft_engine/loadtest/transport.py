@@ -87,6 +87,8 @@ class GrpcTransport(Transport):
         self._channels = [grpc.aio.insecure_channel(ep.url, options=options) for ep in self.endpoints]
         self._calls = [ch.unary_unary(GRPC_INFER_METHOD) for ch in self._channels]
         self._body = self.payload.grpc_request
+        self._bodies = [p.grpc_request for p in self.payload.variants]  # --images: one per file, sent in turn
+        self._turn = 0
         sc = grpc.StatusCode
         self._kinds = {
             sc.DEADLINE_EXCEEDED: TIMEOUT,
@@ -100,8 +102,12 @@ class GrpcTransport(Transport):
         }
 
     async def send(self, endpoint_index: int) -> int:
+        body = self._body
+        if len(self._bodies) > 1:
+            self._turn = (self._turn + 1) % len(self._bodies)
+            body = self._bodies[self._turn]
         try:
-            await self._calls[endpoint_index](self._body, timeout=self.timeout_s)
+            await self._calls[endpoint_index](body, timeout=self.timeout_s)
             return OK
         except self._grpc.aio.AioRpcError as exc:
             code = exc.code()
@@ -135,11 +141,17 @@ class HttpTransport(Transport):
         self._urls = [f"http://{ep.url}{self.payload.http_path}" for ep in self.endpoints]
         self._body = self.payload.http_body
         self._headers = dict(self.payload.http_headers)
+        self._bodies = [(p.http_body, dict(p.http_headers)) for p in self.payload.variants]  # --images: one per file, in turn
+        self._turn = 0
 
     async def send(self, endpoint_index: int) -> int:
         aiohttp = self._aiohttp
+        body, headers = self._body, self._headers
+        if len(self._bodies) > 1:
+            self._turn = (self._turn + 1) % len(self._bodies)
+            body, headers = self._bodies[self._turn]
         try:
-            async with self._session.post(self._urls[endpoint_index], data=self._body, headers=self._headers) as resp:
+            async with self._session.post(self._urls[endpoint_index], data=body, headers=headers) as resp:
                 body = await resp.read()
                 if resp.status == 200:
                     return OK

@@ -297,3 +297,32 @@ def test_cli_classify_server_side_prints_the_client_side_labels(server, images):
         assert done.returncode == 0, done.stderr.decode(errors="replace")
         outputs.append([[p["label"] for p in item["predictions"]] for item in json.loads(done.stdout)])
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_loadtest_sends_the_image_files_round_robin_and_reports_their_bytes(server, images, tmp_path, protocol, capsys):
+    from sft_engine import cli
+
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    report = tmp_path / "lt.json"
+    code = cli.main(["loadtest", "--url", url, "--protocol", protocol, "--model", f"{MODEL}_image", "--images", str(images[0].parent),
+                     "--concurrency", "4", "--duration", "1.5", "--warmup", "0.3", "--target", "max_error_rate=0",
+                     "--min-tail-samples", "1", "--max-send-lag-ms", "10000", "--report", str(report), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    data = json.loads(report.read_text())
+    request = data["request"]
+    mean_file = sum(p.stat().st_size for p in images) / len(images)
+    assert request["images"] == len(images) and request["input_bytes"] == round(mean_file + 4)  # a BYTES element: 4-byte length + file
+    assert mean_file < request["request_bytes"] < mean_file + 600
+    assert f"{request['request_bytes']} bytes on the wire, mean of {len(images)} image files" in out
+    assert data["steps"][0]["slo"]["verdict"] == "PASS"  # max_error_rate = 0: every file decoded and classified
+
+
+def test_loadtest_refuses_images_for_a_tensor_model(server, images, capsys):
+    from sft_engine import cli
+
+    code = cli.main(["loadtest", "--url", server.grpc_url, "--model", MODEL, "--images", str(images[0].parent),
+                     "--concurrency", "1", "--duration", "1", "--quiet"])
+    out = capsys.readouterr()
+    assert code == 2 and "--images sends image files, but model 'demo' takes input FP32" in out.out + out.err

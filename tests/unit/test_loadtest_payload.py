@@ -96,3 +96,43 @@ def test_input_data_file(tmp_path: Path) -> None:
     junk.write_bytes(b"not a zip")
     with pytest.raises(ConfigError, match="cannot be read"):
         build_payload(spec, input_data=junk)
+
+
+IMAGE_CONFIG = {
+    "name": "demo_image", "platform": "ensemble", "max_batch_size": 8,
+    "input": [{"name": "IMAGE", "data_type": "TYPE_STRING", "dims": ["1"]}],
+    "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": ["4"]}],
+}
+
+
+def test_image_payload_sends_each_file_as_it_is_round_robin(tmp_path: Path) -> None:
+    from tritonclient.utils import deserialize_bytes_tensor
+
+    from sft_engine.loadtest.payload import build_image_payload, image_files
+
+    for name, data in (("b.jpg", b"\xff\xd8jpeg-bytes"), ("a.png", b"\x89PNG-longer-bytes"), ("notes.txt", b"skip me")):
+        (tmp_path / name).write_bytes(data)
+    files = image_files(tmp_path)
+    assert [p.name for p in files] == ["a.png", "b.jpg"]
+    payload = build_image_payload(ModelSpec.from_config(IMAGE_CONFIG), files, batch_size=2)
+    assert len(payload.variants) == 2 and payload.input_shapes == {"IMAGE": (2, 1)}
+    for variant, path in zip(payload.variants, files):
+        request = service_pb2.ModelInferRequest.FromString(variant.grpc_request)
+        assert [list(t.shape) for t in request.inputs] == [[2, 1]] and request.inputs[0].datatype == "BYTES"
+        assert deserialize_bytes_tensor(request.raw_input_contents[0]).tolist() == [path.read_bytes()] * 2
+        header_len = int(variant.http_headers["Inference-Header-Content-Length"])
+        assert variant.http_body[header_len:] == request.raw_input_contents[0]
+    assert payload.input_bytes == round(sum(2 * (4 + len(p.read_bytes())) for p in files) / 2)
+    assert payload.request_bytes("http") == round(sum(len(v.http_body) for v in payload.variants) / 2)
+
+
+def test_images_need_a_model_taking_files_and_a_folder_of_them(tmp_path: Path) -> None:
+    from sft_engine.loadtest.payload import build_image_payload, image_files
+
+    with pytest.raises(ConfigError, match="holds no .png"):
+        image_files(tmp_path)
+    with pytest.raises(ConfigError, match="is not a directory"):
+        image_files(tmp_path / "missing")
+    (tmp_path / "a.png").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="model 'clf' takes image FP32, mask BOOL.*<name>_image"):
+        build_image_payload(ModelSpec.from_config(HTTP_CONFIG), image_files(tmp_path))
