@@ -21,7 +21,7 @@ from sft_engine.errors import RepositoryError
 from sft_engine.ops.modelconfig import model_dir, require_version
 from sft_engine.repository.config import to_pbtxt
 from sft_engine.repository.manifest import MANIFEST_NAME, BuildManifest, find_manifest, write_manifest
-from sft_engine.repository.writer import PublishedVersion, publish
+from sft_engine.repository.writer import BUILT_CONFIG_NAME, PublishedVersion, publish
 
 __all__ = ["publish_tuned", "render_config"]
 
@@ -53,7 +53,7 @@ def publish_tuned(repository: Path, model: str, from_version: int, config_text: 
     source = require_version(repository, model, from_version)
     files: dict[str, Path] = {}
     for item in sorted(source.iterdir()):
-        if item.name == MANIFEST_NAME or item.name == "__pycache__":
+        if item.name in (MANIFEST_NAME, BUILT_CONFIG_NAME, "__pycache__"):
             continue
         if not item.is_file():
             raise RepositoryError(f"version {from_version} of {model!r} holds a directory ({item.name})",

@@ -1,41 +1,74 @@
 """Atomic, additive publishing into a Triton model repository.
 
 Each build adds version N+1 of a model. Everything is written into a staging
-directory beside the repository (same filesystem, outside Triton's view) and renamed
-into place, so a failed or killed build leaves the repository exactly as it was, and
-an existing version directory is never touched. Builds of the same repository are
-serialized with a lock so two of them cannot claim the same version number.
+directory beside the repository (same filesystem, outside Triton's view), flushed, and
+made live by a journaled sequence of renames (``journal.py``): a publish killed before
+its journal is written changes nothing, one killed after it is finished by the next
+writer. An existing version directory is never touched. Builds of one repository are
+serialized with a lock, so two of them cannot claim the same version number.
 
 Layout::
 
-    <repository>/<model>/config.pbtxt      model-level Triton config (replaced atomically)
-    <repository>/<model>/labels.txt        classification labels (label_filename)
-    <repository>/<model>/<N>/...           engine, model.py, engine.json, build_manifest.json
+    <repository>/<model>/config.pbtxt          model-level Triton config: what Triton serves every live version with
+    <repository>/<model>/labels.txt            classification labels (label_filename)
+    <repository>/<model>/<N>/config.pbtxt.built   the exact config version N was built and gated with
+    <repository>/<model>/<N>/...               engine, model.py, engine.json, build_manifest.json
 
-A new version must keep the model's interface (backend/platform, tensors, labels): a
-model whose interface changes is a new model, and the error says so.
+**The guarantee.** Triton has one config per model, shared by every version it serves.
+Whatever the moment a publish is interrupted, each version the model-level config makes
+*live* (its ``version_policy`` over the versions on disk) is either served with the
+config it was built with (its ``config.pbtxt.built``, compared without the version
+policy), or was already served with that very model-level config before the publish
+began (versions older than this scheme carry no record and are left as they were).
+So a config change is written only when no older live version would see it, and when
+it is, the steps are: pin the current config to the versions it serves now
+(``version_policy specific``), rename the new version in (invisible under the pin),
+then replace the config by the new one. A publish whose new config would reach an
+older live version (e.g. ``num_versions: 2`` and a tuned config) is refused: a model
+whose versions need different configs is published under a new name.
+
+A new version must keep the model's interface (backend/platform, tensors, labels).
+
+Several models can be published as one unit (``publish_models``): one lock, one
+staging directory, one journal, applied in the order given (a model others depend
+on, e.g. an ensemble's steps, first). After a crash, the next writer or ``recover``
+finishes the unit.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Sequence
+
+from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.errors import RepositoryError
 from sft_engine.repository.config import parse_pbtxt, validate
+from sft_engine.repository.journal import Step, apply, commit, discard, locked, pause_point, recover_staging
+from sft_engine.repository.journal import fsync_tree as _fsync_tree
 
-__all__ = ["PublishedVersion", "publish", "list_versions", "staging_root"]
+__all__ = [
+    "BUILT_CONFIG_NAME",
+    "ModelRelease",
+    "PublishedVersion",
+    "publish",
+    "publish_models",
+    "recover",
+    "list_versions",
+    "live_versions",
+    "built_config",
+    "staging_root",
+]
 
 LOGGER = logging.getLogger(__name__)
-_STALE_S = 24 * 3600
+#: beside the manifest: the config a version was built and gated with (Triton reads only <model>/config.pbtxt)
+BUILT_CONFIG_NAME = "config.pbtxt.built"
+
+ManifestWriter = Callable[[Path, int], None]
 
 
 @dataclass(frozen=True)
@@ -53,6 +86,21 @@ class PublishedVersion:
         return self.model_dir / str(self.version)
 
 
+@dataclass(frozen=True)
+class ModelRelease:
+    """One model's new version: its config, labels, files (copied) and manifest writer.
+
+    ``manifest_writer(version_dir, version)`` writes the manifest into the staged
+    version directory, after every other file is there, before anything is visible.
+    """
+
+    name: str
+    config_text: str
+    labels: tuple[str, ...]
+    files: dict[str, Path]
+    manifest_writer: ManifestWriter
+
+
 def list_versions(model_dir: Path) -> list[int]:
     """Version numbers present in a model directory, ascending."""
     if not model_dir.is_dir():
@@ -62,28 +110,34 @@ def list_versions(model_dir: Path) -> list[int]:
 
 def staging_root(repository: Path) -> Path:
     """Where builds stage their output: beside the repository, never inside it."""
-    repository = repository.resolve()
+    repository = Path(repository).resolve()
     return repository.parent / f".{repository.name}.sft-staging"
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            _clean_stale(root)
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def live_versions(cfg: mc.ModelConfig, versions: Sequence[int]) -> list[int]:
+    """The versions Triton serves from ``versions`` under ``cfg``'s version policy."""
+    present = sorted(set(versions))
+    policy = cfg.version_policy
+    kind = policy.WhichOneof("policy_choice") if cfg.HasField("version_policy") else None
+    if kind == "all":
+        return present
+    if kind == "specific":
+        return [v for v in present if v in set(policy.specific.versions)]
+    keep = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions > 0 else 1
+    return present[-keep:]
 
 
-def _clean_stale(root: Path) -> None:
-    """Remove staging directories that killed builds left behind (we hold the lock)."""
-    now = time.time()
-    for entry in root.iterdir():
-        if entry.is_dir() and entry.name.startswith("build-") and now - entry.stat().st_mtime > 60:
-            shutil.rmtree(entry, ignore_errors=True)
+def _without_policy(cfg: mc.ModelConfig) -> mc.ModelConfig:
+    out = mc.ModelConfig()
+    out.CopyFrom(cfg)
+    out.ClearField("version_policy")
+    return out
+
+
+def built_config(version_dir: Path) -> mc.ModelConfig | None:
+    """The config a version was built and gated with; None for versions that predate the record."""
+    path = Path(version_dir) / BUILT_CONFIG_NAME
+    return parse_pbtxt(path.read_text(), f"{Path(version_dir).name}/{BUILT_CONFIG_NAME}") if path.is_file() else None
 
 
 def _interface(cfg: Any) -> tuple[Any, ...]:
@@ -94,22 +148,124 @@ def _interface(cfg: Any) -> tuple[Any, ...]:
     )
 
 
-def _check_compatible(model_dir: Path, config_text: str, labels_text: str) -> bool:
-    """True when the model-level config changes; raises when the interface would."""
-    current_text = (model_dir / "config.pbtxt").read_text() if (model_dir / "config.pbtxt").is_file() else None
-    if current_text is None:
+@dataclass
+class _Plan:
+    release: ModelRelease
+    model_dir: Path
+    version: int
+    steps: list[Step]
+
+
+def _plan(repository: Path, stage: Path, release: ModelRelease) -> _Plan:
+    """Check one release against the repository and stage its files; returns its steps."""
+    name = release.name
+    new_cfg = parse_pbtxt(release.config_text)
+    validate(new_cfg)
+    labels_text = "".join(f"{label}\n" for label in release.labels)
+    model_dir = repository / name
+    versions = list_versions(model_dir)
+    version = (versions[-1] + 1) if versions else 1
+    staged_model = stage / name
+    staged_version = staged_model / str(version)
+    staged_version.mkdir(parents=True)
+    for target_name, source in release.files.items():
+        shutil.copyfile(source, staged_version / target_name)
+    (staged_version / BUILT_CONFIG_NAME).write_text(release.config_text)
+    release.manifest_writer(staged_version, version)
+    if not model_dir.exists():
+        (staged_model / "config.pbtxt").write_text(release.config_text)
+        (staged_model / "labels.txt").write_text(labels_text)
+        return _Plan(release, model_dir, version, [Step(str(staged_model), str(model_dir))])
+
+    current_path = model_dir / "config.pbtxt"
+    if not current_path.is_file():
         raise RepositoryError(f"model directory {model_dir} exists but has no config.pbtxt", hint="remove it or choose another --name")
-    current = parse_pbtxt(current_text, f"{model_dir.name}/config.pbtxt")
-    new = parse_pbtxt(config_text)
-    if _interface(current) != _interface(new):
+    current_text = current_path.read_text()
+    current = parse_pbtxt(current_text, f"{name}/config.pbtxt")
+    if _interface(current) != _interface(new_cfg):
         raise RepositoryError(
-            f"model {model_dir.name!r} already exists with another interface (backend, tensors or shapes differ)",
+            f"model {name!r} already exists with another interface (backend, tensors or shapes differ)",
             hint="publish it under a new --name; versions of one model must be interchangeable",
         )
     labels_path = model_dir / "labels.txt"
     if labels_path.is_file() and labels_path.read_text() != labels_text:
-        raise RepositoryError(f"model {model_dir.name!r} already exists with other labels", hint="publish it under a new --name")
-    return current_text != config_text
+        raise RepositoryError(f"model {name!r} already exists with other labels", hint="publish it under a new --name")
+    steps: list[Step] = []
+    if not labels_path.exists():
+        (staged_model / "labels.txt").write_text(labels_text)
+        steps.append(Step(str(staged_model / "labels.txt"), str(labels_path), replace=True))
+    version_step = Step(str(staged_version), str(model_dir / str(version)))
+    if current_text == release.config_text:
+        # Nothing changes for the versions served now; the new one is served with its own config.
+        return _Plan(release, model_dir, version, steps + [version_step])
+
+    target = _without_policy(new_cfg)
+    for old in live_versions(new_cfg, versions + [version]):
+        if old == version:
+            continue
+        recorded = built_config(model_dir / str(old))
+        if recorded is None or _without_policy(recorded) != target:
+            raise RepositoryError(
+                f"the new configuration of {name!r} would also serve version {old}, which was built with another one "
+                f"(version_policy keeps {len(live_versions(new_cfg, versions + [version]))} versions live)",
+                hint="publish it under a new --name (and switch clients with `sft-engine rollout`), or keep the version policy at num_versions 1",
+            )
+    if version in live_versions(current, versions + [version]):
+        # Pin the current config to what it serves now, so the new version stays invisible until its config is in.
+        pinned = mc.ModelConfig()
+        pinned.CopyFrom(current)
+        pinned.version_policy.specific.versions[:] = live_versions(current, versions)
+        (staged_model / "config.pbtxt.pinned").write_text(_render(pinned))
+        steps.append(Step(str(staged_model / "config.pbtxt.pinned"), str(current_path), replace=True))
+    (staged_model / "config.pbtxt").write_text(release.config_text)
+    steps += [version_step, Step(str(staged_model / "config.pbtxt"), str(current_path), replace=True)]
+    return _Plan(release, model_dir, version, steps)
+
+
+def _render(cfg: mc.ModelConfig) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(cfg)
+
+
+def publish_models(repository: Path, releases: Sequence[ModelRelease]) -> list[PublishedVersion]:
+    """Publish a new version of each model in ``releases`` as one unit, in the order given."""
+    repository = Path(repository)
+    names = [r.name for r in releases]
+    if not releases or len(set(names)) != len(names):
+        raise RepositoryError(f"nothing to publish, or a model named twice: {names}", hint="report this as a bug")
+    for release in releases:
+        validate(parse_pbtxt(release.config_text))
+    if repository.exists() and not repository.is_dir():
+        raise RepositoryError(f"repository {repository} is not a directory", hint="pass --repository DIR")
+    root = staging_root(repository)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RepositoryError(f"cannot create the staging directory beside {repository}: {exc}", hint="make the repository's parent directory writable") from None
+    with locked(root):
+        recover_staging(root)
+        repository.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix="build-", dir=root))
+        committed = False
+        try:
+            plans = [_plan(repository, stage, release) for release in releases]
+            _fsync_tree(stage)
+            steps = [step for plan in plans for step in plan.steps]
+            pause_point(0, "staged")
+            commit(stage, steps)
+            committed = True
+            pause_point(1, "committed")
+            apply(steps, pause_from=1)
+            pause_point(len(steps) + 2, "applied")
+        except OSError as exc:
+            state = "stopped at a consistent intermediate step" if committed else "unchanged"
+            raise RepositoryError(f"cannot write into repository {repository}: {exc}", hint=f"check free space and permissions; the repository is {state}") from None
+        finally:
+            discard(stage)
+    for plan in plans:
+        LOGGER.info("published %s version %d into %s", plan.release.name, plan.version, repository)
+    return [PublishedVersion(repository, plan.release.name, plan.version) for plan in plans]
 
 
 def publish(
@@ -118,61 +274,20 @@ def publish(
     config_text: str,
     labels: list[str],
     files: dict[str, Path],
-    manifest_writer: Any,
+    manifest_writer: ManifestWriter,
 ) -> PublishedVersion:
-    """Add the next version of ``name`` to ``repository`` atomically.
+    """Add the next version of ``name`` to ``repository`` atomically (see the module docstring)."""
+    return publish_models(repository, [ModelRelease(name, config_text, tuple(labels), dict(files), manifest_writer)])[0]
 
-    ``files`` maps names inside the version directory to existing files (copied).
-    ``manifest_writer(version_dir, version) -> None`` writes the manifest into the
-    staged version directory before it becomes visible.
+
+def recover(repository: Path) -> list[Path]:
+    """Finish a publish that was killed after its commit point; drop unfinished staging.
+
+    Safe to run at any time (it waits for a publish in progress). Returns the model
+    directories it changed. Nothing to do, and nothing created, when no build staged here.
     """
-    repository = Path(repository)
-    validate(parse_pbtxt(config_text))
-    if repository.exists() and not repository.is_dir():
-        raise RepositoryError(f"repository {repository} is not a directory", hint="pass --repository DIR")
-    labels_text = "".join(f"{label}\n" for label in labels)
-    root = staging_root(repository)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RepositoryError(f"cannot create the staging directory beside {repository}: {exc}", hint="make the repository's parent directory writable") from None
-    with _locked(root):
-        repository.mkdir(parents=True, exist_ok=True)
-        model_dir = repository / name
-        versions = list_versions(model_dir)
-        exists = model_dir.exists()
-        config_changed = _check_compatible(model_dir, config_text, labels_text) if exists else True
-        version = (versions[-1] + 1) if versions else 1
-        stage = Path(tempfile.mkdtemp(prefix="build-", dir=root))
-        try:
-            staged_model = stage / name
-            staged_version = staged_model / str(version)
-            staged_version.mkdir(parents=True)
-            for target_name, source in files.items():
-                shutil.copyfile(source, staged_version / target_name)
-            manifest_writer(staged_version, version)
-            (staged_model / "config.pbtxt").write_text(config_text)
-            (staged_model / "labels.txt").write_text(labels_text)
-            _fsync_tree(staged_model)
-            if not exists:
-                os.rename(staged_model, model_dir)
-            else:
-                os.rename(staged_version, model_dir / str(version))
-                if config_changed:
-                    os.replace(staged_model / "config.pbtxt", model_dir / "config.pbtxt")
-                if not (model_dir / "labels.txt").exists():
-                    os.replace(staged_model / "labels.txt", model_dir / "labels.txt")
-        except OSError as exc:
-            raise RepositoryError(f"cannot write into repository {repository}: {exc}", hint="check free space and permissions; the repository is unchanged") from None
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
-    LOGGER.info("published %s version %d into %s", name, version, repository)
-    return PublishedVersion(repository, name, version)
-
-
-def _fsync_tree(path: Path) -> None:
-    """Flush staged files so a crash right after the rename cannot expose empty files."""
-    for file in path.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as fh:
-                os.fsync(fh.fileno())
+    root = staging_root(Path(repository))
+    if not root.is_dir():
+        return []
+    with locked(root):
+        return recover_staging(root)

@@ -310,7 +310,7 @@ def test_onnx_target_builds_and_verifies_on_cpu(tiny_weights, tmp_path):
                                repository=repo, name="tiny_onnx", target="onnx", labels=list(LABELS), parity_samples=8))
     assert result.target == "onnx" and result.engine == "onnxruntime"
     version = repo / "tiny_onnx" / "1"
-    assert sorted(p.name for p in version.iterdir()) == ["build_manifest.json", "model.onnx"], "no Python-backend files"
+    assert sorted(p.name for p in version.iterdir()) == ["build_manifest.json", "config.pbtxt.built", "model.onnx"], "no Python-backend files"
     cfg = parse_pbtxt((repo / "tiny_onnx" / "config.pbtxt").read_text())
     assert cfg.platform == "onnxruntime_onnx" and cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     manifest = read_manifest(version).to_dict()

@@ -142,13 +142,14 @@ def test_publish_tuned_adds_a_version_and_touches_no_other(tmp_path: Path):
     assert published.version == 2
     assert tree_digest(repo / "tiny" / "1") == before
     files = sorted(p.name for p in (repo / "tiny" / "2").iterdir())
-    assert files == ["build_manifest.json", "engine.json", "model.py"]
+    assert files == ["build_manifest.json", "config.pbtxt.built", "engine.json", "model.py"]
+    assert (repo / "tiny" / "2" / "config.pbtxt.built").read_text() == text  # the config it goes live with
     cfg = parse_pbtxt((repo / "tiny" / "config.pbtxt").read_text())
     assert cfg.max_batch_size == 4 and cfg.instance_group[0].count == 2
     assert not cfg.version_policy.HasField("specific")  # the policy on disk is kept, not a rollout's
     manifest = json.loads((repo / "tiny" / "2" / "build_manifest.json").read_text())
     assert manifest["tuned"] == {"from_version": 1, "best": {"index": 1}} and manifest["version"] == 2
-    assert set(manifest["outputs"]) == {"engine.json", "model.py"}
+    assert set(manifest["outputs"]) == {"config.pbtxt.built", "engine.json", "model.py"}
     assert (repo / "tiny" / "labels.txt").read_text() == "cat\ndog\nship\nfrog\n"
     with pytest.raises(RepositoryError, match="has no version 7"):
         publish_tuned(repo, "tiny", 7, text, {})
