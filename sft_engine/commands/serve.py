@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+    _finish_interrupted_publish(cfg.repository)
     server = TritonServer(cfg)
     print(f"starting tritonserver on {cfg.host} for {cfg.repository} ...", flush=True)
     with server:
@@ -63,6 +64,19 @@ def run(args: argparse.Namespace) -> int:
         print("stopping ...", flush=True)
     print("stopped", flush=True)
     return 0
+
+
+def _finish_interrupted_publish(repository: Path) -> None:
+    """A build killed after its commit point is finished before the server reads the repository."""
+    from sft_engine.repository.writer import recover
+
+    try:
+        changed = recover(repository)
+    except OSError as exc:
+        print(f"warning: cannot check {repository} for an interrupted publish: {exc}", file=sys.stderr)
+        return
+    for name in changed:
+        print(f"finished an interrupted publish of {name}", flush=True)
 
 
 def _has_gpu_engines(repository: Path) -> bool:

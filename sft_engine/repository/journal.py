@@ -127,7 +127,7 @@ def recover_staging(root: Path) -> list[Path]:
     """Finish committed publishes and remove every other staging directory.
 
     The caller holds the lock, so every staging directory here is a dead process's.
-    Returns the directories of the repository that recovery changed.
+    Returns the paths that recovery put in place.
     """
     changed: list[Path] = []
     if not root.is_dir():
@@ -144,7 +144,7 @@ def recover_staging(root: Path) -> list[Path]:
                     apply(steps)
                 except OSError as exc:
                     LOGGER.warning("could not finish an interrupted publish (%s); its staged files are dropped", exc)
-                changed.extend(Path(s.dst).parent for s in pending)
+                changed.extend(Path(s.dst) for s in pending)
         else:
             LOGGER.info("removing the staging directory %s of a build that did not finish", entry.name)
         discard(entry)

@@ -249,7 +249,7 @@ def publish_models(repository: Path, releases: Sequence[ModelRelease]) -> list[P
         stage = Path(tempfile.mkdtemp(prefix="build-", dir=root))
         committed = False
         try:
-            plans = [_plan(repository, stage, release) for release in releases]
+            plans = [_plan(repository.resolve(), stage, release) for release in releases]
             _fsync_tree(stage)
             steps = [step for plan in plans for step in plan.steps]
             pause_point(0, "staged")
@@ -280,14 +280,16 @@ def publish(
     return publish_models(repository, [ModelRelease(name, config_text, tuple(labels), dict(files), manifest_writer)])[0]
 
 
-def recover(repository: Path) -> list[Path]:
+def recover(repository: Path) -> list[str]:
     """Finish a publish that was killed after its commit point; drop unfinished staging.
 
-    Safe to run at any time (it waits for a publish in progress). Returns the model
-    directories it changed. Nothing to do, and nothing created, when no build staged here.
+    Safe to run at any time (it waits for a publish in progress). Returns the names of
+    the models it changed. Nothing to do, and nothing created, when no build staged here.
     """
     root = staging_root(Path(repository))
     if not root.is_dir():
         return []
+    base = Path(repository).resolve()
     with locked(root):
-        return recover_staging(root)
+        changed = recover_staging(root)
+    return sorted({p.relative_to(base).parts[0] for p in changed if p.is_relative_to(base) and p != base})

@@ -95,20 +95,24 @@ def test_failure_while_publishing_leaves_repo_untouched(published, tiny_weights,
     assert tree_digest(repo) == before
 
 
-def test_killed_build_leaves_repo_untouched(published, tiny_weights):
+def test_killed_build_leaves_repo_untouched(published, tiny_weights, labels_file, tmp_path):
+    """SIGKILL while publishing: the engine is staged beside the repository, nothing is committed yet."""
     repo, _ = published
     before = tree_digest(repo)
+    marker = tmp_path / "paused"
     cmd = [sys.executable, "-m", "sft_engine.cli", "build", "--arch", "resnet18", "--weights", str(tiny_weights),
-           "--num-classes", "4", "--input-size", "32", "--repository", str(repo), "--name", "tiny", "--engine", "auto"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # kill it once it is exporting (the step that writes files)
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:  # type: ignore[union-attr]
-        if "[2/4]" in line or time.monotonic() > deadline:
-            time.sleep(1.0)
-            break
+           "--num-classes", "4", "--input-size", "32", "--repository", str(repo), "--name", "tiny", "--engine", "onnxruntime", "--labels", str(labels_file)]
+    env = dict(os.environ, SFT_ENGINE_PUBLISH_PAUSE_AT="0", SFT_ENGINE_PUBLISH_PAUSE_FILE=str(marker))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), f"the build did not reach publishing: {proc.stdout.read() if proc.poll() is not None else ''}"  # type: ignore[union-attr]
+    assert marker.read_text().split()[:2] == ["0", "staged"]
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    staged = list(repo.parent.glob(".repo.sft-staging/build-*/tiny/*/model.onnx"))
+    assert staged, "the killed build had its version staged"
     assert tree_digest(repo) == before
 
 
