@@ -36,7 +36,7 @@ def build_random(repository: Path, weights: Path | None = None, *, arch: str = "
     ``repository``; ``settings`` are further BuildConfig fields (name, input size, engine, ...).
     Returns the BuildResult."""
     from sft_engine.build import build
-    from sft_engine.config import BuildConfig
+    from sft_engine.build_config import BuildConfig
 
     return build(BuildConfig(arch=arch, num_classes=num_classes, weights=weights, allow_random_weights=weights is None,
                              repository=repository, **settings))

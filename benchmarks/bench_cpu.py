@@ -32,7 +32,7 @@ import torch
 
 from _fixture import build_random, embedded_server, random_weights
 
-from sft_engine.config import CPU_ENGINES, CPU_PRECISIONS
+from sft_engine.engines.cpu import ENGINES as CPU_ENGINES, PRECISIONS as CPU_PRECISIONS
 from sft_engine.engines.serving_model import EngineRunner
 from sft_engine.timing import latency_stats, time_closed_loop, time_interleaved
 

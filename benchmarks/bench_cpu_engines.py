@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sft_engine.engines.cpu import Candidate, cpu_has_native_bf16, export_onnx, export_openvino, export_torchscript
+from sft_engine.engines.base import EngineCandidate
+from sft_engine.engines.cpu import cpu_has_native_bf16, engine_json, export_onnx, export_openvino, export_torchscript
 from sft_engine.engines.serving_model import EngineRunner
 from sft_engine.models import build_model
 from sft_engine.timing import time_interleaved
@@ -81,9 +82,9 @@ def main() -> int:
         t0 = time.perf_counter()
         export_openvino(model, example, work / "model.xml")
         compile_s["openvino"] = time.perf_counter() - t0
-        fns["openvino"] = EngineRunner(tmp, Candidate("openvino").settings(0)).run
+        fns["openvino"] = EngineRunner(tmp, engine_json(EngineCandidate("openvino"), 0)).run
         if cpu_has_native_bf16():
-            fns["openvino_bf16"] = EngineRunner(tmp, Candidate("openvino", "bf16").settings(0)).run
+            fns["openvino_bf16"] = EngineRunner(tmp, engine_json(EngineCandidate("openvino", "bf16"), 0)).run
         t0 = time.perf_counter()
         export_torchscript(model, example, work / "model.ts")
         compile_s["torchscript"] = time.perf_counter() - t0

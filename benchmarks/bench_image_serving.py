@@ -49,7 +49,7 @@ MAX_BATCH = 8
 
 def build_models(repo: Path, models: list[tuple[str, int]]) -> dict[str, str]:
     from sft_engine.build import build
-    from sft_engine.config import BuildConfig
+    from sft_engine.build_config import BuildConfig
 
     names = {}
     for arch, size in models:

@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 #: public name → module that defines it (imported lazily)
 _LAZY = {
-    "BuildConfig": "sft_engine.config",
+    "BuildConfig": "sft_engine.build_config",
     "BuildResult": "sft_engine.build",
     "build": "sft_engine.build",
     "Preprocessing": "sft_engine.preprocess",

@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from sft_engine.engines.base import Runner
 from sft_engine.errors import ConfigError, ParityError
 from sft_engine.preprocess import Preprocessing
 
-__all__ = ["ParityReport", "Tolerance", "check_parity", "parity_inputs", "class_indices", "eager_logits", "CALIBRATION_SUFFIXES"]
+__all__ = [
+    "Runner", "Check", "ParityReport", "ParityData", "Tolerance", "check_parity", "run_checks", "parity_inputs", "class_indices",
+    "eager_logits", "CALIBRATION_SUFFIXES", "CHECK_BATCH", "FP16_TOLERANCE", "BF16_TOLERANCE", "INT8_TOLERANCE",
+    "PRECISION_GATES", "gate_for", "fp16_tolerance", "bf16_tolerance", "int8_tolerance",
+]
+
+#: in-process runner: NCHW float32 batch → logits (float32)
+Runner = Callable[[np.ndarray], np.ndarray]
+#: the largest batch a build's parity check sends to an engine (less when the engine's max batch is smaller)
+CHECK_BATCH = 16
 
 LOGGER = logging.getLogger(__name__)
 #: image files a calibration directory is read for
@@ -43,6 +51,75 @@ class Tolerance:
     rtol: float = 1e-3
     min_top1_agreement: float = 0.99
     max_accuracy_drop: float = 0.3
+
+
+#: half-precision parity: logits may move by ~1e-2 relative; what must hold is the decision
+FP16_TOLERANCE = Tolerance(atol=1e-2, rtol=1e-2, min_top1_agreement=0.995, max_accuracy_drop=0.3)
+
+#: bfloat16 keeps 8 mantissa bits to FP16's 11, so logits move several times further
+#: (ResNet-50: ~0.5% of the largest logit); the decision gate is as strict as FP16's
+BF16_TOLERANCE = Tolerance(atol=5e-2, rtol=3e-2, min_top1_agreement=0.995, max_accuracy_drop=0.3)
+
+#: INT8 moves logits by a few per cent of their range (quantized activations), so logit
+#: distance is recorded, not gated (bounded only by the logits' own scale, which catches a
+#: broken engine); what must hold is the decision, on held-out images the quantizer never saw
+INT8_TOLERANCE = Tolerance(atol=0.0, rtol=1.0, min_top1_agreement=0.99, max_accuracy_drop=0.5)
+
+#: precision → the gate an engine computing in it must pass. FP32 engines are judged by
+#: the build's tolerance as given; a new reduced precision is one entry here.
+PRECISION_GATES: dict[str, Tolerance] = {"fp16": FP16_TOLERANCE, "bf16": BF16_TOLERANCE, "int8": INT8_TOLERANCE}
+
+# BuildConfig field (as recorded in ``cfg.source``) → Tolerance field
+_TOLERANCE_FIELDS = {
+    "parity_atol": "atol",
+    "parity_rtol": "rtol",
+    "parity_min_top1_agreement": "min_top1_agreement",
+    "accuracy_max_drop": "max_accuracy_drop",
+}
+
+
+def gate_for(precision: str, given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
+    """The gate of an engine computing in ``precision``: its precision's gate, keeping each value the user set.
+
+    ``given`` is the build's tolerance; ``source`` (``BuildConfig.source``) names the
+    settings the user gave, which win over the reduced-precision defaults.
+    """
+    base = PRECISION_GATES.get(precision)
+    if base is None:
+        return given
+    return replace(base, **{name: getattr(given, name) for key, name in _TOLERANCE_FIELDS.items() if key in source})
+
+
+def fp16_tolerance(given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
+    """FP16 parity tolerance (GPU engines), keeping each value the user set."""
+    return gate_for("fp16", given, source)
+
+
+def bf16_tolerance(given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
+    """bf16 parity tolerance (CPU engines), keeping each value the user set."""
+    return gate_for("bf16", given, source)
+
+
+def int8_tolerance(given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
+    """INT8 gate (CPU engines), keeping each value the user set."""
+    return gate_for("int8", given, source)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One runner an exporter hands over to be judged against the eager model.
+
+    ``label`` names the engine in its parity report (``tensorrt-fp16@sm90``); ``key``
+    files the report in a per-check map of the manifest (compute capability of a plan);
+    ``subject`` and ``against`` word the error when it fails ("the FP16 TensorRT plan
+    disagrees with eager FP32 on H200").
+    """
+
+    label: str
+    runner: Runner
+    key: str = ""
+    subject: str = ""
+    against: str = "the eager model"
 
 
 @dataclass
@@ -203,3 +280,27 @@ def check_parity(
     )
     LOGGER.info("parity %s", report.summary())
     return report
+
+
+def run_checks(
+    checks: Sequence[Check],
+    reference: np.ndarray,
+    data: ParityData,
+    tolerance: Tolerance,
+    batch_size: int = CHECK_BATCH,
+    raise_on_failure: bool = False,
+) -> list[ParityReport]:
+    """Judge each check's runner against the eager ``reference``; with ``raise_on_failure`` a failure is a ParityError.
+
+    The error names the check (its ``subject`` against what) and the reasons, and says
+    that nothing was published; it carries the report.
+    """
+    reports = []
+    for check in checks:
+        report = check_parity(check.label, reference, check.runner, data, tolerance, batch_size=batch_size)
+        if raise_on_failure and not report.passed:
+            raise ParityError(f"{check.subject or check.label} disagrees with {check.against}: {', '.join(report.reasons)}",
+                              hint="nothing was published; check the model, or pass --parity-atol / --parity-min-top1-agreement to loosen the gate",
+                              report=report.to_dict())
+        reports.append(report)
+    return reports

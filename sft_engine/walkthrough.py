@@ -38,7 +38,7 @@ def run_demo(workdir: Path, epochs: int = 4, images: int = 8, loadtest_seconds: 
     """Run the demo in ``workdir`` (created; earlier demo files there are replaced), telling ``say`` each step."""
     from sft_engine.build import build
     from sft_engine.client import Client
-    from sft_engine.config import BuildConfig, load_finetune_dir
+    from sft_engine.build_config import BuildConfig, load_finetune_dir
     from sft_engine.finetune import FinetuneConfig, finetune, make_synthetic_images
     from sft_engine.server import ServerConfig, TritonServer
 

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sft_engine.config import TARGETS, CPU_ENGINES, CPU_PRECISIONS, BuildConfig, load_build_spec, load_finetune_dir, read_labels
-from sft_engine.preprocess import parse_floats
+from sft_engine.build_config import BuildConfig, config_from_sources
 
 # flag dest → BuildConfig field (flags left at None are not applied)
 _FLAG_FIELDS = (
@@ -38,9 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--mean", help="R,G,B mean, e.g. 0.485,0.456,0.406")
     pre.add_argument("--std", help="R,G,B std, e.g. 0.229,0.224,0.225")
     out = p.add_argument_group("engine and serving")
-    out.add_argument("--target", choices=TARGETS, help="cpu (default), tensorrt, torchscript-gpu, onnx, or auto")
-    out.add_argument("--engine", choices=CPU_ENGINES, help="CPU engine; auto measures each and keeps the fastest that passes its gate")
-    out.add_argument("--precision", choices=CPU_PRECISIONS,
+    out.add_argument("--target", help="cpu (default), tensorrt, torchscript-gpu, onnx, or auto (see docs/build.md)")
+    out.add_argument("--engine", help="CPU engine: onnxruntime, torchscript, openvino, or auto (default), which measures each and keeps the fastest that passes its gate")
+    out.add_argument("--precision",
                      help="CPU arithmetic: auto (default) also tries bf16 where the CPU has it natively, under the accuracy gate; fp32 keeps FP32")
     out.add_argument("--name", help="model name in the repository (default: the arch)")
     out.add_argument("--repository", metavar="DIR", help="Triton model repository (default: model_repository)")
@@ -72,26 +71,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
-    cfg = BuildConfig()
-    if args.from_finetune:
-        cfg = cfg.merged(load_finetune_dir(args.from_finetune), f"{args.from_finetune}/metadata.json")
-    if args.spec:
-        spec = load_build_spec(args.spec)
-        if "from_finetune" in spec:
-            cfg = cfg.merged(load_finetune_dir(spec.pop("from_finetune")), "fine-tuning metadata")
-        cfg = cfg.merged(spec, args.spec)
     flags: dict[str, Any] = {k: getattr(args, k) for k in _FLAG_FIELDS if getattr(args, k, None) is not None}
-    if "mean" in flags:
-        flags["mean"] = parse_floats(flags["mean"], "--mean")
-    if "std" in flags:
-        flags["std"] = parse_floats(flags["std"], "--std")
-    if "gpus" in flags:
-        flags["gpus"] = tuple(int(g) for g in parse_floats(flags["gpus"], "--gpus"))
     if args.labels:
-        flags["labels"] = read_labels(args.labels)
+        flags["labels_file"] = args.labels
     if args.allow_random_weights:
         flags["allow_random_weights"] = True
-    return cfg.merged(flags, "flags")
+    return config_from_sources(args.from_finetune, args.spec, flags)
 
 
 #: flags whose value is a path the build reads, and the one it writes
@@ -143,25 +128,5 @@ def run(args: argparse.Namespace) -> int:
         return _print_docker(args, cfg.validated())
     quiet = args.json
     result = build(cfg, progress=(lambda _: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True)))
-    pub = result.published
-    if args.json:
-        print(json.dumps({"model": pub.name, "version": pub.version, "path": str(pub.path), "target": result.target,
-                          "engine": result.engine, "precision": result.precision, "parity": result.parity, "seconds": round(result.seconds, 2)}, indent=2))
-        return 0
-    print(f"published {pub.name} version {pub.version} ({result.target}/{result.engine_label}) at {pub.path}")
-    for cand in result.candidates:
-        lat = cand.get("latency")
-        parity = cand.get("parity") or {}
-        if parity.get("passed"):
-            status = "passed"
-        elif cand.get("exported"):
-            status = f"failed its gate ({'; '.join(parity.get('reasons') or [])})"
-        else:
-            status = f"not exported ({cand.get('error', 'unknown error')})"
-        figure = f", {lat['p50_ms']:.2f} ms p50 at batch {lat['batch_size']}" if lat else ""
-        print(f"  candidate {cand.get('candidate', cand['engine'])}: {status}{figure}")
-    par = result.parity
-    if par:
-        print(f"  parity: max|diff| {par['max_abs_diff']:.3g} (allowed {par['allowed_abs_diff']:.3g}), top-1 agreement {par['top1_agreement']:.2%} on {par['samples']} inputs")
-    print(f"  serve it: sft-engine serve --repository {pub.repository}")
+    print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.summary_lines()))
     return 0

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from sft_engine.engines.gpu_common import half_module
-from sft_engine.engines.precision import FP16_TOLERANCE
+from sft_engine.verify import FP16_TOLERANCE
 
 __all__ = ["ExportCheck", "export_half_module", "check_half_export"]
 

@@ -21,14 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from sft_engine.engines.base import ExportContext, Runner
-from sft_engine.engines.precision import fp16_tolerance
-from sft_engine.errors import ParityError
-from sft_engine.repository.config import DynamicBatchingSpec, InstanceGroupSpec
-from sft_engine.verify import ParityReport, check_parity
+__all__ = ["HalfPrecisionClassifier", "half_module", "cuda_device", "DeviceRunner", "FP16"]
 
-__all__ = ["HalfPrecisionClassifier", "half_module", "cuda_device", "gpu_instance_group", "dynamic_batching", "warmup_batches",
-           "DeviceRunner", "fp16_gate"]
+#: the candidate precision of both FP16 GPU targets (its gate: ``verify.FP16_TOLERANCE``)
+FP16 = "fp16"
 
 
 class HalfPrecisionClassifier(nn.Module):
@@ -51,20 +47,6 @@ def cuda_device(index: int) -> torch.device:
     return torch.device("cuda", index)
 
 
-def gpu_instance_group(instance_count: int, gpus: tuple[int, ...]) -> InstanceGroupSpec:
-    """``count`` instances on each GPU in ``gpus`` (every GPU of the serving host when empty)."""
-    return InstanceGroupSpec("KIND_GPU", instance_count, tuple(gpus))
-
-
-def dynamic_batching(max_queue_delay_us: int) -> DynamicBatchingSpec:
-    return DynamicBatchingSpec(max_queue_delay_us=max_queue_delay_us)
-
-
-def warmup_batches(max_batch_size: int) -> tuple[int, ...]:
-    """Warm the smallest and the largest batch: the model is READY only when both ran."""
-    return tuple(sorted({1, max_batch_size}))
-
-
 class DeviceRunner:
     """In-process runner for a CUDA module: NCHW float32 numpy → float32 numpy logits."""
 
@@ -77,19 +59,3 @@ class DeviceRunner:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, dtype=self.input_dtype, non_blocking=False)
             return self._fn(x).float().cpu().numpy()
-
-
-def fp16_gate(ctx: ExportContext, engine: str, runner: Runner, what: str, gpu_name: str) -> ParityReport:
-    """Judge an FP16 engine against eager FP32 by the FP16 tolerance (keeping what the user set).
-
-    Raises ParityError, so nothing is published, when it fails; the report records the
-    tolerance it was judged by.
-    """
-    b = ctx.build
-    tolerance = fp16_tolerance(ctx.tolerance, getattr(b, "source", {}))
-    report = check_parity(engine, ctx.reference, runner, ctx.data, tolerance, batch_size=min(b.max_batch_size, 16))
-    if not report.passed:
-        raise ParityError(f"the FP16 {what} disagrees with eager FP32 on {gpu_name}: {', '.join(report.reasons)}",
-                          hint="nothing was published; check the model, or pass --parity-atol / --parity-min-top1-agreement to loosen the gate",
-                          report=report.to_dict())
-    return report

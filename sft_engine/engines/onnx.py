@@ -19,31 +19,30 @@ backend, so this target is served by the NGC container, not by ``sft-engine serv
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import logging
-from typing import Any
 
-import numpy as np
 import torch
 
-from sft_engine.engines.base import EngineArtifact, ExportContext
-from sft_engine.engines.cpu import INPUT_NAME, OUTPUT_NAME, Candidate, default_threads, export_onnx
+from sft_engine.engines.base import EngineArtifact, EngineCandidate, EngineConfig, ExportContext, ExportSettings, Target, serving_config
+from sft_engine.engines.cpu import INPUT_NAME, OUTPUT_NAME, default_threads, engine_json, export_onnx
 from sft_engine.engines.serving_model import EngineRunner
-from sft_engine.errors import ExportError, ParityError, TargetUnavailable
-from sft_engine.repository.config import DynamicBatchingSpec, InstanceGroupSpec, ModelConfigSpec, TensorSpec
-from sft_engine.verify import check_parity
+from sft_engine.errors import ExportError, TargetUnavailable
+from sft_engine.repository.config import ModelConfigSpec, TensorSpec
+from sft_engine.verify import Check
 
-__all__ = ["export", "check_available", "onnx_config", "MODEL_FILE", "OPSET"]
+__all__ = ["TARGET", "export", "check_available", "onnx_config", "onnx_engine_config", "MODEL_FILE", "OPSET"]
 
 LOGGER = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 #: the opset ``cpu.export_onnx`` writes (ONNX Runtime ≥ 1.12 reads it)
 OPSET = 17
+#: the one candidate: the FP32 graph, verified with ONNX Runtime on CPU
+CANDIDATE = EngineCandidate("onnxruntime")
 
 
-def check_available(build: Any = None) -> None:
+def check_available(settings: ExportSettings | None = None) -> None:
     """Export and verification run on CPU; they need the ``onnx`` and ``onnxruntime`` packages."""
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
@@ -51,45 +50,37 @@ def check_available(build: Any = None) -> None:
                                 hint="pip install 'sft-engine[onnx]', or use --target cpu --engine torchscript")
 
 
-def onnx_config(name: str, num_classes: int, shape: tuple[int, ...], max_batch_size: int, instance_count: int,
-                max_queue_delay_us: int, gpus: tuple[int, ...], parameters: dict[str, str]) -> ModelConfigSpec:
-    """Model-level config: KIND_CPU, or KIND_GPU + TensorRT FP16 accelerator when ``gpus`` is given."""
-    on_gpu = bool(gpus)
-    return ModelConfigSpec(
-        name=name,
+def onnx_engine_config(num_classes: int, shape: tuple[int, ...], on_gpu: bool) -> EngineConfig:
+    """The engine half: ``onnxruntime_onnx``; on GPUs with the TensorRT FP16 execution accelerator."""
+    return EngineConfig(
         platform="onnxruntime_onnx",
-        max_batch_size=max_batch_size,
         inputs=(TensorSpec(INPUT_NAME, "FP32", tuple(shape)),),
         outputs=(TensorSpec(OUTPUT_NAME, "FP32", (num_classes,), label_filename="labels.txt"),),
-        instance_groups=(InstanceGroupSpec("KIND_GPU" if on_gpu else "KIND_CPU", instance_count, tuple(gpus)),),
-        dynamic_batching=DynamicBatchingSpec(max_queue_delay_us=max_queue_delay_us),
-        parameters=tuple(sorted(parameters.items())),
-        warmup_batch_sizes=tuple(sorted({1, max_batch_size})),
+        instance_kind="KIND_GPU" if on_gpu else "KIND_CPU",
         default_model_filename=MODEL_FILE,
         onnx_tensorrt_accelerator=on_gpu,
     )
 
 
-def export(ctx: ExportContext) -> EngineArtifact:
-    """Target ``onnx``: the uniform exporter entry point."""
-    check_available(ctx.build)
-    b = ctx.build
+def onnx_config(name: str, num_classes: int, shape: tuple[int, ...], max_batch_size: int, instance_count: int,
+                max_queue_delay_us: int, gpus: tuple[int, ...], parameters: dict[str, str]) -> ModelConfigSpec:
+    """Model-level config: KIND_CPU, or KIND_GPU + TensorRT FP16 accelerator when ``gpus`` is given."""
+    return serving_config(onnx_engine_config(num_classes, shape, bool(gpus)), name, max_batch_size, instance_count,
+                          max_queue_delay_us, parameters, tuple(gpus))
+
+
+def export(ctx: ExportContext, candidate: EngineCandidate = CANDIDATE) -> EngineArtifact:
+    """``model.onnx``, and an ONNX Runtime session on CPU for the gate."""
+    s = ctx.settings
+    check_available(s)
     path = ctx.workdir / MODEL_FILE
-    example = torch.from_numpy(np.ascontiguousarray(ctx.data.inputs[: min(2, b.max_batch_size)]))
     try:
-        export_onnx(ctx.model, example, path)
+        export_onnx(ctx.model, torch.from_numpy(ctx.example), path)
     except Exception as exc:  # an unexportable layer is an expected outcome
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{b.arch} could not be exported to ONNX: {type(exc).__name__}: {first}", hint="try --target cpu --engine torchscript") from exc
-    threads = default_threads(b.instance_count)
-    runner = EngineRunner(str(ctx.workdir), Candidate("onnxruntime").settings(threads))
-    report = check_parity("onnxruntime", ctx.reference, runner.run, ctx.data, ctx.tolerance, batch_size=min(b.max_batch_size, 16))
-    if not report.passed:
-        raise ParityError(f"the ONNX model disagrees with the eager model: {', '.join(report.reasons)}",
-                          hint="nothing was published; check the model or loosen --parity-atol", report=report.to_dict())
-    gpus = tuple(b.gpus)
-    config = onnx_config(b.name, b.num_classes, tuple(b.preprocessing.shape), b.max_batch_size, b.instance_count,
-                         b.max_queue_delay_us, gpus, ctx.parameters)
+        raise ExportError(f"{s.arch} could not be exported to ONNX: {type(exc).__name__}: {first}", hint="try --target cpu --engine torchscript") from exc
+    runner = EngineRunner(str(ctx.workdir), engine_json(candidate, default_threads(s.instance_count)))
+    gpus = tuple(s.gpus)
     import onnxruntime
 
     compat = {
@@ -100,7 +91,16 @@ def export(ctx: ExportContext) -> EngineArtifact:
         "served_precision": "FP16 through the TensorRT execution accelerator (built at load time, not verified here)" if gpus else "FP32 on CPU (as verified)",
         "triton_container_note": "any NGC Triton container whose ONNX Runtime reads opset 17 (ONNX Runtime 1.12 or newer)",
     }
-    details = {"parity": report.to_dict(), "tolerance": dataclasses.asdict(ctx.tolerance),
-               "verified_with": "onnxruntime CPUExecutionProvider", "compatibility": compat}
-    LOGGER.info("ONNX model verified with ONNX Runtime %s on CPU", onnxruntime.__version__)
-    return EngineArtifact(target="onnx", engine="onnxruntime", files={MODEL_FILE: path}, config=config, runner=runner.run, details=details)
+    return EngineArtifact(
+        candidate=candidate, engine="onnxruntime", files={MODEL_FILE: path},
+        config=onnx_engine_config(s.num_classes, s.input_shape, bool(gpus)),
+        checks=(Check("onnxruntime", runner.run, subject="the ONNX model"),),
+        details={"verified_with": "onnxruntime CPUExecutionProvider", "compatibility": compat},
+    )
+
+
+def plan(settings: ExportSettings) -> list[EngineCandidate]:
+    return [CANDIDATE]
+
+
+TARGET = Target(name="onnx", plan=plan, export=export, check_available=check_available)

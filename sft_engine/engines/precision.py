@@ -1,4 +1,4 @@
-"""How to ask Torch-TensorRT for FP16, per version, and how strict FP16 parity is.
+"""How to ask Torch-TensorRT for FP16, per version (the gates by precision are in ``sft_engine.verify``).
 
 Torch-TensorRT's FP16 switch moved three times, and the wrong form fails silently:
 
@@ -23,49 +23,22 @@ flag, because under weak typing TensorRT may otherwise run half tensors in FP32 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
 from sft_engine.errors import TargetUnavailable
-from sft_engine.verify import Tolerance
 
 __all__ = [
     "MIN_TORCH_TENSORRT",
     "Fp16Recipe",
     "parse_version",
     "fp16_recipe",
-    "FP16_TOLERANCE",
-    "fp16_tolerance",
-    "BF16_TOLERANCE",
-    "bf16_tolerance",
-    "INT8_TOLERANCE",
-    "int8_tolerance",
 ]
 
 #: first release with ``dynamo.convert_exported_program_to_serialized_trt_engine``
 MIN_TORCH_TENSORRT = (2, 5)
-
-#: half-precision parity: logits may move by ~1e-2 relative; what must hold is the decision
-FP16_TOLERANCE = Tolerance(atol=1e-2, rtol=1e-2, min_top1_agreement=0.995, max_accuracy_drop=0.3)
-
-#: bfloat16 keeps 8 mantissa bits to FP16's 11, so logits move several times further
-#: (ResNet-50: ~0.5% of the largest logit); the decision gate is as strict as FP16's
-BF16_TOLERANCE = Tolerance(atol=5e-2, rtol=3e-2, min_top1_agreement=0.995, max_accuracy_drop=0.3)
-
-#: INT8 moves logits by a few per cent of their range (quantized activations), so logit
-#: distance is recorded, not gated (bounded only by the logits' own scale, which catches a
-#: broken engine); what must hold is the decision, on held-out images the quantizer never saw
-INT8_TOLERANCE = Tolerance(atol=0.0, rtol=1.0, min_top1_agreement=0.99, max_accuracy_drop=0.5)
-
-# BuildConfig field (as recorded in ``cfg.source``) → Tolerance field
-_TOLERANCE_FIELDS = {
-    "parity_atol": "atol",
-    "parity_rtol": "rtol",
-    "parity_min_top1_agreement": "min_top1_agreement",
-    "accuracy_max_drop": "max_accuracy_drop",
-}
 
 Entry = Literal["serialized_engine", "compile"]
 
@@ -152,23 +125,3 @@ def fp16_recipe(version: str, entry: Entry = "serialized_engine", autocast: bool
         ver, "half_model", half_model=True, input_dtype=torch.float16,
         note="enabled_precisions no longer exists (torch_tensorrt.compile would drop it silently); precision follows the half model's dtypes",
     )
-
-
-def _reduced_tolerance(base: Tolerance, given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
-    overrides = {name: getattr(given, name) for key, name in _TOLERANCE_FIELDS.items() if key in source}
-    return replace(base, **overrides)
-
-
-def fp16_tolerance(given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
-    """FP16 parity tolerance, keeping each value the user set (``cfg.source`` names the keys set)."""
-    return _reduced_tolerance(FP16_TOLERANCE, given, source)
-
-
-def bf16_tolerance(given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
-    """bf16 parity tolerance (CPU engines), keeping each value the user set."""
-    return _reduced_tolerance(BF16_TOLERANCE, given, source)
-
-
-def int8_tolerance(given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
-    """INT8 gate (CPU engines), keeping each value the user set."""
-    return _reduced_tolerance(INT8_TOLERANCE, given, source)

@@ -9,8 +9,8 @@ The pipeline, per GPU architecture of the build host:
    of the installed Torch-TensorRT version (``precision.fp16_recipe``): one whole-graph
    engine, no PyTorch fallback, exactly what ``platform: "tensorrt_plan"`` loads;
 3. the plan is deserialized with TensorRT and checked: a silently FP32 engine fails the
-   build (``fp16_check``), then the plan itself runs the parity and accuracy gate
-   against eager FP32 with FP16 tolerances.
+   build (``fp16_check``); the plan itself is then handed to the build's parity and
+   accuracy gate (FP16 tolerances), one check per architecture.
 
 Plans are tied to the GPU architecture, so a host with several architectures gets one
 plan per compute capability and a ``cc_model_filenames`` map; and to the TensorRT
@@ -33,16 +33,17 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from sft_engine.engines.base import EngineArtifact, ExportContext
+from sft_engine.engines.base import EngineArtifact, EngineCandidate, EngineConfig, ExportContext, ExportSettings, Target, serving_config
 from sft_engine.engines.compat import GpuInfo, check_plan_servable, compatibility_manifest, list_gpus, require_torch_tensorrt, select_gpus
 from sft_engine.engines.fp16_check import assess_fp16
-from sft_engine.engines.gpu_common import fp16_gate, dynamic_batching, gpu_instance_group, half_module, warmup_batches
+from sft_engine.engines.gpu_common import FP16, half_module
 from sft_engine.engines.precision import Fp16Recipe, fp16_recipe
 from sft_engine.errors import ExportError
 from sft_engine.repository.config import ModelConfigSpec, TensorSpec
+from sft_engine.verify import Check
 
-__all__ = ["export", "check_available", "tensorrt_config", "batch_profile", "plan_filenames", "compile_plan", "detailed_profiling",
-           "DEBUGGER_SINCE", "INPUT_NAME", "OUTPUT_NAME"]
+__all__ = ["TARGET", "export", "check_available", "tensorrt_config", "tensorrt_engine_config", "batch_profile", "plan_filenames",
+           "compile_plan", "detailed_profiling", "DEBUGGER_SINCE", "INPUT_NAME", "OUTPUT_NAME"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,7 +52,11 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "output0"
 
 
-def check_available(build: Any = None) -> None:
+#: the one candidate: an FP16 plan per GPU architecture
+CANDIDATE = EngineCandidate("tensorrt", FP16)
+
+
+def check_available(settings: ExportSettings | None = None) -> None:
     """Raise TargetUnavailable (one line, naming what is missing and what works instead)."""
     require_torch_tensorrt("tensorrt")
 
@@ -95,18 +100,20 @@ def tensorrt_config(
     config carries ``cc_model_filenames`` (Triton picks the plan of the serving GPU and
     fails to load on an architecture without one), else ``default_model_filename``.
     """
+    return serving_config(tensorrt_engine_config(num_classes, shape, plans, input_name, output_name, input_dtype),
+                          name, max_batch_size, instance_count, max_queue_delay_us, parameters, tuple(gpus))
+
+
+def tensorrt_engine_config(num_classes: int, shape: tuple[int, ...], plans: dict[str, str] | None = None, input_name: str = INPUT_NAME,
+                           output_name: str = OUTPUT_NAME, input_dtype: str = "FP16") -> EngineConfig:
+    """The engine half: ``tensorrt_plan`` on KIND_GPU with CUDA graphs; one plan, or one per compute capability."""
     plans = plans or {"any": "model.plan"}
     several = len(plans) > 1
-    return ModelConfigSpec(
-        name=name,
+    return EngineConfig(
         platform="tensorrt_plan",
-        max_batch_size=max_batch_size,
         inputs=(TensorSpec(input_name, input_dtype, tuple(shape)),),
         outputs=(TensorSpec(output_name, "FP32", (num_classes,), label_filename="labels.txt"),),
-        instance_groups=(gpu_instance_group(instance_count, gpus),),
-        dynamic_batching=dynamic_batching(max_queue_delay_us),
-        parameters=tuple(sorted(parameters.items())),
-        warmup_batch_sizes=warmup_batches(max_batch_size),
+        instance_kind="KIND_GPU",
         default_model_filename=None if several else next(iter(plans.values())),
         cc_model_filenames=tuple(sorted(plans.items())) if several else (),
         cuda_graphs=True,
@@ -196,10 +203,10 @@ def compile_plan(module: nn.Module, recipe: Fp16Recipe, gpu: GpuInfo, shape: tup
 
 
 def _compile_one(ctx: ExportContext, recipe: Fp16Recipe, gpu: GpuInfo, path: Path) -> dict[str, Any]:
-    """Build, check FP16, check parity, for one architecture. Returns what the manifest records."""
+    """Build and check FP16, for one architecture. Returns the runner and what the manifest records."""
     from sft_engine.engines.trt_runtime import PlanRunner
 
-    b = ctx.build
+    s = ctx.settings
     device = torch.device("cuda", gpu.index)
     if not recipe.half_model:
         raise ValueError("the tensorrt target compiles the half model; autocast recipes are for dynamo.compile")
@@ -207,34 +214,32 @@ def _compile_one(ctx: ExportContext, recipe: Fp16Recipe, gpu: GpuInfo, path: Pat
     parameters = sum(p.numel() for p in ctx.model.parameters())
     LOGGER.info("compiling FP16 TensorRT plan on GPU %d (%s, sm %s)", gpu.index, gpu.name, gpu.compute_capability)
     try:
-        plan, detailed = compile_plan(module, recipe, gpu, tuple(b.preprocessing.shape), b.max_batch_size, ctx.workdir / f"trt-debug-{gpu.sm}")
+        plan, detailed = compile_plan(module, recipe, gpu, tuple(s.input_shape), s.max_batch_size, ctx.workdir / f"trt-debug-{gpu.sm}")
     except Exception as exc:  # an unconvertible layer is an expected outcome, told apart from our bugs by the message
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"Torch-TensorRT could not compile {b.arch} for {gpu.name}: {type(exc).__name__}: {first}",
+        raise ExportError(f"Torch-TensorRT could not compile {s.arch} for {gpu.name}: {type(exc).__name__}: {first}",
                           hint="try --target torchscript-gpu, or run with -vv for the TensorRT log") from exc
     finally:
         del module  # the half copy's weights: TensorRT holds its own from here on
         torch.cuda.empty_cache()
     path.write_bytes(plan)
     runner = PlanRunner(plan, gpu.index)
-    verdict = assess_fp16(runner.io(), runner.layers(batch_profile(b.max_batch_size)[1]), len(plan), parameters)
+    verdict = assess_fp16(runner.io(), runner.layers(batch_profile(s.max_batch_size)[1]), len(plan), parameters)
     if not verdict.passed:
         raise ExportError(f"the TensorRT plan for {gpu.name} is not FP16: {'; '.join(verdict.reasons)}",
                           hint=f"Torch-TensorRT {'.'.join(map(str, recipe.version))} ignored the FP16 request; nothing was published")
-    report = fp16_gate(ctx, f"tensorrt-fp16@{gpu.sm}", runner.run, "TensorRT plan", gpu.name)
-    return {
-        "runner": runner, "report": report, "verdict": verdict, "detailed_profile": detailed,
-        "io": runner.io(), "bytes": len(plan),
-    }
+    check = Check(f"tensorrt-fp16@{gpu.sm}", runner.run, key=gpu.compute_capability, subject="the FP16 TensorRT plan",
+                  against=f"eager FP32 on {gpu.name}")
+    return {"runner": runner, "check": check, "verdict": verdict, "detailed_profile": detailed, "io": runner.io(), "bytes": len(plan)}
 
 
-def export(ctx: ExportContext) -> EngineArtifact:
-    """Target ``tensorrt``: the uniform exporter entry point."""
-    check_available(ctx.build)
+def export(ctx: ExportContext, candidate: EngineCandidate = CANDIDATE) -> EngineArtifact:
+    """One FP16 plan per GPU architecture of the build host (or of ``--gpus``)."""
+    s = ctx.settings
+    check_available(s)
     import torch_tensorrt
 
-    b = ctx.build
-    gpus = select_gpus(tuple(b.gpus), list_gpus())
+    gpus = select_gpus(tuple(s.gpus), list_gpus())
     by_cc: dict[str, GpuInfo] = {}
     for gpu in gpus:
         by_cc.setdefault(gpu.compute_capability, gpu)
@@ -249,23 +254,25 @@ def export(ctx: ExportContext) -> EngineArtifact:
     if len(names) != 1:
         raise ExportError(f"the plans disagree on tensor names: {sorted(names)}", hint="report this as a bug")
     input_name, output_name = names.pop()
-    config = tensorrt_config(b.name, b.num_classes, tuple(b.preprocessing.shape), b.max_batch_size, b.instance_count,
-                             b.max_queue_delay_us, tuple(b.gpus), ctx.parameters, plans, input_name, output_name,
-                             first["io"][input_name]["dtype"])
     compat = compatibility_manifest("tensorrt", list(by_cc.values()), plans)
-    check_plan_servable(compat, bool(getattr(b, "allow_unmatched_tensorrt", False)))
+    check_plan_servable(compat, s.allow_unmatched_tensorrt)
     details = {
-        "parity": first["report"].to_dict(),
-        "parity_per_architecture": {cc: r["report"].to_dict() for cc, r in results.items()},
         "fp16_check": {cc: {**r["verdict"].to_dict(), "detailed_profile": r["detailed_profile"]} for cc, r in results.items()},
         "fp16_recipe": recipe.describe(),
-        "tolerance": first["report"].tolerance,
-        "batch_profile": list(batch_profile(b.max_batch_size)),
+        "batch_profile": list(batch_profile(s.max_batch_size)),
         "io": first["io"],
         "plan_bytes": {plans[cc]: r["bytes"] for cc, r in results.items()},
         "compatibility": compat,
     }
     return EngineArtifact(
-        target="tensorrt", engine="tensorrt-fp16", files={f: ctx.workdir / f for f in plans.values()}, config=config,
-        runner=first["runner"].run, details=details,
+        candidate=candidate, engine="tensorrt-fp16", files={f: ctx.workdir / f for f in plans.values()},
+        config=tensorrt_engine_config(s.num_classes, tuple(s.input_shape), plans, input_name, output_name, first["io"][input_name]["dtype"]),
+        checks=tuple(r["check"] for r in results.values()), details=details, checks_field="parity_per_architecture",
     )
+
+
+def plan(settings: ExportSettings) -> list[EngineCandidate]:
+    return [CANDIDATE]
+
+
+TARGET = Target(name="tensorrt", plan=plan, export=export, check_available=check_available)

@@ -22,20 +22,20 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from sft_engine.engines.base import EngineArtifact, ExportContext
+from sft_engine.engines.base import EngineArtifact, EngineCandidate, EngineConfig, ExportContext, ExportSettings, Target, serving_config
 from sft_engine.engines.compat import GpuInfo, compatibility_manifest, list_gpus, require_cuda, select_gpus
-from sft_engine.engines import gpu_common
-from sft_engine.engines.gpu_common import fp16_gate, DeviceRunner, dynamic_batching, gpu_instance_group, half_module, warmup_batches
+from sft_engine.engines.gpu_common import FP16, DeviceRunner, cuda_device, half_module
 from sft_engine.errors import ExportError
 from sft_engine.repository.config import ModelConfigSpec, TensorSpec
+from sft_engine.verify import Check
 
-__all__ = ["export", "check_available", "torchscript_gpu_config", "export_fp16_torchscript", "weight_dtypes", "INPUT_NAME", "OUTPUT_NAME", "MODEL_FILE"]
+__all__ = ["TARGET", "export", "check_available", "torchscript_gpu_config", "torchscript_gpu_engine_config", "export_fp16_torchscript",
+           "weight_dtypes", "INPUT_NAME", "OUTPUT_NAME", "MODEL_FILE"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,25 +44,30 @@ OUTPUT_NAME = "OUTPUT__0"
 MODEL_FILE = "model.pt"
 
 
-def check_available(build: Any = None) -> None:
+#: the one candidate: FP16 TorchScript on the first selected GPU
+CANDIDATE = EngineCandidate("torchscript", FP16)
+
+
+def check_available(settings: ExportSettings | None = None) -> None:
     require_cuda("torchscript-gpu")
+
+
+def torchscript_gpu_engine_config(num_classes: int, shape: tuple[int, ...]) -> EngineConfig:
+    """The engine half: ``pytorch_libtorch`` on KIND_GPU (no CUDA graphs, no accelerators: unused by this backend)."""
+    return EngineConfig(
+        platform="pytorch_libtorch",
+        inputs=(TensorSpec(INPUT_NAME, "FP16", tuple(shape)),),
+        outputs=(TensorSpec(OUTPUT_NAME, "FP32", (num_classes,), label_filename="labels.txt"),),
+        instance_kind="KIND_GPU",
+        default_model_filename=MODEL_FILE,
+    )
 
 
 def torchscript_gpu_config(name: str, num_classes: int, shape: tuple[int, ...], max_batch_size: int, instance_count: int,
                            max_queue_delay_us: int, gpus: tuple[int, ...], parameters: dict[str, str]) -> ModelConfigSpec:
-    """Model-level Triton config of an FP16 TorchScript model (no CUDA graphs, no accelerators: unused by this backend)."""
-    return ModelConfigSpec(
-        name=name,
-        platform="pytorch_libtorch",
-        max_batch_size=max_batch_size,
-        inputs=(TensorSpec(INPUT_NAME, "FP16", tuple(shape)),),
-        outputs=(TensorSpec(OUTPUT_NAME, "FP32", (num_classes,), label_filename="labels.txt"),),
-        instance_groups=(gpu_instance_group(instance_count, gpus),),
-        dynamic_batching=dynamic_batching(max_queue_delay_us),
-        parameters=tuple(sorted(parameters.items())),
-        warmup_batch_sizes=warmup_batches(max_batch_size),
-        default_model_filename=MODEL_FILE,
-    )
+    """Model-level Triton config of an FP16 TorchScript model."""
+    return serving_config(torchscript_gpu_engine_config(num_classes, shape), name, max_batch_size, instance_count,
+                          max_queue_delay_us, parameters, tuple(gpus))
 
 
 def export_fp16_torchscript(model: nn.Module, example: np.ndarray, device: torch.device, path: Path) -> None:
@@ -101,18 +106,18 @@ def _check_fp16(weights: dict[str, int]) -> list[str]:
     return []
 
 
-def export(ctx: ExportContext) -> EngineArtifact:
-    """Target ``torchscript-gpu``: the uniform exporter entry point."""
-    check_available(ctx.build)
-    b = ctx.build
-    gpus = select_gpus(tuple(b.gpus), list_gpus())
+def export(ctx: ExportContext, candidate: EngineCandidate = CANDIDATE) -> EngineArtifact:
+    """Trace, freeze and check the FP16 weights; the runner is the very file Triton will load."""
+    s = ctx.settings
+    check_available(s)
+    gpus = select_gpus(tuple(s.gpus), list_gpus())
     gpu: GpuInfo = gpus[0]
-    device = gpu_common.cuda_device(gpu.index)
+    device = cuda_device(gpu.index)
     path = ctx.workdir / MODEL_FILE
     try:
-        export_fp16_torchscript(ctx.model, ctx.data.inputs[: min(2, b.max_batch_size)], device, path)
+        export_fp16_torchscript(ctx.model, ctx.example, device, path)
     except Exception as exc:  # an untraceable model is an expected outcome
-        raise ExportError(f"{b.arch} could not be traced to FP16 TorchScript: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
+        raise ExportError(f"{s.arch} could not be traced to FP16 TorchScript: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
                           hint="try --target onnx") from exc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export; libtorch still serves it
@@ -122,15 +127,18 @@ def export(ctx: ExportContext) -> EngineArtifact:
     if problems:
         raise ExportError(f"the TorchScript module is not FP16: {'; '.join(problems)}", hint="report this as a bug; nothing was published")
     runner = DeviceRunner(loaded, device, torch.float16)
-    report = fp16_gate(ctx, f"torchscript-fp16@{gpu.sm}", runner.run, "TorchScript module", gpu.name)
-    config = torchscript_gpu_config(b.name, b.num_classes, tuple(b.preprocessing.shape), b.max_batch_size, b.instance_count,
-                                    b.max_queue_delay_us, tuple(b.gpus), ctx.parameters)
     compat = compatibility_manifest("torchscript-gpu", [gpu])
     compat["triton_container_note"] = f"needs an NGC Triton container whose PyTorch is torch {torch.__version__.split('+')[0]} or newer (TorchScript loads forward, not backward)"
-    details = {
-        "parity": report.to_dict(),
-        "tolerance": report.tolerance,
-        "fp16_check": {"weight_bytes_by_dtype": weights, "passed": True},
-        "compatibility": compat,
-    }
-    return EngineArtifact(target="torchscript-gpu", engine="torchscript-fp16", files={MODEL_FILE: path}, config=config, runner=runner.run, details=details)
+    return EngineArtifact(
+        candidate=candidate, engine="torchscript-fp16", files={MODEL_FILE: path},
+        config=torchscript_gpu_engine_config(s.num_classes, tuple(s.input_shape)),
+        checks=(Check(f"torchscript-fp16@{gpu.sm}", runner.run, subject="the FP16 TorchScript module", against=f"eager FP32 on {gpu.name}"),),
+        details={"fp16_check": {"weight_bytes_by_dtype": weights, "passed": True}, "compatibility": compat},
+    )
+
+
+def plan(settings: ExportSettings) -> list[EngineCandidate]:
+    return [CANDIDATE]
+
+
+TARGET = Target(name="torchscript-gpu", plan=plan, export=export, check_available=check_available)

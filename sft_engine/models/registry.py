@@ -122,8 +122,3 @@ def build_model(arch: str, num_classes: int, pretrained: str | None = None) -> n
         raise ModelError(f"cannot build {arch} with weights {weights!r}: {exc}", hint="use a weights enum name such as " + spec.default_weights) from exc
     _replace_head(model, spec.head, num_classes)
     return model.eval()
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Number of parameters, for manifests and logs."""
-    return sum(p.numel() for p in model.parameters())

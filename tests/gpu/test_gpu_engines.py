@@ -19,7 +19,7 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.build import build
-from sft_engine.config import BuildConfig
+from sft_engine.build_config import BuildConfig
 from sft_engine.repository.config import read_config
 from sft_engine.repository.manifest import read_manifest
 from tests.gpu.conftest import INPUT_SIZE

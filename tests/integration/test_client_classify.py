@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from sft_engine.build import build
 from sft_engine.client import AsyncClient, Client, Prediction
 from sft_engine.client.predictions import softmax
-from sft_engine.config import BuildConfig
+from sft_engine.build_config import BuildConfig
 from sft_engine.preprocess import Preprocessing
 from sft_engine.repository.config import parameters_of, read_config, to_pbtxt
 from sft_engine.server import ServerConfig, TritonServer

@@ -24,7 +24,7 @@ from PIL import Image
 
 from sft_engine.build import build
 from sft_engine.client import Client
-from sft_engine.config import BuildConfig
+from sft_engine.build_config import BuildConfig
 from sft_engine.repository.writer import list_versions
 from sft_engine.server import ServerConfig, TritonServer
 from tests.helpers import LABELS

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from sft_engine.build import build
-from sft_engine.config import BuildConfig
+from sft_engine.build_config import BuildConfig
 from sft_engine.errors import RepositoryError
 from sft_engine.models import sha256_file
 from sft_engine.repository.config import parse_pbtxt, to_pbtxt

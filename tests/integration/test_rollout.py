@@ -13,7 +13,7 @@ import pytest
 
 from sft_engine.build import build
 from sft_engine.cli import main
-from sft_engine.config import BuildConfig
+from sft_engine.build_config import BuildConfig
 from sft_engine.errors import RepositoryError
 from sft_engine.ops.check import CheckSpec
 from sft_engine.ops.control import ModelControl

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from sft_engine.build import build
-from sft_engine.config import BuildConfig
+from sft_engine.build_config import BuildConfig
 from sft_engine.errors import ServerError
 from sft_engine.models import build_model, load_weights
 from sft_engine.repository.manifest import read_manifest

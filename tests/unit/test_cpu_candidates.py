@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sft_engine.engines.cpu import Candidate, plan_candidates
-from sft_engine.engines.precision import BF16_TOLERANCE, bf16_tolerance
+from sft_engine.engines.base import EngineCandidate
+from sft_engine.engines.cpu import engine_json, plan_candidates
 from sft_engine.errors import TargetUnavailable
-from sft_engine.verify import Tolerance
+from sft_engine.verify import BF16_TOLERANCE, Tolerance, bf16_tolerance
 
 
 def _names(plan):
@@ -38,11 +38,11 @@ def test_forced_bf16_without_native_support_is_refused():
 
 
 def test_engine_json_settings():
-    assert Candidate("openvino", "bf16").settings(0) == {"engine": "openvino", "file": "model.xml", "intra_op_threads": 0,
+    assert engine_json(EngineCandidate("openvino", "bf16"), 0) == {"engine": "openvino", "file": "model.xml", "intra_op_threads": 0,
                                                           "inter_op_threads": 1, "precision": "bf16"}
-    assert Candidate("openvino").settings(2)["precision"] == "f32"  # explicit: OpenVINO would pick bf16 by itself
-    assert Candidate("torchscript").settings(0)["optimize_for_inference"] is True
-    assert "precision" not in Candidate("onnxruntime").settings(0)
+    assert engine_json(EngineCandidate("openvino"), 2)["precision"] == "f32"  # explicit: OpenVINO would pick bf16 by itself
+    assert engine_json(EngineCandidate("torchscript"), 0)["optimize_for_inference"] is True
+    assert "precision" not in engine_json(EngineCandidate("onnxruntime"), 0)
 
 
 def test_bf16_gate_keeps_what_the_user_set():

@@ -15,7 +15,7 @@ from PIL import Image
 from sft_engine.build import build
 from sft_engine.cli import build_parser, main
 from sft_engine.commands.build import config_from_args
-from sft_engine.config import BuildConfig, load_finetune_dir
+from sft_engine.build_config import BuildConfig, load_finetune_dir
 from sft_engine.finetune import FinetuneConfig, SyntheticDataset, finetune, synthetic_labels
 from sft_engine.finetune.data import FolderDataset, _cifar_class, scan_image_folder
 from sft_engine.finetune.holdout import class_folder, folder_names, select_balanced, write_holdout

@@ -17,18 +17,18 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.build import build
 from sft_engine.commands import serve as serve_cmd
-from sft_engine.config import BuildConfig
+from sft_engine.build_config import BuildConfig
 from sft_engine.engines import compat
 from sft_engine.engines.compat import GpuInfo, compatibility_manifest, select_gpus, triton_tag_for_tensorrt, unavailable_reason
 from sft_engine.engines.fp16_check import assess_fp16, layer_precision_counts, normalize_precision
 from sft_engine.engines.onnx import onnx_config
-from sft_engine.engines.precision import FP16_TOLERANCE, fp16_recipe, fp16_tolerance, parse_version
+from sft_engine.engines.precision import fp16_recipe, parse_version
 from sft_engine.engines.tensorrt import batch_profile, plan_filenames, tensorrt_config
 from sft_engine.engines.torchscript_gpu import export_fp16_torchscript, torchscript_gpu_config, weight_dtypes
 from sft_engine.errors import ConfigError, TargetUnavailable
 from sft_engine.repository.config import parse_pbtxt, to_pbtxt
 from sft_engine.repository.manifest import read_manifest
-from sft_engine.verify import Tolerance
+from sft_engine.verify import FP16_TOLERANCE, Tolerance, fp16_tolerance
 from tests.helpers import LABELS
 
 PARAMS = {"preprocess_input_size": "32"}
@@ -322,22 +322,22 @@ def test_fp16_gate_passes_close_logits_and_refuses_wrong_ones(tmp_path):
     """The gate both GPU targets share, run on CPU with runners whose errors are known."""
     import numpy as np
 
-    from sft_engine.engines.base import ExportContext
-    from sft_engine.engines.gpu_common import fp16_gate
     from sft_engine.errors import ParityError
-    from sft_engine.verify import ParityData
+    from sft_engine.verify import Check, ParityData, gate_for, run_checks
 
     rng = np.random.default_rng(0)
     reference = rng.standard_normal((16, 4)).astype(np.float32) * 5
     cfg = BuildConfig().merged({"parity_atol": 0.02}, "flags")  # a value the user set survives
-    ctx = ExportContext(model=None, build=cfg, workdir=tmp_path, data=ParityData(np.zeros((16, 3, 8, 8), np.float32)),
-                        reference=reference, tolerance=Tolerance(atol=0.02), parameters={})
+    data = ParityData(np.zeros((16, 3, 8, 8), np.float32))
+    gate = gate_for("fp16", Tolerance(atol=0.02), cfg.source)
     close = iter([reference[:16] + 1e-3])
-    report = fp16_gate(ctx, "torchscript-fp16@sm_90", lambda batch: next(close)[: len(batch)], "TorchScript module", "H200")
+    check = Check("torchscript-fp16@sm_90", lambda batch: next(close)[: len(batch)], subject="the FP16 TorchScript module", against="eager FP32 on H200")
+    [report] = run_checks([check], reference, data, gate, raise_on_failure=True)
     assert report.passed and report.tolerance["atol"] == 0.02 and report.tolerance["rtol"] == FP16_TOLERANCE.rtol
     shuffled = iter([reference[::-1].copy()])
+    wrong = Check("tensorrt-fp16@sm_90", lambda batch: next(shuffled)[: len(batch)], subject="the FP16 TensorRT plan", against="eager FP32 on H200")
     with pytest.raises(ParityError, match="the FP16 TensorRT plan disagrees with eager FP32 on H200"):
-        fp16_gate(ctx, "tensorrt-fp16@sm_90", lambda batch: next(shuffled)[: len(batch)], "TensorRT plan", "H200")
+        run_checks([wrong], reference, data, gate, raise_on_failure=True)
 
 
 # -- container table, refusal of unservable plans, detailed profiling ----------------------

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sft_engine.engines.int8 import MIN_GATE_IMAGES, cpu_int8_isa, files_sha256, require_int8_isa, split_for_int8
-from sft_engine.engines.precision import INT8_TOLERANCE, int8_tolerance
+from sft_engine.verify import INT8_TOLERANCE, int8_tolerance
 from sft_engine.errors import ConfigError, ExportError, TargetUnavailable
 from sft_engine.preprocess import Preprocessing
 from sft_engine.verify import ParityData, Tolerance, check_parity, parity_inputs

@@ -1,4 +1,4 @@
-"""Typed build settings: flags, a TOML build spec, or a fine-tuning output directory.
+"""``BuildConfig``, the settings of one build: from flags, a TOML build spec, or a fine-tuning output directory.
 
 One dataclass, ``BuildConfig``, is the only form the build pipeline accepts; the three
 sources above are merged into it (later ones win: finetune metadata < spec file <
@@ -20,12 +20,8 @@ from sft_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, pa
 from sft_engine.repository.image_models import ImageServing
 from sft_engine.settings import load_toml, resolve_relative, section
 
-__all__ = ["BuildConfig", "validate_model_name", "load_toml", "load_build_spec", "read_labels", "TARGETS", "CPU_ENGINES", "CPU_PRECISIONS"]
+__all__ = ["BuildConfig", "validate_model_name", "load_build_spec", "load_finetune_dir", "read_labels", "config_from_sources"]
 
-TARGETS = ("auto", "cpu", "tensorrt", "torchscript-gpu", "onnx")
-CPU_ENGINES = ("auto", "onnxruntime", "torchscript", "openvino")
-#: CPU arithmetic: ``auto`` admits bf16 where the CPU computes it natively and it passes the accuracy gate
-CPU_PRECISIONS = ("auto", "fp32", "bf16")
 LOGGER = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -117,6 +113,7 @@ class BuildConfig:
 
     def validated(self) -> "BuildConfig":
         """Coerce types and check every value; returns self for chaining."""
+        from sft_engine.engines.registry import check_choice
         from sft_engine.models import get_arch
 
         get_arch(self.arch)
@@ -128,16 +125,7 @@ class BuildConfig:
         self.mean = parse_floats(self.mean, "--mean")  # type: ignore[arg-type]
         self.std = parse_floats(self.std, "--std")  # type: ignore[arg-type]
         self.gpus = tuple(int(g) for g in self.gpus)
-        if self.target not in TARGETS:
-            raise ConfigError(f"unknown target {self.target!r}", hint=f"choose one of: {', '.join(TARGETS)}")
-        if self.engine not in CPU_ENGINES:
-            raise ConfigError(f"unknown CPU engine {self.engine!r}", hint=f"choose one of: {', '.join(CPU_ENGINES)}")
-        if self.precision not in CPU_PRECISIONS:
-            raise ConfigError(f"unknown CPU precision {self.precision!r}", hint=f"choose one of: {', '.join(CPU_PRECISIONS)}")
-        if self.precision == "bf16" and self.engine not in ("auto", "openvino"):
-            raise ConfigError(f"engine {self.engine} has no bf16 mode", hint="use --engine openvino (or auto) with --precision bf16, or --precision fp32")
-        if self.precision != "auto" and self.target not in ("cpu", "auto"):
-            raise ConfigError(f"--precision applies to --target cpu, not {self.target}", hint="GPU targets build FP16; drop --precision")
+        check_choice(self.target, self.engine, self.precision)
         if self.labels is not None and self.num_classes is None:
             self.num_classes = len(self.labels)
         if self.num_classes is None:
@@ -253,3 +241,28 @@ def _holdout_dir(path: Path, holdout: Any, meta_path: Path) -> Path | None:
         LOGGER.warning("the holdout %s named in %s is gone; the parity gate uses random inputs only", folder, meta_path)
         return None
     return folder.resolve()
+
+
+def config_from_sources(from_finetune: str | Path | None = None, spec: str | Path | None = None,
+                        flags: Mapping[str, Any] | None = None) -> BuildConfig:
+    """The build settings from their three sources, later ones winning: fine-tuning output < spec file < flags.
+
+    A spec may name its own ``from_finetune`` directory. ``flags`` are ``BuildConfig``
+    fields (plus ``labels_file``) as given on the command line; ``gpus``, ``mean`` and
+    ``std`` may be comma-separated text.
+    """
+    cfg = BuildConfig()
+    if from_finetune:
+        cfg = cfg.merged(load_finetune_dir(from_finetune), f"{from_finetune}/metadata.json")
+    if spec:
+        data = load_build_spec(spec)
+        if "from_finetune" in data:
+            cfg = cfg.merged(load_finetune_dir(data.pop("from_finetune")), "fine-tuning metadata")
+        cfg = cfg.merged(data, str(spec))
+    given = dict(flags or {})
+    for key in ("mean", "std"):
+        if key in given:
+            given[key] = parse_floats(given[key], f"--{key}")
+    if "gpus" in given:
+        given["gpus"] = tuple(int(g) for g in parse_floats(given["gpus"], "--gpus"))
+    return cfg.merged(given, "flags")
