@@ -100,7 +100,8 @@ class Mode:
 
 def wire_bytes(mode: Mode, data: bytes) -> int:
     """The exact size of one request on the wire: the serialized gRPC message, or the HTTP body."""
-    from sft_engine.loadtest.payload import ModelSpec, build_payload
+    from sft_engine.loadtest.payload import build_payload
+    from sft_engine.triton.model import ServedModel
 
     if mode.kind == "tensor":
         array = mode.pipeline.bytes_to_array(data)[None]
@@ -111,7 +112,7 @@ def wire_bytes(mode: Mode, data: bytes) -> int:
         array[0, 0] = data
         config = {"name": mode.target, "max_batch_size": MAX_BATCH, "input": [{"name": "IMAGE", "data_type": "TYPE_STRING", "dims": [1]}],
                   "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}]}
-    payload = build_payload(ModelSpec.from_config(config), 1, given_arrays={config["input"][0]["name"]: array})
+    payload = build_payload(ServedModel.from_config(config), 1, given_arrays={config["input"][0]["name"]: array})
     return payload.request_bytes(mode.protocol)
 
 

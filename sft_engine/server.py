@@ -26,14 +26,14 @@ import sys
 import sysconfig
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from sft_engine.errors import ServerError
+from sft_engine.triton.address import Address
+from sft_engine.triton.control import HttpControl
 
 __all__ = ["ServerConfig", "TritonServer", "find_tritonserver", "free_port", "docker_command", "DEFAULT_TRITON_TAG"]
 
@@ -267,17 +267,13 @@ class TritonServer:
     def wait_ready(self, timeout_s: float) -> None:
         """Poll ``/v2/health/ready`` until it answers 200, the process dies, or time runs out."""
         deadline = time.monotonic() + timeout_s
-        url = f"http://{self.http_url}/v2/health/ready"
+        control = HttpControl(Address(self.config.host, self.config.http_port, "http"), timeout_s=1.0)
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 code = self._process.returncode if self._process else None
                 raise ServerError(f"tritonserver exited with code {code} while starting: {self.last_error()}", hint="read the server log with --log-verbose 1")
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if control.ready():
+                return
             time.sleep(0.1)
         raise ServerError(f"tritonserver did not become ready within {timeout_s:.0f} s: {self.last_error()}", hint="check the model repository, or raise the startup timeout")
 

@@ -14,18 +14,18 @@ failure: ``InferenceServerException`` with a gRPC status (``StatusCode.NOT_FOUND
 an HTTP status (``404``), bare ``ConnectionRefusedError`` / ``TimeoutError`` from the
 HTTP stack, ``aiohttp`` errors from the asyncio HTTP client, and parse errors when an
 HTTP client talks to a gRPC port. ``translate`` turns all of them into the classes
-above so that code using the client never has to know which protocol it speaks; the
+above - the kind of failure comes from the shared table in ``sft_engine.triton.failures`` -
+so that code using the client never has to know which protocol it speaks; the
 original exception stays reachable as ``__cause__`` (callers ``raise ... from exc``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import http.client
-import socket
 from typing import Any, Iterable, Mapping
 
 from sft_engine.errors import SftEngineError
+from sft_engine.triton.address import DEFAULT_PORTS
+from sft_engine.triton.failures import FailureKind, classify_exception
 
 __all__ = [
     "ClientError",
@@ -93,105 +93,58 @@ class ServerSideError(ClientError):
 
 # -- translation ---------------------------------------------------------------------
 
-_UNAVAILABLE = {"StatusCode.UNAVAILABLE", "502", "503", "504"}
-_TIMEOUT = {"StatusCode.DEADLINE_EXCEEDED", "408"}
-_NOT_FOUND = {"StatusCode.NOT_FOUND", "404"}
-_INVALID = {"StatusCode.INVALID_ARGUMENT", "StatusCode.OUT_OF_RANGE", "StatusCode.FAILED_PRECONDITION", "400", "413"}
-
 
 def _where(url: str, protocol: str) -> str:
     return f"{protocol} server at {url}"
 
 
 def _other_port(protocol: str) -> str:
-    return "8000 for HTTP" if protocol == "http" else "8001 for gRPC"
+    return f"{DEFAULT_PORTS['http']} for HTTP" if protocol == "http" else f"{DEFAULT_PORTS['grpc']} for gRPC"
 
 
 def translate(exc: BaseException, *, url: str, protocol: str, model: str | None = None, timeout_s: float | None = None) -> ClientError | None:
     """The ClientError for a tritonclient/transport failure, or None when ``exc`` is not one.
 
     ``None`` means "a bug, not a transport failure": the caller re-raises ``exc`` as is.
+    What kind of failure it is comes from the shared table (``sft_engine.triton.failures``);
+    this function only words it for the client's caller.
     """
     if isinstance(exc, ClientError):
         return exc
+    failure = classify_exception(exc)
+    if failure is None:
+        return None
     where = _where(url, protocol)
     what = f"model {model!r}" if model else "the request"
-    # Timeouts first: TimeoutError is an OSError, and aiohttp's ServerTimeoutError is a connection error.
-    if isinstance(exc, (TimeoutError, socket.timeout, asyncio.TimeoutError)) or _is_gevent_timeout(exc):
+    kind, status = failure.kind, failure.status
+    text = " ".join(failure.message.split())
+    if kind is FailureKind.TIMEOUT:
         return RequestTimeout(
-            f"{what} got no answer from the {where} within {timeout_s:g} s" if timeout_s else f"{what} timed out at the {where}",
-            hint="raise the client timeout, or check the server's load",
-            timeout_s=timeout_s,
+            f"{what} got no answer from the {where} within {timeout_s:g} s" if timeout_s else f"{what} timed out at the {where}: {text}",
+            hint="raise the client timeout, or check the server's load", timeout_s=timeout_s, status=status,
         )
-    status, message = _status_and_message(exc)
-    if status is not None or _is_inference_server_exception(exc):
-        return _from_status(status, message, where=where, what=what, protocol=protocol, model=model, timeout_s=timeout_s)
-    if isinstance(exc, http.client.HTTPException) or type(exc).__name__ == "HTTPParseError":
-        return ServerUnavailable(
-            f"the {where} does not speak HTTP ({exc.__class__.__name__})",
-            hint=f"is that the gRPC port? use protocol='grpc', or the HTTP port (Triton's default is {_other_port('http')})",
-        )
-    if isinstance(exc, (ConnectionError, OSError)) or _is_aiohttp_connection_error(exc):
-        reason = str(exc) or exc.__class__.__name__
-        return ServerUnavailable(
-            f"cannot reach the {where}: {reason}",
-            hint=f"start the server (sft-engine serve), or check the URL and protocol (Triton's default port is {_other_port(protocol)})",
-        )
-    return None
-
-
-def _status_and_message(exc: BaseException) -> tuple[str | None, str]:
-    status_fn = getattr(exc, "status", None)
-    message_fn = getattr(exc, "message", None)
-    status = status_fn() if callable(status_fn) else None
-    message = message_fn() if callable(message_fn) else str(exc)
-    code_fn = getattr(exc, "code", None)  # a raw grpc.RpcError that escaped tritonclient
-    if status is None and callable(code_fn) and callable(getattr(exc, "details", None)):
-        try:
-            status = str(code_fn())
-            message = str(exc.details())  # type: ignore[attr-defined]
-        except Exception:  # pragma: no cover - defensive: not an RpcError after all
-            status = None
-    return (str(status) if status is not None else None), str(message or "")
-
-
-def _is_inference_server_exception(exc: BaseException) -> bool:
-    return type(exc).__name__ == "InferenceServerException"
-
-
-def _is_gevent_timeout(exc: BaseException) -> bool:
-    return type(exc).__module__.startswith("gevent") and "Timeout" in type(exc).__name__
-
-
-def _is_aiohttp_connection_error(exc: BaseException) -> bool:
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - aiohttp comes with tritonclient[http]
-        return False
-    return isinstance(exc, aiohttp.ClientConnectionError)
-
-
-def _from_status(status: str | None, message: str, *, where: str, what: str, protocol: str, model: str | None, timeout_s: float | None) -> ClientError:
-    text = " ".join(message.split())
-    if status in _TIMEOUT or text == "failed to obtain inference response":
-        return RequestTimeout(f"{what} got no answer from the {where} within {timeout_s:g} s" if timeout_s else f"{what} timed out: {text}",
-                              hint="raise the client timeout, or check the server's load", timeout_s=timeout_s, status=status)
-    if status in _UNAVAILABLE:
-        lowered = text.lower()
-        if model and "model" in lowered and ("not ready" in lowered or "unavailable" in lowered):
-            return ModelNotReady(f"{what} is not ready at the {where}: {text}", hint="wait_until_ready(), or load the model", status=status)
+    if kind is FailureKind.MODEL_NOT_READY and model:
+        return ModelNotReady(f"{what} is not ready at the {where}: {text}", hint="wait_until_ready(), or load the model", status=status)
+    if kind in (FailureKind.UNAVAILABLE, FailureKind.MODEL_NOT_READY, FailureKind.OVERLOADED):
+        if failure.wrong_protocol and status is None:
+            return ServerUnavailable(
+                f"the {where} does not speak HTTP ({text.split(':')[0]})",
+                hint=f"is that the gRPC port? use protocol='grpc', or the HTTP port (Triton's default is {_other_port('http')})",
+            )
         hint = f"start the server (sft-engine serve), or check the URL and protocol (Triton's default port is {_other_port(protocol)})"
-        if "socket closed" in lowered and protocol == "grpc":
+        if failure.wrong_protocol and protocol == "grpc":
             hint = f"is that the HTTP port? use protocol='http', or the gRPC port (Triton's default is {_other_port('grpc')})"
+        elif kind is FailureKind.OVERLOADED:
+            hint = "the server sheds load (queue full or rate limited): retry later, or lower the load"
         return ServerUnavailable(f"cannot reach the {where}: {text}", hint=hint, status=status)
-    if status in _NOT_FOUND:
+    if kind is FailureKind.MODEL_NOT_FOUND:
         return ModelNotFound(f"{text} (at the {where})", hint="check the model name and version: sft-engine serve lists what is loaded", status=status)
-    if status in _INVALID:
+    if kind is FailureKind.INVALID:
+        if status is None:  # tritonclient's own argument checks (raise_error without status)
+            return BadInput(f"the request was not sent: {text}", hint="check the arguments", status=status)
         return BadInput(f"the server rejected the input: {text}", hint="match the model's input (see client.model_config)", status=status)
-    if status is None:  # tritonclient's own argument checks (raise_error without status)
-        return BadInput(f"the request was not sent: {text}", hint="check the arguments", status=status)
     return ServerSideError(f"{what} failed on the {where}: {text}", hint="read the server log; the message above is Triton's",
-                           server_message=message, status=status)
+                           server_message=failure.message, status=status)
 
 
 def refine_not_found(err: ClientError, index: Iterable[Mapping[str, Any]] | None, model: str, version: str) -> ClientError:

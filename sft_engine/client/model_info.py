@@ -1,9 +1,9 @@
 """What the client learns from the server about a model, read once per client.
 
-Both protocols serve the model configuration as JSON, but not identically: gRPC's
-JSON form (protobuf ``MessageToDict``) writes int64 dims as strings and leaves out
-default values; HTTP writes numbers and every field. ``normalize_config`` brings
-both to the HTTP form so the rest of the client, and its users, see one shape.
+The server's configuration (either protocol's JSON form) is read by the shared
+reader, ``sft_engine.triton.model.ServedModel``; ``ModelInfo`` is the client's view
+of it: a classifier with one input tensor and an output of class scores, and the
+preprocessing recorded at build time.
 """
 
 from __future__ import annotations
@@ -17,41 +17,12 @@ import numpy as np
 from sft_engine.client.errors import BadInput, ClientError
 from sft_engine.errors import ConfigError
 from sft_engine.preprocess import Preprocessing
+from sft_engine.triton.model import ServedModel, numpy_dtype
 
 if TYPE_CHECKING:
     from sft_engine.client.transport import InferTarget
 
-__all__ = ["ModelInfo", "normalize_config", "parse_classification", "labels_from_classification"]
-
-_NP_DTYPES = {
-    "FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "BF16": None,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "BOOL": np.bool_, "BYTES": np.object_,
-}
-
-
-def normalize_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A model config (either protocol's JSON form) in HTTP's form: dims as ints, defaults present."""
-    cfg = dict(config.get("config", config)) if "config" in config and isinstance(config.get("config"), Mapping) else dict(config)
-    cfg["max_batch_size"] = int(cfg.get("max_batch_size", 0) or 0)
-    for key in ("input", "output"):
-        tensors = []
-        for tensor in cfg.get(key, []) or []:
-            tensor = dict(tensor)
-            tensor["dims"] = [int(d) for d in tensor.get("dims", [])]
-            tensor.setdefault("data_type", "TYPE_FP32")
-            tensor.setdefault("label_filename", "")
-            tensors.append(tensor)
-        cfg[key] = tensors
-    cfg.setdefault("parameters", {})
-    return cfg
-
-
-def _datatype(config_type: str) -> str:
-    """``TYPE_FP32`` (config) → ``FP32`` (inference protocol); ``TYPE_STRING`` → ``BYTES``."""
-    name = config_type[5:] if config_type.startswith("TYPE_") else config_type
-    return "BYTES" if name == "STRING" else name
+__all__ = ["ModelInfo", "parse_classification", "labels_from_classification"]
 
 
 @dataclass(frozen=True)
@@ -79,30 +50,30 @@ class ModelInfo:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, version: str = "", versions: Sequence[str] = ()) -> "ModelInfo":
-        cfg = normalize_config(config)
-        name = str(cfg.get("name", ""))
-        inputs, outputs = cfg["input"], cfg["output"]
+        served = ServedModel.from_config(config, version)
+        name = served.name
+        inputs, outputs = served.inputs, served.outputs
         if len(inputs) != 1 or not outputs:
             raise ClientError(
                 f"model {name!r} has {len(inputs)} inputs and {len(outputs)} outputs; the client serves classifiers with one input and a score output",
                 hint="call such models with tritonclient directly",
             )
-        out = next((t for t in outputs if t.get("label_filename")), outputs[0])
+        out = next((t for t in outputs if t.label_filename), outputs[0])
         prep: Preprocessing | None
         try:
-            prep = Preprocessing.from_parameters(cfg.get("parameters", {}))
+            prep = Preprocessing.from_parameters(served.parameters)
         except (ConfigError, ValueError):
             prep = None
         return cls(
             name=name, version=version, versions=tuple(str(v) for v in versions),
-            input_name=str(inputs[0]["name"]), input_datatype=_datatype(inputs[0]["data_type"]), input_dims=tuple(inputs[0]["dims"]),
-            output_name=str(out["name"]), output_datatype=_datatype(out["data_type"]), output_dims=tuple(out["dims"]),
-            max_batch_size=cfg["max_batch_size"], has_labels=bool(out.get("label_filename")), preprocessing=prep, config=cfg,
+            input_name=inputs[0].name, input_datatype=inputs[0].datatype, input_dims=inputs[0].dims,
+            output_name=out.name, output_datatype=out.datatype, output_dims=out.dims,
+            max_batch_size=served.max_batch_size, has_labels=bool(out.label_filename), preprocessing=prep, config=served.config,
         )
 
     @functools.cached_property
     def input_dtype(self) -> np.dtype:
-        dtype = _NP_DTYPES.get(self.input_datatype)
+        dtype = numpy_dtype(self.input_datatype)
         if dtype is None:
             raise BadInput(f"model {self.name!r} takes {self.input_datatype}, which numpy cannot hold", hint="call it with tritonclient directly")
         return np.dtype(dtype)
@@ -134,14 +105,12 @@ class ModelInfo:
     def static_output_bytes(self) -> int | None:
         if any(d < 0 for d in self.output_dims) or self.output_datatype == "BYTES":
             return None
-        return int(np.prod(self.output_dims)) * np.dtype(_NP_DTYPES[self.output_datatype]).itemsize
-
-
+        return int(np.prod(self.output_dims)) * np.dtype(numpy_dtype(self.output_datatype)).itemsize
     def target(self) -> "InferTarget":
         """Where requests for this model go, and the tensors they name."""
         from sft_engine.client.transport import InferTarget
 
-        out_dtype = _NP_DTYPES.get(self.output_datatype) or np.float32
+        out_dtype = numpy_dtype(self.output_datatype) or np.float32
         return InferTarget(self.name, self.version, self.input_name, self.input_datatype, self.output_name, np.dtype(out_dtype))
 
     def probe_input(self) -> np.ndarray:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from sft_engine.client.retry import RetryPolicy
-from sft_engine.client.transport import PROTOCOLS, normalize_url
 from sft_engine.errors import ConfigError
+from sft_engine.triton.address import PROTOCOLS, normalize_url
 
 __all__ = ["ClientSettings"]
 

@@ -19,50 +19,17 @@ import numpy as np
 
 from sft_engine.client.errors import translate
 from sft_engine.client.shm import ShmSlot
-from sft_engine.errors import ConfigError
+from sft_engine.triton.address import normalize_url
 
 __all__ = [
-    "PROTOCOLS",
-    "DEFAULT_PORTS",
     "InferTarget",
     "Transport",
     "AsyncTransport",
     "make_transport",
     "make_async_transport",
-    "normalize_url",
 ]
 
-PROTOCOLS = ("grpc", "http")
-DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 T = TypeVar("T")
-
-
-def normalize_url(url: str, protocol: str) -> str:
-    """``host:port`` as tritonclient wants it: no scheme, the protocol's default port when none is given."""
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r}", hint="use protocol='grpc' or 'http'")
-    if not isinstance(url, str) or not url.strip():
-        raise ConfigError(f"server URL {url!r} is empty", hint="pass host:port, e.g. 127.0.0.1:8001")
-    text = url.strip().rstrip("/")
-    for scheme in ("http://", "grpc://"):
-        if text.startswith(scheme):
-            text = text[len(scheme):]
-    if "://" in text or "/" in text:
-        raise ConfigError(f"server URL {url!r} is not host:port", hint="pass host:port, e.g. 127.0.0.1:8001 (https and other schemes are not supported)")
-    if text.startswith("["):  # IPv6: [::1]:8001
-        host, _, rest = text.partition("]")
-        host += "]"
-    elif text.count(":") > 1:
-        raise ConfigError(f"server URL {url!r} is ambiguous", hint="write IPv6 addresses in brackets: [::1]:8001")
-    else:
-        host, _, rest = text.partition(":")
-        rest = ":" + rest if rest or text.endswith(":") else ""
-    if not rest:
-        return f"{host}:{DEFAULT_PORTS[protocol]}"
-    port = rest[1:]
-    if not rest.startswith(":") or not port.isdigit() or not 0 < int(port) < 65536 or not host.strip("[]"):
-        raise ConfigError(f"server URL {url!r} is not host:port", hint="pass host:port, e.g. 127.0.0.1:8001")
-    return f"{host}:{port}"
 
 
 @dataclass(frozen=True)

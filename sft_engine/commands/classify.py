@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sft_engine.client import Client
-    from sft_engine.client.transport import DEFAULT_PORTS
+    from sft_engine.triton.address import DEFAULT_PORTS
 
     url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
     with Client(url, protocol=args.protocol, model=args.model, version=args.model_version, timeout=args.timeout,

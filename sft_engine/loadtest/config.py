@@ -11,7 +11,6 @@ Endpoints are checked here too: non-loopback hosts are refused unless asked for.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
@@ -22,6 +21,7 @@ from sft_engine.errors import ConfigError
 from sft_engine.loadtest.scenario import Scenario, parse_target
 from sft_engine.loadtest.spec import DEFAULT_PERCENTILES, CapacitySpec, LoadSpec, SloSpec, ValiditySpec, percentile_label
 from sft_engine.settings import strict_updates
+from sft_engine.triton.address import DEFAULT_METRICS_PORT, DEFAULT_PORTS, Address, Protocol, parse_address
 
 __all__ = [
     "Endpoint",
@@ -31,16 +31,8 @@ __all__ = [
     "default_metrics_url",
     "resolve_endpoints",
     "parse_shape",
-    "DEFAULT_PORTS",
 ]
 
-Protocol = Literal["grpc", "http"]
-
-#: Triton's default ports, used when no ``--url`` is given
-DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
-#: Triton's default metrics port, next to the default HTTP/gRPC ports
-DEFAULT_METRICS_PORT = 8002
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
 def default_workers() -> int:
@@ -50,76 +42,25 @@ def default_workers() -> int:
 
 # -- endpoints ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Endpoint:
+class Endpoint(Address):
     """One Triton server to send to. ``metrics_url`` is its Prometheus ``/metrics``, if known."""
 
-    host: str
-    port: int
-    protocol: Protocol
     metrics_url: str | None = None
-
-    @property
-    def url(self) -> str:
-        """``host:port`` as tritonclient expects it (IPv6 hosts in brackets)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    @property
-    def is_loopback(self) -> bool:
-        return _is_loopback(self.host)
-
-
-def _is_loopback(host: str) -> bool:
-    """Literal loopback addresses and ``localhost`` only; names are never resolved.
-
-    Resolving would make the check depend on DNS, and a name that resolves to
-    loopback today may not tomorrow.
-    """
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_endpoint(text: str, protocol: Protocol | None = None, allow_remote: bool = False) -> Endpoint:
-    """``host:port``, ``grpc://host:port`` or ``http://host:port`` -> Endpoint.
+    """``host:port``, ``grpc://host:port`` or ``http://host:port`` -> Endpoint (see ``parse_address``).
 
-    A scheme fixes the protocol; without one, ``protocol`` (default gRPC) applies.
     Non-loopback hosts are refused unless ``allow_remote``: a load generator pointed
     at a random address by a typo is an attack, not a test.
     """
-    raw = text.strip()
-    if not raw:
-        raise ConfigError("empty --url", hint="give host:port, e.g. 127.0.0.1:8001")
-    scheme = None
-    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$", raw)
-    if match:
-        scheme, raw = match.group(1).lower(), match.group(2)
-        if scheme in ("https", "grpcs"):
-            raise ConfigError(f"--url {text!r}: TLS endpoints are not supported", hint="use a plain http:// or grpc:// endpoint")
-        if scheme not in ("http", "grpc"):
-            raise ConfigError(f"--url {text!r}: unknown scheme {scheme!r}", hint="use http://host:port or grpc://host:port")
-        if protocol is not None and protocol != scheme:
-            raise ConfigError(f"--url {text!r} says {scheme} but --protocol is {protocol}", hint="drop the scheme or make them agree")
-    proto: Protocol = scheme or protocol or "grpc"  # type: ignore[assignment]
-    raw = raw.rstrip("/")
-    if "/" in raw:
-        raise ConfigError(f"--url {text!r} has a path", hint="give only host:port; the model is chosen with --model")
-    host_port = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", raw) or re.match(r"^([^:]+)(?::(\d+))?$", raw)
-    if not host_port:
-        raise ConfigError(f"--url {text!r} is not host:port", hint="e.g. 127.0.0.1:8001 or [::1]:8001")
-    host = host_port.group(1)
-    port = int(host_port.group(2)) if host_port.group(2) else DEFAULT_PORTS[proto]
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"--url {text!r}: port {port} is not a TCP port", hint="use 1..65535")
-    if not allow_remote and not _is_loopback(host):
+    address = parse_address(text, protocol, what="--url")
+    if not allow_remote and not address.is_loopback:
         raise ConfigError(
             f"--url {text!r} is not a loopback address",
             hint="load tests target 127.0.0.1/::1/localhost by default; pass --allow-remote to load a remote server on purpose",
         )
-    return Endpoint(host=host, port=port, protocol=proto)
+    return Endpoint(host=address.host, port=address.port, protocol=address.protocol)
 
 
 @dataclass

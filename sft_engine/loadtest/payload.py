@@ -7,7 +7,8 @@ complete wire request is built once: the serialized ``ModelInferRequest`` (with
 tritonclient's protobuf definitions) for gRPC, the JSON header plus raw tensor
 bytes of Triton's binary-tensor extension for HTTP. Workers send those bytes as is.
 
-The inputs come from ``get_model_config``: names, data types and dims (without the
+The inputs come from ``get_model_config``, read by the shared reader
+(``sft_engine.triton.model.ServedModel``): names, data types and dims (without the
 batch dimension when ``max_batch_size > 0``). Data is random (seeded) unless an
 ``.npz`` file gives it. Shapes that cannot fit the model fail here, before any load.
 """
@@ -22,75 +23,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from sft_engine.errors import ConfigError, LoadTestError
+from sft_engine.triton.model import ServedModel, ServedTensor, model_path, numpy_dtype
 
-__all__ = ["TensorSpec", "ModelSpec", "Payload", "build_payload", "build_image_payload", "image_files", "describe_shapes"]
-
-_NP_DTYPES = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
-}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of the model, as its config declares it (dims exclude the batch)."""
-
-    name: str
-    datatype: str
-    dims: tuple[int, ...]
-    optional: bool = False
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the load test needs to know about the model."""
-
-    name: str
-    version: str
-    max_batch_size: int
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    backend: str = ""
-    dynamic_batching: bool = False
-    instance_count: int = 0
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], version: str = "") -> "ModelSpec":
-        """Parse a model config as returned (as JSON) by HTTP or gRPC ``get_model_config``."""
-        def tensors(items: Any) -> tuple[TensorSpec, ...]:
-            out = []
-            for item in items or []:
-                dtype = str(item.get("data_type", "TYPE_INVALID")).replace("TYPE_", "")
-                if dtype == "STRING":
-                    dtype = "BYTES"
-                dims = tuple(int(d) for d in item.get("dims", []))
-                out.append(TensorSpec(str(item["name"]), dtype, dims, bool(item.get("optional", False))))
-            return tuple(out)
-
-        groups = config.get("instance_group") or []
-        return cls(
-            name=str(config.get("name", "")),
-            version=version,
-            max_batch_size=int(config.get("max_batch_size", 0) or 0),
-            inputs=tensors(config.get("input")),
-            outputs=tensors(config.get("output")),
-            backend=str(config.get("backend") or config.get("platform") or ""),
-            dynamic_batching="dynamic_batching" in config,
-            instance_count=sum(int(g.get("count", 1) or 1) for g in groups),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "max_batch_size": self.max_batch_size,
-            "backend": self.backend,
-            "dynamic_batching": self.dynamic_batching,
-            "instance_count": self.instance_count,
-            "inputs": [{"name": t.name, "datatype": t.datatype, "dims": list(t.dims)} for t in self.inputs],
-            "outputs": [{"name": t.name, "datatype": t.datatype, "dims": list(t.dims)} for t in self.outputs],
-        }
+__all__ = ["Payload", "build_payload", "build_image_payload", "image_files"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +58,7 @@ class Payload:
         return int(round(sum(sizes) / len(sizes)))
 
 
-def _resolve_shape(tensor: TensorSpec, spec: ModelSpec, batch_size: int, given: tuple[int, ...] | None) -> tuple[int, ...]:
+def _resolve_shape(tensor: ServedTensor, spec: ServedModel, batch_size: int, given: tuple[int, ...] | None) -> tuple[int, ...]:
     dims = tensor.dims
     if given is not None:
         if len(given) != len(dims) or any(d != -1 and d != g for d, g in zip(dims, given)):
@@ -143,12 +78,12 @@ def _resolve_shape(tensor: TensorSpec, spec: ModelSpec, batch_size: int, given: 
 
 
 def _random_tensor(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    if datatype not in _NP_DTYPES:
+    dtype = numpy_dtype(datatype)
+    if dtype is None:
         raise ConfigError(f"input data type {datatype} is not supported by the load generator", hint="use a model with numeric or BYTES inputs")
     if datatype == "BYTES":
         flat = np.array([b"x" * 8 for _ in range(int(np.prod(shape)) if shape else 1)], dtype=np.object_)
         return flat.reshape(shape)
-    dtype = _NP_DTYPES[datatype]
     if datatype == "BOOL":
         return rng.integers(0, 2, size=shape).astype(np.bool_)
     if np.issubdtype(dtype, np.integer):
@@ -156,7 +91,7 @@ def _random_tensor(datatype: str, shape: tuple[int, ...], rng: np.random.Generat
     return rng.random(size=shape).astype(dtype)
 
 
-def _given_tensor(tensor: TensorSpec, spec: ModelSpec, batch_size: int, array: np.ndarray) -> np.ndarray:
+def _given_tensor(tensor: ServedTensor, spec: ServedModel, batch_size: int, array: np.ndarray) -> np.ndarray:
     dims = tensor.dims
     batched = spec.max_batch_size > 0
     fits_dims = len(array.shape) == len(dims) and all(d < 0 or d == s for d, s in zip(dims, array.shape))
@@ -172,7 +107,7 @@ def _given_tensor(tensor: TensorSpec, spec: ModelSpec, batch_size: int, array: n
         )
     if tensor.datatype == "BYTES":
         return array.astype(np.object_)
-    target = _NP_DTYPES.get(tensor.datatype)
+    target = numpy_dtype(tensor.datatype)
     if target is None or not np.can_cast(array.dtype, target, casting="same_kind"):
         raise ConfigError(f"--input-data '{tensor.name}' has dtype {array.dtype}, the model wants {tensor.datatype}",
                           hint="save the array with the model's dtype")
@@ -189,7 +124,7 @@ def _wire_bytes(array: np.ndarray, datatype: str) -> bytes:
 
 
 def build_payload(
-    spec: ModelSpec,
+    spec: ServedModel,
     batch_size: int = 1,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     input_data: Path | None = None,
@@ -248,7 +183,7 @@ def build_payload(
     if spec.outputs:
         header["outputs"] = [{"name": t.name, "parameters": {"binary_data": True}} for t in spec.outputs]
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    path = f"/v2/models/{spec.name}" + (f"/versions/{spec.version}" if spec.version else "") + "/infer"
+    path = model_path(spec.name, spec.version) + "/infer"
     return Payload(
         model=spec.name,
         version=spec.version,
@@ -276,7 +211,7 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def build_image_payload(spec: ModelSpec, files: list[Path], batch_size: int = 1) -> Payload:
+def build_image_payload(spec: ServedModel, files: list[Path], batch_size: int = 1) -> Payload:
     """One request per image file (``batch_size`` copies of it per request), for a model whose one input is BYTES.
 
     The files are sent as they are, round-robin, so the server decodes real images of
@@ -301,6 +236,3 @@ def build_image_payload(spec: ModelSpec, files: list[Path], batch_size: int = 1)
     return Payload(first.model, first.version, first.batch_size, first.input_shapes, mean_input, first.grpc_request, first.http_path,
                    first.http_body, first.http_headers, more=tuple(payloads[1:]))
 
-
-def describe_shapes(payload: Payload) -> str:
-    return ", ".join(f"{k}{list(v)}" for k, v in payload.input_shapes.items()) or "-"

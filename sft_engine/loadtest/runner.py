@@ -24,14 +24,17 @@ from sft_engine.errors import ConfigError, LoadTestError
 from sft_engine.loadtest.analysis import StepObservations, build_step, host_cpu_busy, read_host_cpu
 from sft_engine.loadtest.capacity import CapacitySearch
 from sft_engine.loadtest.config import LoadTestConfig
-from sft_engine.loadtest.payload import ModelSpec, Payload, build_image_payload, build_payload, image_files
-from sft_engine.loadtest.probe import ProbeError, ServerProbe, make_probe
+from sft_engine.loadtest.payload import Payload, build_image_payload, build_payload, image_files
+from sft_engine.loadtest.probe import ServerProbe, make_probe
 from sft_engine.loadtest.progress import LiveExporter, Progress
 from sft_engine.loadtest.results import SCHEMA_VERSION, LoadTestResult, StepResult
 from sft_engine.loadtest.schedule import StepPlan, worker_plans
 from sft_engine.loadtest.server_stats import EdgeSnapshot, take_snapshot
 from sft_engine.loadtest.slo import judge_step, overall_verdict
 from sft_engine.loadtest.pool import WorkerPool
+from sft_engine.triton.control import ControlError
+from sft_engine.triton.failures import FailureKind
+from sft_engine.triton.model import ServedModel
 
 __all__ = ["run_loadtest", "inspect_model", "StepExecutor"]
 
@@ -58,9 +61,9 @@ def _version() -> str:
         return "unknown"
 
 
-def inspect_model(probes: list[ServerProbe], model: str, version: str = "") -> ModelSpec:
+def inspect_model(probes: list[ServerProbe], model: str, version: str = "") -> ServedModel:
     """The model's config from the first endpoint; every endpoint must serve the model."""
-    spec: ModelSpec | None = None
+    spec: ServedModel | None = None
     for probe in probes:
         url = probe.endpoint.url
         try:
@@ -68,15 +71,15 @@ def inspect_model(probes: list[ServerProbe], model: str, version: str = "") -> M
                 raise LoadTestError(f"no Triton server answers at {url} ({probe.endpoint.protocol})", hint="start the server, or fix --url/--protocol")
             config = probe.model_config(model, version)
             ready = probe.model_ready(model, version)
-        except ProbeError as exc:
-            if exc.kind == "not_found":
+        except ControlError as exc:
+            if exc.kind is FailureKind.MODEL_NOT_FOUND:
                 raise LoadTestError(f"model '{model}'{' version ' + version if version else ''} is unknown at {url}: {exc.message}",
                                     hint="check --model/--model-version against the server's repository index") from None
             raise LoadTestError(f"cannot read model '{model}' at {url}: {exc.message}", hint="check --url and that the server is up") from None
         if not ready:
             raise LoadTestError(f"model '{model}' is not ready at {url}", hint="wait until it has loaded, or check the server log")
         if spec is None:
-            spec = ModelSpec.from_config(config, version)
+            spec = ServedModel.from_config(config, version)
     assert spec is not None
     return spec
 
@@ -86,8 +89,8 @@ def _preflight(probes: list[ServerProbe], payload: Payload) -> None:
     for probe in probes:
         try:
             probe.infer_raw(payload)
-        except ProbeError as exc:
-            if exc.kind == "rejected":
+        except ControlError as exc:
+            if exc.kind in (FailureKind.INVALID, FailureKind.REFUSED, FailureKind.MODEL_NOT_FOUND):
                 raise ConfigError(f"the server rejects the load-test request for '{payload.model}': {exc.message}",
                                   hint="check --shape/--input-data/--batch-size against the model's config") from None
             raise LoadTestError(f"test request to {probe.endpoint.url} failed: {exc.message}", hint="check the server log") from None

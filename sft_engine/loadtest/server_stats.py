@@ -22,7 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from sft_engine.loadtest.probe import ProbeError, ServerProbe
+from sft_engine.loadtest.probe import UNREACHABLE, ServerProbe
+from sft_engine.triton.control import ControlError
 
 __all__ = [
     "StatsSnapshot", "ServerWindow", "MetricsSnapshot", "EdgeSnapshot", "Reconciliation",
@@ -267,9 +268,9 @@ def take_snapshot(probes: Iterable[ServerProbe], metrics_urls: Iterable[str | No
     for probe in probes:
         try:
             stats_parts.append(parse_statistics(probe.statistics(model, version), model, time.monotonic()))
-        except ProbeError as exc:
+        except ControlError as exc:
             stats_parts.append(StatsSnapshot(t=time.monotonic(), ok=False, error=exc.message))
-            if exc.kind == "unreachable" and not probe.live():
+            if exc.kind in UNREACHABLE and not probe.live():
                 unreachable = exc.message
     urls = [u for u in metrics_urls if u]
     metrics = sum_metrics([scrape_metrics(u, model, version) for u in urls], t) if urls else None

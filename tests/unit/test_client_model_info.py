@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from sft_engine.client.errors import ClientError
-from sft_engine.client.model_info import ModelInfo, labels_from_classification, normalize_config, parse_classification
+from sft_engine.client.model_info import ModelInfo, labels_from_classification, parse_classification
 from sft_engine.client.settings import ClientSettings
-from sft_engine.client.transport import normalize_url
 from sft_engine.errors import ConfigError
 from sft_engine.preprocess import Preprocessing
+from sft_engine.triton.address import normalize_url
+from sft_engine.triton.model import normalize_config
 
 PARAMS = {k: {"string_value": v} for k, v in Preprocessing(input_size=32).to_parameters().items()}
 HTTP_FORM = {

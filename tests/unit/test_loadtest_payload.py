@@ -10,7 +10,8 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from sft_engine.errors import ConfigError
-from sft_engine.loadtest.payload import ModelSpec, build_payload
+from sft_engine.loadtest.payload import build_payload
+from sft_engine.triton.model import ServedModel
 
 HTTP_CONFIG = {
     "name": "clf", "backend": "onnxruntime", "max_batch_size": 8,
@@ -26,15 +27,15 @@ GRPC_CONFIG = {  # gRPC as_json: dims as strings
 
 
 def test_model_spec_from_both_config_forms() -> None:
-    spec = ModelSpec.from_config(HTTP_CONFIG, "1")
+    spec = ServedModel.from_config(HTTP_CONFIG, "1")
     assert spec.max_batch_size == 8 and spec.dynamic_batching and spec.instance_count == 2
     assert [(t.name, t.datatype, t.dims) for t in spec.inputs] == [("image", "FP32", (3, 4, 4)), ("mask", "BOOL", (-1,))]
-    plain = ModelSpec.from_config(GRPC_CONFIG)
+    plain = ServedModel.from_config(GRPC_CONFIG)
     assert plain.inputs[0].dims == (2, 3) and plain.inputs[1].datatype == "BYTES" and plain.max_batch_size == 0
 
 
 def test_payload_for_a_batching_model() -> None:
-    spec = ModelSpec.from_config(HTTP_CONFIG, "1")
+    spec = ServedModel.from_config(HTTP_CONFIG, "1")
     payload = build_payload(spec, batch_size=4, shapes={"mask": (5,)})
     assert payload.input_shapes == {"image": (4, 3, 4, 4), "mask": (4, 5)}
     assert payload.http_path == "/v2/models/clf/versions/1/infer"
@@ -49,7 +50,7 @@ def test_payload_for_a_batching_model() -> None:
 
 
 def test_payload_without_batching_and_bytes_inputs() -> None:
-    payload = build_payload(ModelSpec.from_config(GRPC_CONFIG))
+    payload = build_payload(ServedModel.from_config(GRPC_CONFIG))
     assert payload.input_shapes == {"x": (2, 3), "s": (1,)}
     request = service_pb2.ModelInferRequest.FromString(payload.grpc_request)
     assert request.raw_input_contents[1] == b"\x08\x00\x00\x00xxxxxxxx"  # length-prefixed BYTES
@@ -68,16 +69,16 @@ def test_payload_without_batching_and_bytes_inputs() -> None:
 )
 def test_bad_request_specs_are_refused(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        build_payload(ModelSpec.from_config(HTTP_CONFIG), **kwargs)
+        build_payload(ServedModel.from_config(HTTP_CONFIG), **kwargs)
 
 
 def test_batch_size_on_a_model_that_does_not_batch() -> None:
     with pytest.raises(ConfigError, match="does not batch"):
-        build_payload(ModelSpec.from_config(GRPC_CONFIG), batch_size=2)
+        build_payload(ServedModel.from_config(GRPC_CONFIG), batch_size=2)
 
 
 def test_input_data_file(tmp_path: Path) -> None:
-    spec = ModelSpec.from_config(HTTP_CONFIG)
+    spec = ServedModel.from_config(HTTP_CONFIG)
     good = tmp_path / "good.npz"
     np.savez(good, image=np.ones((3, 4, 4), dtype=np.float32), mask=np.ones((2, 7), dtype=bool))
     payload = build_payload(spec, batch_size=3, input_data=good)
@@ -114,7 +115,7 @@ def test_image_payload_sends_each_file_as_it_is_round_robin(tmp_path: Path) -> N
         (tmp_path / name).write_bytes(data)
     files = image_files(tmp_path)
     assert [p.name for p in files] == ["a.png", "b.jpg"]
-    payload = build_image_payload(ModelSpec.from_config(IMAGE_CONFIG), files, batch_size=2)
+    payload = build_image_payload(ServedModel.from_config(IMAGE_CONFIG), files, batch_size=2)
     assert len(payload.variants) == 2 and payload.input_shapes == {"IMAGE": (2, 1)}
     for variant, path in zip(payload.variants, files):
         request = service_pb2.ModelInferRequest.FromString(variant.grpc_request)
@@ -135,4 +136,4 @@ def test_images_need_a_model_taking_files_and_a_folder_of_them(tmp_path: Path) -
         image_files(tmp_path / "missing")
     (tmp_path / "a.png").write_bytes(b"x")
     with pytest.raises(ConfigError, match="model 'clf' takes image FP32, mask BOOL.*<name>_image"):
-        build_image_payload(ModelSpec.from_config(HTTP_CONFIG), image_files(tmp_path))
+        build_image_payload(ServedModel.from_config(HTTP_CONFIG), image_files(tmp_path))

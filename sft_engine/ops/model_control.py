@@ -3,14 +3,14 @@
 Rollout and tune change what a *running* server serves, so every change goes through
 the repository extension (``POST /v2/repository/models/<m>/load`` with a config
 override) and every outcome is read back from the server (repository index, readiness,
-an answered request) rather than assumed. Errors of the client library become
-sft-engine errors with a hint; the one the user meets first - a server started without
-explicit model control - says how to start it.
+an answered request) rather than assumed. The calls are the shared control client's
+(``sft_engine.triton.control``); its errors become sft-engine errors with a hint; the
+one the user meets first - a server started without explicit model control - says
+how to start it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Iterable, Mapping
@@ -18,6 +18,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from sft_engine.errors import ConfigError, ServerError
+from sft_engine.triton.address import parse_address
+from sft_engine.triton.control import ControlError, HttpControl
+from sft_engine.triton.failures import classify_exception
 
 __all__ = ["ModelControl", "LoadFailed", "EXPLICIT_MODE_HINT", "VersionState"]
 
@@ -25,6 +28,8 @@ LOGGER = logging.getLogger(__name__)
 
 EXPLICIT_MODE_HINT = "start it with: sft-engine serve --model-control-mode explicit --load-model NAME (or tritonserver --model-control-mode=explicit)"
 _POLL_S = 0.1
+#: control-plane calls other than load/unload (index, config, readiness)
+_CALL_TIMEOUT_S = 10.0
 
 #: version -> state as the repository index reports it (READY, LOADING, UNLOADING, UNAVAILABLE)
 VersionState = dict[int, str]
@@ -38,29 +43,23 @@ class LoadFailed(Exception):
         self.message = message
 
 
-def _client_error(exc: Exception) -> str:
-    message = getattr(exc, "message", None)
-    text = message() if callable(message) else str(exc)
-    return " ".join(str(text).split())
-
-
 def _is_explicit_mode_error(text: str) -> bool:
     return "not allowed" in text and ("polling" in text or "explicit" in text)
 
 
 class ModelControl:
-    """Control-plane calls to one Triton server over HTTP (``host:port``)."""
+    """Control-plane calls to one Triton server over HTTP (``host:port``), on the shared control client."""
 
     def __init__(self, url: str, load_timeout_s: float = 600.0) -> None:
-        import tritonclient.http as httpclient
-
-        self.url = url
+        self._control = HttpControl(parse_address(url, "http"), timeout_s=_CALL_TIMEOUT_S, load_timeout_s=load_timeout_s)
+        self.url = self._control.url
         self.load_timeout_s = load_timeout_s
-        self._http = httpclient
-        self._client = httpclient.InferenceServerClient(url, connection_timeout=5.0, network_timeout=load_timeout_s)
+        self._infer_client: Any = None
 
     def close(self) -> None:
-        self._client.close()
+        self._control.close()
+        if self._infer_client is not None:
+            self._infer_client.close()
 
     def __enter__(self) -> "ModelControl":
         return self
@@ -72,21 +71,23 @@ class ModelControl:
     def check_live(self) -> None:
         """Raise ServerError unless a Triton server answers at the URL."""
         try:
-            live = self._client.is_server_live()
-        except Exception as exc:  # noqa: BLE001 - connection refused, DNS, timeouts: all "not reachable"
-            raise ServerError(f"no Triton server answers at {self.url}: {_client_error(exc)}",
+            live = self._control.server_live()
+        except ControlError as exc:
+            raise ServerError(f"no Triton server answers at {self.url}: {exc.server_message}",
                               hint="start one (sft-engine serve --model-control-mode explicit) or fix --url") from None
         if not live:
             raise ServerError(f"the Triton server at {self.url} is not live", hint="check the server log")
 
+    def _index(self) -> list[dict[str, Any]]:
+        try:
+            return self._control.repository_index()
+        except ControlError as exc:
+            raise ServerError(f"cannot read the repository index at {self.url}: {exc.server_message}", hint="check --url and the server log") from None
+
     def versions(self, model: str) -> VersionState:
         """Every version of ``model`` the server knows, with its state."""
-        try:
-            index = self._client.get_model_repository_index()
-        except Exception as exc:  # noqa: BLE001
-            raise ServerError(f"cannot read the repository index at {self.url}: {_client_error(exc)}", hint="check --url and the server log") from None
         out: VersionState = {}
-        for entry in index:
+        for entry in self._index():
             if entry.get("name") == model and str(entry.get("version", "")).isdigit():
                 out[int(entry["version"])] = str(entry.get("state", ""))
         return out
@@ -96,23 +97,20 @@ class ModelControl:
 
     def known_to_server(self, model: str) -> bool:
         """True when the server's repository has a model of this name (loaded or not)."""
-        try:
-            index = self._client.get_model_repository_index()
-        except Exception as exc:  # noqa: BLE001
-            raise ServerError(f"cannot read the repository index at {self.url}: {_client_error(exc)}", hint="check --url and the server log") from None
-        return any(entry.get("name") == model for entry in index)
+        return any(entry.get("name") == model for entry in self._index())
 
     def live_config(self, model: str) -> dict[str, Any] | None:
         """The configuration the server runs ``model`` with, or None when it is not loaded."""
         try:
-            return dict(self._client.get_model_config(model))
-        except Exception:  # noqa: BLE001 - "unknown model" is the expected answer for an unloaded model
+            return self._control.model_config(model)
+        except ControlError as exc:  # "unknown model" is the expected answer for an unloaded model
+            LOGGER.debug("no live config of %s at %s: %s (%s)", model, self.url, exc.server_message, exc.kind.value)
             return None
 
     def is_ready(self, model: str, version: int | None = None) -> bool:
         try:
-            return bool(self._client.is_model_ready(model, "" if version is None else str(version)))
-        except Exception:  # noqa: BLE001
+            return self._control.model_ready(model, "" if version is None else str(version))
+        except ControlError:
             return False
 
     # -- changing --------------------------------------------------------------------
@@ -122,12 +120,11 @@ class ModelControl:
         Triton answers only after the versions in the config's policy have loaded (warmup
         included); versions that leave the policy are unloaded in the background.
         """
-        body = json.dumps(config) if config is not None else None
         started = time.monotonic()
         try:
-            self._client.load_model(model, config=body)
-        except Exception as exc:  # noqa: BLE001 - InferenceServerException and transport errors alike
-            text = _client_error(exc)
+            self._control.load_model(model, config)
+        except ControlError as exc:
+            text = exc.server_message
             if _is_explicit_mode_error(text):
                 raise ServerError(f"the server at {self.url} does not allow loading models ({text})", hint=EXPLICIT_MODE_HINT) from None
             raise LoadFailed(text) from None
@@ -135,9 +132,9 @@ class ModelControl:
 
     def unload(self, model: str) -> None:
         try:
-            self._client.unload_model(model)
-        except Exception as exc:  # noqa: BLE001
-            text = _client_error(exc)
+            self._control.unload_model(model)
+        except ControlError as exc:
+            text = exc.server_message
             if _is_explicit_mode_error(text):
                 raise ServerError(f"the server at {self.url} does not allow unloading models ({text})", hint=EXPLICIT_MODE_HINT) from None
             raise LoadFailed(text) from None
@@ -166,16 +163,22 @@ class ModelControl:
 
     # -- inference -------------------------------------------------------------------
     def infer(self, model: str, version: int | None, input_name: str, output_name: str, batch: np.ndarray) -> tuple[np.ndarray, int]:
-        """One request; returns the output and the version that answered it."""
-        http = self._http
+        """One request; returns the output and the version that answered it (tritonclient's HTTP client)."""
+        import tritonclient.http as http
+
+        if self._infer_client is None:
+            self._infer_client = http.InferenceServerClient(self.url, connection_timeout=5.0, network_timeout=self.load_timeout_s)
         tensor = http.InferInput(input_name, list(batch.shape), "FP32")
         tensor.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.float32), binary_data=True)
         try:
-            result = self._client.infer(model, [tensor], model_version="" if version is None else str(version),
-                                        outputs=[http.InferRequestedOutput(output_name, binary_data=True)])
-        except Exception as exc:  # noqa: BLE001
+            result = self._infer_client.infer(model, [tensor], model_version="" if version is None else str(version),
+                                              outputs=[http.InferRequestedOutput(output_name, binary_data=True)])
+        except Exception as exc:  # noqa: BLE001 - InferenceServerException and transport errors alike
+            failure = classify_exception(exc)
+            if failure is None:
+                raise
             where = f"version {version}" if version is not None else "the default version"
-            raise ServerError(f"inference on {model} {where} failed: {_client_error(exc)}", hint="check the server log") from None
+            raise ServerError(f"inference on {model} {where} failed: {' '.join(failure.message.split())}", hint="check the server log") from None
         answered = result.get_response().get("model_version", "")
         out = result.as_numpy(output_name)
         if out is None:

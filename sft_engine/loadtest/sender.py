@@ -14,7 +14,10 @@ built once): the reference path, to cross-check the harness against the stock cl
 It spends more CPU per request, as ``infer()`` rebuilds the request on every call.
 
 Every outcome maps to one small integer (``OK``, ``TIMEOUT`` ...) so workers store
-it in a byte array; the first message of each kind is kept for the report.
+it in a byte array; the first message of each kind is kept for the report. What a
+failure *is* comes from the shared table (``sft_engine.triton.failures``), the same
+one the client and the operations commands use; ``STATUS_OF_KIND`` folds its kinds
+into the load test's few report categories.
 """
 
 from __future__ import annotations
@@ -25,16 +28,14 @@ from typing import Any, Sequence
 
 from sft_engine.loadtest.config import Endpoint
 from sft_engine.loadtest.payload import Payload
-from sft_engine.loadtest.probe import GRPC_INFER_METHOD
+from sft_engine.triton.control import GRPC_INFER_METHOD
+from sft_engine.triton.failures import FailureKind, classify_exception, classify_status
 
 __all__ = [
     "OK", "TIMEOUT", "UNAVAILABLE", "REJECTED", "SERVER_ERROR", "OVERLOADED", "CANCELLED", "UNFINISHED", "OTHER",
-    "STATUS_NAMES", "SLOW_STATUSES", "TRANSPORTS", "Transport", "GrpcTransport", "HttpTransport", "TritonClientTransport",
+    "STATUS_NAMES", "STATUS_OF_KIND", "SLOW_STATUSES", "Transport", "GrpcTransport", "HttpTransport", "TritonClientTransport",
     "make_transport",
 ]
-
-#: ``--transport`` choices
-TRANSPORTS = ("raw", "tritonclient")
 
 OK, TIMEOUT, UNAVAILABLE, REJECTED, SERVER_ERROR, OVERLOADED, CANCELLED, UNFINISHED, OTHER = range(9)
 #: names used in reports (errors by kind)
@@ -46,6 +47,15 @@ STATUS_NAMES = {
 #: (a timeout at the timeout value, a request still unanswered when the drain ended).
 #: Fast failures (refused, rejected) are counted as errors but would flatter the tail.
 SLOW_STATUSES = (OK, TIMEOUT, UNFINISHED)
+#: failure kind -> report category. A model the server does not know (or will not
+#: take the request for) is the request's fault: rejected. A model that is not ready
+#: counts as unavailable, like a server that does not answer.
+STATUS_OF_KIND = {
+    FailureKind.TIMEOUT: TIMEOUT, FailureKind.UNAVAILABLE: UNAVAILABLE, FailureKind.MODEL_NOT_READY: UNAVAILABLE,
+    FailureKind.OVERLOADED: OVERLOADED, FailureKind.MODEL_NOT_FOUND: REJECTED, FailureKind.INVALID: REJECTED,
+    FailureKind.REFUSED: REJECTED, FailureKind.SERVER_ERROR: SERVER_ERROR, FailureKind.CANCELLED: CANCELLED,
+    FailureKind.OTHER: OTHER,
+}
 
 
 class Transport:
@@ -89,17 +99,6 @@ class GrpcTransport(Transport):
         self._body = self.payload.grpc_request
         self._bodies = [p.grpc_request for p in self.payload.variants]  # --images: one per file, sent in turn
         self._turn = 0
-        sc = grpc.StatusCode
-        self._kinds = {
-            sc.DEADLINE_EXCEEDED: TIMEOUT,
-            sc.UNAVAILABLE: UNAVAILABLE,
-            sc.INVALID_ARGUMENT: REJECTED, sc.NOT_FOUND: REJECTED, sc.FAILED_PRECONDITION: REJECTED,
-            sc.UNIMPLEMENTED: REJECTED, sc.OUT_OF_RANGE: REJECTED, sc.PERMISSION_DENIED: REJECTED,
-            sc.UNAUTHENTICATED: REJECTED,
-            sc.RESOURCE_EXHAUSTED: OVERLOADED,
-            sc.INTERNAL: SERVER_ERROR, sc.UNKNOWN: SERVER_ERROR, sc.DATA_LOSS: SERVER_ERROR,
-            sc.CANCELLED: CANCELLED, sc.ABORTED: SERVER_ERROR,
-        }
 
     async def send(self, endpoint_index: int) -> int:
         body = self._body
@@ -110,11 +109,8 @@ class GrpcTransport(Transport):
             await self._calls[endpoint_index](body, timeout=self.timeout_s)
             return OK
         except self._grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            status = self._kinds.get(code, OTHER)
-            if status == UNAVAILABLE and "unknown model" in (exc.details() or "").lower():
-                status = REJECTED
-            return self._note(status, f"{code.name}: {exc.details()}")
+            code, details = exc.code(), exc.details() or ""
+            return self._note(STATUS_OF_KIND[classify_status(code.name, details)], f"{code.name}: {details}")
 
     async def connect(self, endpoint_index: int, timeout_s: float = 10.0) -> str | None:
         try:
@@ -157,11 +153,7 @@ class HttpTransport(Transport):
                     return OK
                 status = resp.status
             text = body[:300].decode(errors="replace")
-            if status in (429, 503):
-                return self._note(OVERLOADED, f"HTTP {status}: {text}")
-            if 400 <= status < 500:
-                return self._note(REJECTED, f"HTTP {status}: {text}")
-            return self._note(SERVER_ERROR, f"HTTP {status}: {text}")
+            return self._note(STATUS_OF_KIND[classify_status(status, text)], f"HTTP {status}: {text}")
         except asyncio.TimeoutError:
             return self._note(TIMEOUT, f"no response within {self.timeout_s:g} s")
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
@@ -222,8 +214,6 @@ class TritonClientTransport(Transport):
             self._clients = [client_mod.InferenceServerClient(ep.url) for ep in self.endpoints]
 
     async def send(self, endpoint_index: int) -> int:
-        from tritonclient.utils import InferenceServerException
-
         client = self._clients[endpoint_index]
         try:
             if self._grpc:
@@ -236,26 +226,12 @@ class TritonClientTransport(Transport):
             return OK
         except asyncio.TimeoutError:
             return self._note(TIMEOUT, f"no response within {self.timeout_s:g} s")
-        except InferenceServerException as exc:
-            status, text = str(exc.status() or ""), str(exc.message() or exc)
-            if "DEADLINE_EXCEEDED" in status:
-                kind = TIMEOUT
-            elif "unknown model" in text.lower() or any(s in status for s in ("INVALID_ARGUMENT", "NOT_FOUND", "400", "404")):
-                kind = REJECTED
-            elif "UNAVAILABLE" in status:
-                kind = UNAVAILABLE
-            elif any(s in status for s in ("RESOURCE_EXHAUSTED", "429", "503")):
-                kind = OVERLOADED
-            elif "CANCELLED" in status:
-                kind = CANCELLED
-            else:
-                kind = SERVER_ERROR
-            return self._note(kind, f"{status}: {text}")
-        except (ConnectionError, OSError) as exc:
-            return self._note(UNAVAILABLE, f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - aiohttp errors surface unwrapped through tritonclient.http.aio
-            kind = UNAVAILABLE if "Connect" in type(exc).__name__ or "Disconnected" in type(exc).__name__ else OTHER
-            return self._note(kind, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - tritonclient and aiohttp errors alike, classified by the shared table
+            failure = classify_exception(exc)
+            if failure is None:
+                return self._note(OTHER, f"{type(exc).__name__}: {exc}")
+            label = failure.status or type(exc).__name__
+            return self._note(STATUS_OF_KIND[failure.kind], f"{label}: {failure.message}")
 
     async def connect(self, endpoint_index: int, timeout_s: float = 10.0) -> str | None:
         try:
