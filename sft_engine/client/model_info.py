@@ -20,7 +20,7 @@ from sft_engine.preprocess import Preprocessing
 from sft_engine.triton.model import ServedModel, numpy_dtype
 
 if TYPE_CHECKING:
-    from sft_engine.client.transport import InferTarget
+    from sft_engine.client.wire import InferTarget
 
 __all__ = ["ModelInfo", "parse_classification", "labels_from_classification"]
 
@@ -108,7 +108,7 @@ class ModelInfo:
         return int(np.prod(self.output_dims)) * np.dtype(numpy_dtype(self.output_datatype)).itemsize
     def target(self) -> "InferTarget":
         """Where requests for this model go, and the tensors they name."""
-        from sft_engine.client.transport import InferTarget
+        from sft_engine.client.wire import InferTarget
 
         out_dtype = numpy_dtype(self.output_datatype) or np.float32
         return InferTarget(self.name, self.version, self.input_name, self.input_datatype, self.output_name, np.dtype(out_dtype))

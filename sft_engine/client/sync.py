@@ -44,7 +44,8 @@ from sft_engine.client.retry import RetryPolicy, call_with_retry
 from sft_engine.client.server_side import check_image_model, encode_images, image_model, missing_image_model, pinned_version, send_files
 from sft_engine.client.settings import ClientSettings, SettingsView
 from sft_engine.client.shm import ShmPool, ShmSlot, in_use, release_patience_s
-from sft_engine.client.transport import InferTarget, make_transport
+from sft_engine.client.transport import make_transport
+from sft_engine.client.wire import InferTarget
 
 __all__ = ["Client"]
 

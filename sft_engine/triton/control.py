@@ -198,11 +198,15 @@ class HttpControl(ControlClient):
 class GrpcControl(ControlClient):
     """Triton's gRPC control plane through tritonclient's synchronous client."""
 
-    def __init__(self, address: Address, timeout_s: float = 2.0, load_timeout_s: float = 600.0) -> None:
+    def __init__(self, address: Address, timeout_s: float = 2.0, load_timeout_s: float = 600.0, *, client: Any = None) -> None:
+        """``client``: an existing ``tritonclient.grpc.InferenceServerClient`` to share (not closed here)."""
         super().__init__(address, timeout_s, load_timeout_s)
-        import tritonclient.grpc as grpcclient
+        self._owned = client is None
+        if client is None:
+            import tritonclient.grpc as grpcclient
 
-        self._client = grpcclient.InferenceServerClient(self.url)
+            client = grpcclient.InferenceServerClient(self.url)
+        self._client = client
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, timeout_s: float | None = None, **kwargs: Any) -> T:
         try:
@@ -240,6 +244,8 @@ class GrpcControl(ControlClient):
         self._call(f"unload of {model}", self._client.unload_model, model, timeout_s=self.load_timeout_s)
 
     def close(self) -> None:
+        if not self._owned:
+            return
         try:
             self._client.close()
         except Exception:  # noqa: BLE001 - closing a dead channel must not mask the real error

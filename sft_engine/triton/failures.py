@@ -126,7 +126,15 @@ class Failure:
 
 
 def classify_exception(exc: BaseException) -> Failure | None:
-    """The Failure behind an exception from a Triton call, or None when ``exc`` is not one (a bug)."""
+    """The Failure behind an exception from a Triton call, or None when ``exc`` is not one (a bug).
+
+    An error that already carries a ``FailureKind`` (the control client's ``ControlError``)
+    keeps it.
+    """
+    kind = getattr(exc, "kind", None)
+    if isinstance(kind, FailureKind):
+        return Failure(kind, str(getattr(exc, "server_message", "") or exc), getattr(exc, "status", None),
+                       bool(getattr(exc, "wrong_protocol", False)))
     if isinstance(exc, urllib.error.HTTPError):
         return Failure(classify_status(exc.code, exc.reason or ""), str(exc.reason or exc), str(exc.code))
     if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
