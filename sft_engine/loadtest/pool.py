@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from sft_engine.errors import LoadTestError
 from sft_engine.loadtest.config import Endpoint
-from sft_engine.loadtest.control import ControlBlock
+from sft_engine.loadtest.shared_block import ControlBlock
 from sft_engine.loadtest.payload import Payload
 from sft_engine.loadtest.schedule import WorkerPlan
 from sft_engine.loadtest.worker import WorkerInit, WorkerStepResult

@@ -33,8 +33,8 @@ from sft_engine.triton.failures import FailureKind, classify_exception, classify
 
 __all__ = [
     "OK", "TIMEOUT", "UNAVAILABLE", "REJECTED", "SERVER_ERROR", "OVERLOADED", "CANCELLED", "UNFINISHED", "OTHER",
-    "STATUS_NAMES", "STATUS_OF_KIND", "SLOW_STATUSES", "Transport", "GrpcTransport", "HttpTransport", "TritonClientTransport",
-    "make_transport",
+    "STATUS_NAMES", "STATUS_OF_KIND", "SLOW_STATUSES", "Sender", "GrpcSender", "HttpSender", "TritonClientSender",
+    "make_sender",
 ]
 
 OK, TIMEOUT, UNAVAILABLE, REJECTED, SERVER_ERROR, OVERLOADED, CANCELLED, UNFINISHED, OTHER = range(9)
@@ -58,7 +58,7 @@ STATUS_OF_KIND = {
 }
 
 
-class Transport:
+class Sender:
     """Sends the payload to endpoint ``i``; returns a status code, never raises for a failed request."""
 
     def __init__(self, endpoints: Sequence[Endpoint], payload: Payload, timeout_s: float | None, max_connections: int = 4096) -> None:
@@ -88,7 +88,7 @@ class Transport:
         return status
 
 
-class GrpcTransport(Transport):
+class GrpcSender(Sender):
     async def start(self) -> None:
         import grpc
 
@@ -124,7 +124,7 @@ class GrpcTransport(Transport):
             await ch.close(grace=None)
 
 
-class HttpTransport(Transport):
+class HttpSender(Sender):
     async def start(self) -> None:
         import aiohttp
 
@@ -176,7 +176,7 @@ class HttpTransport(Transport):
             await session.close()
 
 
-class TritonClientTransport(Transport):
+class TritonClientSender(Sender):
     """tritonclient's asyncio ``InferenceServerClient.infer`` per request (gRPC or HTTP)."""
 
     async def start(self) -> None:
@@ -257,12 +257,12 @@ def _connection_limit(wanted: int) -> int:
     return max(1, min(wanted, soft - 64))
 
 
-def make_transport(
+def make_sender(
     endpoints: Sequence[Endpoint], payload: Payload, timeout_s: float | None, max_connections: int = 4096, kind: str = "raw",
-) -> Transport:
-    cls: type[Transport]
+) -> Sender:
+    cls: type[Sender]
     if kind == "tritonclient":
-        cls = TritonClientTransport
+        cls = TritonClientSender
     else:
-        cls = GrpcTransport if endpoints[0].protocol == "grpc" else HttpTransport
+        cls = GrpcSender if endpoints[0].protocol == "grpc" else HttpSender
     return cls(endpoints, payload, timeout_s, max_connections)

@@ -33,12 +33,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from sft_engine.loadtest.config import Endpoint
-from sft_engine.loadtest.control import ControlBlock
+from sft_engine.loadtest.shared_block import ControlBlock
 from sft_engine.loadtest.histogram import LatencyHistogram
 from sft_engine.loadtest.payload import Payload
 from sft_engine.loadtest.schedule import WorkerPlan, intended_times
-from sft_engine.loadtest.transport import (
-    CANCELLED, OK, SLOW_STATUSES, STATUS_NAMES, TIMEOUT, UNAVAILABLE, UNFINISHED, Transport, make_transport,
+from sft_engine.loadtest.sender import (
+    CANCELLED, OK, SLOW_STATUSES, STATUS_NAMES, TIMEOUT, UNAVAILABLE, UNFINISHED, Sender, make_sender,
 )
 
 __all__ = ["WorkerInit", "WindowData", "WorkerStepResult", "worker_main"]
@@ -93,7 +93,7 @@ class WorkerStepResult:
 class _StepRun:
     """One step in one worker: schedule, send, record raw timestamps, summarize."""
 
-    def __init__(self, plan: WorkerPlan, transport: Transport, init: WorkerInit, control: ControlBlock) -> None:
+    def __init__(self, plan: WorkerPlan, transport: Sender, init: WorkerInit, control: ControlBlock) -> None:
         self.plan = plan
         self.step = plan.step
         self.transport = transport
@@ -382,7 +382,7 @@ async def _sleep_until(t: float) -> None:
 
 
 async def _worker_async(conn: Connection, init: WorkerInit, control: ControlBlock) -> None:
-    transport = make_transport(init.endpoints, init.payload, init.timeout_s, init.max_in_flight, init.transport)
+    transport = make_sender(init.endpoints, init.payload, init.timeout_s, init.max_in_flight, init.transport)
     await transport.start()
     try:
         # connections are up before any timed request (the coordinator already sent a test request)

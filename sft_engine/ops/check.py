@@ -28,7 +28,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.errors import ConfigError
-from sft_engine.ops.control import ModelControl
+from sft_engine.ops.model_control import ModelControl
 from sft_engine.preprocess import Preprocessing
 from sft_engine.repository.config import parameters_of
 from sft_engine.repository.manifest import BuildManifest

@@ -37,7 +37,7 @@ import numpy as np
 from sft_engine.errors import RepositoryError, SftEngineError
 from sft_engine.ops import Notify, quiet
 from sft_engine.ops.check import CheckReport, CheckSpec, compare_versions
-from sft_engine.ops.control import LoadFailed, ModelControl
+from sft_engine.ops.model_control import LoadFailed, ModelControl
 from sft_engine.ops.modelconfig import disk_config, override, require_version
 from sft_engine.ops.snapshot import ServingSnapshot
 from sft_engine.repository.manifest import find_manifest

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from sft_engine.ops.control import ModelControl
+from sft_engine.ops.model_control import ModelControl
 from sft_engine.ops.modelconfig import with_versions
 
 __all__ = ["ServingSnapshot"]

@@ -38,7 +38,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.errors import ConfigError
 from sft_engine.ops import Notify, quiet
-from sft_engine.ops.control import LoadFailed, ModelControl
+from sft_engine.ops.model_control import LoadFailed, ModelControl
 from sft_engine.ops.modelconfig import ServingKnobs, apply_knobs, disk_config, knobs_of, require_version
 from sft_engine.ops.snapshot import ServingSnapshot
 from sft_engine.ops.tune_bench import CandidateBench

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.errors import ConfigError, LoadTestError
-from sft_engine.ops.control import LoadFailed, ModelControl
+from sft_engine.ops.model_control import LoadFailed, ModelControl
 from sft_engine.ops.modelconfig import apply_knobs, override
 from sft_engine.ops.tune_search import Candidate
 

@@ -10,7 +10,7 @@ import pytest
 from sft_engine.build import build
 from sft_engine.cli import main
 from sft_engine.build_config import BuildConfig
-from sft_engine.ops.control import ModelControl
+from sft_engine.ops.model_control import ModelControl
 from sft_engine.ops.modelconfig import disk_config, override
 from sft_engine.repository.config import read_config
 from sft_engine.repository.manifest import read_manifest

@@ -14,7 +14,7 @@ from sft_engine.cli import main
 from sft_engine.errors import ConfigError, RepositoryError
 from sft_engine.ops.check import CheckSpec, gate_inputs
 from sft_engine.repository.manifest import find_manifest
-from sft_engine.ops.control import ModelControl
+from sft_engine.ops.model_control import ModelControl
 from sft_engine.ops.modelconfig import disk_config
 from sft_engine.ops.rollout import RolloutPlan, RolloutResult, rollout
 from sft_engine.preprocess import Preprocessing
