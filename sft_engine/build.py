@@ -35,7 +35,7 @@ from sft_engine.repository.writer import PublishedVersion, publish
 from sft_engine.timing import time_interleaved
 from sft_engine.verify import CHECK_BATCH, ParityData, ParityReport, Tolerance, eager_logits, gate_for, parity_inputs, run_checks
 
-__all__ = ["BuildResult", "build", "export_settings", "select", "TIMING_BATCH"]
+__all__ = ["BuildResult", "build", "export_settings", "published_config", "select", "TIMING_BATCH"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -107,9 +107,20 @@ def export_settings(cfg: BuildConfig) -> ExportSettings:
     return ExportSettings(
         name=cfg.name, arch=cfg.arch, num_classes=cfg.num_classes, input_shape=tuple(cfg.preprocessing.shape),
         max_batch_size=cfg.max_batch_size, instance_count=cfg.instance_count, max_queue_delay_us=cfg.max_queue_delay_us,
-        gpus=tuple(cfg.gpus), engine=cfg.engine, precision=cfg.precision, intra_op_threads=cfg.intra_op_threads,
+        build_gpus=tuple(cfg.build_gpus), serve_gpus=None if cfg.serve_gpus is None else tuple(cfg.serve_gpus), engine=cfg.engine, precision=cfg.precision, intra_op_threads=cfg.intra_op_threads,
         parameters=cfg.preprocessing.to_parameters(), allow_unmatched_tensorrt=bool(cfg.allow_unmatched_tensorrt),
     )
+
+
+def published_config(engine: Any, settings: ExportSettings) -> Any:
+    """The model config a build publishes: the engine half of its target, placed by ``--serve-gpus``.
+
+    The GPUs the build ran on (``--build-gpu``) never reach ``instance_group``: a plan built
+    on GPU 1 must still load on a one-GPU server, so without ``--serve-gpus`` the
+    instances go to every GPU of the serving host.
+    """
+    return serving_config(engine, settings.name, settings.max_batch_size, settings.instance_count,
+                          settings.max_queue_delay_us, settings.parameters, settings.serve_gpus or ())
 
 
 def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildResult:
@@ -136,8 +147,7 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
         artifact, details = chosen.artifact, chosen.details
         precision = details.get("precision")
         progress(f"[3/4] engine {artifact.engine}{' ' + precision if precision else ''} passed parity: {details['parity']['max_abs_diff']:.3g} max|diff|")
-        config = serving_config(artifact.config, settings.name, settings.max_batch_size, settings.instance_count,
-                                settings.max_queue_delay_us, settings.parameters, settings.gpus)
+        config = published_config(artifact.config, settings)
         config_text = to_pbtxt(config)
         inputs = {
             "weights": {"file": cfg.weights.name, "sha256": sha256_file(cfg.weights)} if cfg.weights else None,

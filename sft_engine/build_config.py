@@ -83,7 +83,11 @@ class BuildConfig:
     parity_samples: int = 16
     calibration_dir: Path | None = None
     accuracy_max_drop: float = 0.3
-    gpus: tuple[int, ...] = ()
+    #: GPUs the build runs on (every visible one, one per architecture, when empty)
+    build_gpus: tuple[int, ...] = ()
+    #: serving placement, ``instance_group.gpus``: None = the target's default (GPU targets:
+    #: every GPU of the serving host; onnx: CPU), () = every GPU, else these ids
+    serve_gpus: tuple[int, ...] | None = None
     allow_unmatched_tensorrt: bool = False
     selection_budget_s: float = 3.0
     seed: int = 0
@@ -104,6 +108,10 @@ class BuildConfig:
             if attr == "labels_file":
                 updates["labels"] = read_labels(value)
                 continue
+            if attr == "gpus":
+                raise ConfigError(f"{key!r} in {origin} is split in two: where the build runs and where Triton serves",
+                                  hint="use build_gpus / --build-gpu for the GPUs that build the engine, and serve_gpus / "
+                                       "--serve-gpus (default: all) for the config's instance_group.gpus")
             if attr not in known or attr == "source":
                 raise ConfigError(f"unknown key {key!r} in {origin}", hint=f"known keys: {', '.join(sorted(k for k in known if k != 'source'))}")
             updates[attr] = value
@@ -124,7 +132,11 @@ class BuildConfig:
         self.repository = Path(self.repository)
         self.mean = parse_floats(self.mean, "--mean")  # type: ignore[arg-type]
         self.std = parse_floats(self.std, "--std")  # type: ignore[arg-type]
-        self.gpus = tuple(int(g) for g in self.gpus)
+        self.build_gpus = parse_gpu_ids(self.build_gpus, "--build-gpu")  # type: ignore[assignment]
+        self.serve_gpus = None if self.serve_gpus is None else parse_gpu_ids(self.serve_gpus, "--serve-gpus", allow_all=True)
+        if self.serve_gpus is not None and self.target == "cpu":
+            raise ConfigError("--serve-gpus places a GPU engine; --target cpu serves on CPU instances",
+                              hint="drop --serve-gpus, or use --target tensorrt, torchscript-gpu or onnx")
         check_choice(self.target, self.engine, self.precision)
         if self.labels is not None and self.num_classes is None:
             self.num_classes = len(self.labels)
@@ -248,8 +260,8 @@ def config_from_sources(from_finetune: str | Path | None = None, spec: str | Pat
     """The build settings from their three sources, later ones winning: fine-tuning output < spec file < flags.
 
     A spec may name its own ``from_finetune`` directory. ``flags`` are ``BuildConfig``
-    fields (plus ``labels_file``) as given on the command line; ``gpus``, ``mean`` and
-    ``std`` may be comma-separated text.
+    fields (plus ``labels_file``) as given on the command line; ``build_gpus``,
+    ``serve_gpus`` (also ``all``), ``mean`` and ``std`` may be comma-separated text.
     """
     cfg = BuildConfig()
     if from_finetune:
@@ -263,6 +275,24 @@ def config_from_sources(from_finetune: str | Path | None = None, spec: str | Pat
     for key in ("mean", "std"):
         if key in given:
             given[key] = parse_floats(given[key], f"--{key}")
-    if "gpus" in given:
-        given["gpus"] = tuple(int(g) for g in parse_floats(given["gpus"], "--gpus"))
     return cfg.merged(given, "flags")
+
+
+def parse_gpu_ids(value: Any, flag: str, allow_all: bool = False) -> tuple[int, ...]:
+    """``"0,1"``, ``[0, 1]`` or (with ``allow_all``) ``"all"`` (→ ``()``, every GPU) → distinct ids >= 0."""
+    if isinstance(value, str):
+        text = value.strip()
+        if allow_all and text.lower() == "all":
+            return ()
+        items: list[Any] = [t for t in text.split(",") if t.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    try:
+        ids = tuple(int(str(i).strip()) for i in items)
+    except ValueError:
+        raise ConfigError(f"{flag} {value!r} is not a list of GPU ids", hint=f"e.g. {flag} 0,1" + (f" or {flag} all" if allow_all else "")) from None
+    if any(i < 0 for i in ids) or len(set(ids)) != len(ids) or (isinstance(value, str) and not ids):
+        raise ConfigError(f"{flag} {value!r} must name distinct GPU ids >= 0", hint=f"e.g. {flag} 0,1")
+    return ids

@@ -14,7 +14,7 @@ from sft_engine.build_config import BuildConfig, config_from_sources
 _FLAG_FIELDS = (
     "arch", "weights", "pretrained", "num_classes", "input_size", "mean", "std", "max_batch_size", "name",
     "repository", "target", "engine", "precision", "instance_count", "intra_op_threads", "max_queue_delay_us", "parity_atol",
-    "parity_rtol", "parity_min_top1_agreement", "parity_samples", "accuracy_max_drop", "calibration_dir", "gpus", "seed",
+    "parity_rtol", "parity_min_top1_agreement", "parity_samples", "accuracy_max_drop", "calibration_dir", "build_gpus", "serve_gpus", "seed",
     "allow_unmatched_tensorrt",
     "max_image_pixels", "preprocess_instances",
 )
@@ -47,7 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--instance-count", type=int)
     out.add_argument("--intra-op-threads", type=int, help="threads per instance (default: cores / instances)")
     out.add_argument("--max-queue-delay-us", type=int, help="dynamic batching queue delay")
-    out.add_argument("--gpus", help="GPU ids for the instance group, e.g. 0,1")
+    out.add_argument("--build-gpu", dest="build_gpus", metavar="IDS",
+                     help="GPU(s) the build runs on, e.g. 0 (default: every visible GPU, one per architecture); not where it is served")
+    out.add_argument("--serve-gpus", metavar="IDS|all",
+                     help="serving placement, the config's instance_group.gpus (default: all GPUs of the serving host; "
+                          "for --target onnx, 'all' or ids switch from CPU to GPU instances)")
+    out.add_argument("--gpus", help=argparse.SUPPRESS)  # split into --build-gpu and --serve-gpus: a one-line error
     out.add_argument("--allow-unmatched-tensorrt", action="store_true", default=None,
                      help="publish a TensorRT plan even when no known NGC Triton container ships its TensorRT")
     img = p.add_argument_group("image serving (the <name>_preprocess and <name>_image models)")
@@ -72,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
     flags: dict[str, Any] = {k: getattr(args, k) for k in _FLAG_FIELDS if getattr(args, k, None) is not None}
+    if getattr(args, "gpus", None) is not None:
+        flags["gpus"] = args.gpus  # refused by BuildConfig.merged, naming the two flags that replace it
     if args.labels:
         flags["labels_file"] = args.labels
     if args.allow_random_weights:

@@ -39,7 +39,10 @@ class ExportSettings:
     max_batch_size: int
     instance_count: int = 1
     max_queue_delay_us: int = 0
-    gpus: tuple[int, ...] = ()
+    #: GPUs to build on (every visible one when empty); never the serving placement
+    build_gpus: tuple[int, ...] = ()
+    #: ``instance_group.gpus``: None = the target's default, () = every GPU of the serving host
+    serve_gpus: tuple[int, ...] | None = None
     engine: str = "auto"
     precision: str = "auto"
     intra_op_threads: int = 0

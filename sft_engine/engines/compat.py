@@ -195,14 +195,14 @@ def list_gpus() -> list[GpuInfo]:
 
 
 def select_gpus(requested: tuple[int, ...], available: list[GpuInfo]) -> list[GpuInfo]:
-    """The GPUs to build on: ``--gpus`` if given (validated), else every visible one."""
+    """The GPUs to build on: ``--build-gpu`` if given (validated), else every visible one."""
     if not requested:
         return list(available)
     by_index = {g.index: g for g in available}
     missing = [i for i in requested if i not in by_index]
     if missing:
         raise ConfigError(
-            f"--gpus names GPU {missing[0]} but this host has {len(available)} CUDA device(s)",
+            f"--build-gpu names GPU {missing[0]} but this host has {len(available)} CUDA device(s)",
             hint=f"use ids between 0 and {len(available) - 1}" if available else "run the build on a GPU host",
         )
     return [by_index[i] for i in dict.fromkeys(requested)]

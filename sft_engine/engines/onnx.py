@@ -4,8 +4,8 @@ The CPU target wraps ONNX Runtime in a Python-backend ``model.py``, which the em
 server needs; the stock NGC container has a native ONNX Runtime backend, so this
 target writes ``platform: "onnxruntime_onnx"`` with no Python at all:
 
-* without ``--gpus``: KIND_CPU instances;
-* with ``--gpus``: KIND_GPU instances with the TensorRT execution accelerator in FP16
+* without ``--serve-gpus``: KIND_CPU instances;
+* with ``--serve-gpus IDS|all``: KIND_GPU instances with the TensorRT execution accelerator in FP16
   (``optimization.execution_accelerators.gpu_execution_accelerator``, read only by the
   ONNX Runtime and TensorFlow backends). ONNX Runtime then builds its TensorRT engines
   when the model loads, on the serving GPU, so the plan always matches the container's
@@ -80,7 +80,7 @@ def export(ctx: ExportContext, candidate: EngineCandidate = CANDIDATE) -> Engine
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"{s.arch} could not be exported to ONNX: {type(exc).__name__}: {first}", hint="try --target cpu --engine torchscript") from exc
     runner = EngineRunner(str(ctx.workdir), engine_json(candidate, default_threads(s.instance_count)))
-    gpus = tuple(s.gpus)
+    gpus = s.serve_gpus is not None
     import onnxruntime
 
     compat = {

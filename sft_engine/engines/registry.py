@@ -9,13 +9,15 @@ in ``verify.PRECISION_GATES``.
 
 from __future__ import annotations
 
-import importlib.util
+import logging
 
 from sft_engine.engines import cpu, onnx, tensorrt, torchscript_gpu
 from sft_engine.engines.base import Target
 from sft_engine.errors import ConfigError
 
 __all__ = ["TARGETS", "target_names", "resolve_target", "get_target", "check_choice"]
+
+LOGGER = logging.getLogger(__name__)
 
 #: target name → Target
 TARGETS: dict[str, Target] = {t.name: t for t in (cpu.TARGET, tensorrt.TARGET, torchscript_gpu.TARGET, onnx.TARGET)}
@@ -27,14 +29,22 @@ def target_names() -> tuple[str, ...]:
 
 
 def resolve_target(target: str) -> str:
-    """``auto`` → ``tensorrt`` when CUDA and torch_tensorrt are present, else ``cpu``."""
+    """``auto`` → ``tensorrt`` (CUDA and a torch_tensorrt that imports and fits this torch),
+    ``torchscript-gpu`` (CUDA without a working torch_tensorrt), or ``cpu``.
+
+    The reason is logged, as a warning when a GPU host falls back from TensorRT (e.g. an
+    installed torch_tensorrt built for another torch), so the CLI prints it.
+    """
     if target != "auto":
         return target
-    import torch
+    from sft_engine.engines.compat import probe_auto_target
 
-    if torch.cuda.is_available() and importlib.util.find_spec("torch_tensorrt") is not None:
-        return "tensorrt"
-    return "cpu"
+    chosen, why = probe_auto_target()
+    if chosen == "torchscript-gpu":
+        LOGGER.warning("--target auto: building torchscript-gpu, not tensorrt: %s", why)
+    else:
+        LOGGER.info("--target auto: building %s: %s", chosen, why)
+    return chosen
 
 
 def get_target(name: str) -> Target:

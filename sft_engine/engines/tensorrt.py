@@ -234,12 +234,12 @@ def _compile_one(ctx: ExportContext, recipe: Fp16Recipe, gpu: GpuInfo, path: Pat
 
 
 def export(ctx: ExportContext, candidate: EngineCandidate = CANDIDATE) -> EngineArtifact:
-    """One FP16 plan per GPU architecture of the build host (or of ``--gpus``)."""
+    """One FP16 plan per GPU architecture of the build host (or of ``--build-gpu``)."""
     s = ctx.settings
     check_available(s)
     import torch_tensorrt
 
-    gpus = select_gpus(tuple(s.gpus), list_gpus())
+    gpus = select_gpus(tuple(s.build_gpus), list_gpus())
     by_cc: dict[str, GpuInfo] = {}
     for gpu in gpus:
         by_cc.setdefault(gpu.compute_capability, gpu)

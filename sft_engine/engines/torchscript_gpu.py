@@ -110,7 +110,7 @@ def export(ctx: ExportContext, candidate: EngineCandidate = CANDIDATE) -> Engine
     """Trace, freeze and check the FP16 weights; the runner is the very file Triton will load."""
     s = ctx.settings
     check_available(s)
-    gpus = select_gpus(tuple(s.gpus), list_gpus())
+    gpus = select_gpus(tuple(s.build_gpus), list_gpus())
     gpu: GpuInfo = gpus[0]
     device = cuda_device(gpu.index)
     path = ctx.workdir / MODEL_FILE

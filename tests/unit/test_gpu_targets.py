@@ -533,3 +533,61 @@ def test_probe_refuses_a_torch_tensorrt_of_another_torch_without_importing_it(tm
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "torch_tensorrt", raising=False)
     assert "torch_tensorrt 2.4.0 is built for torch 2.4" in compat._torch_tensorrt_problem()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU host's answer")
+def test_auto_resolves_to_cpu_without_cuda(caplog):
+    from sft_engine.engines.registry import resolve_target
+
+    caplog.set_level("INFO")
+    assert resolve_target("auto") == "cpu" and "PyTorch sees no CUDA device" in caplog.text
+    assert resolve_target("onnx") == "onnx"
+
+
+# -- build devices are not serving placement ------------------------------------------------
+
+def _cfg(*argv):
+    from sft_engine.cli import build_parser
+    from sft_engine.commands.build import config_from_args
+
+    return config_from_args(build_parser().parse_args(["build", "--arch", "resnet18", "--num-classes", "3", "--allow-random-weights", *argv]))
+
+
+def test_build_gpu_does_not_place_the_served_instances():
+    """A plan built with --build-gpu 1 must load on a one-GPU server: instance_group.gpus stays empty (all GPUs)."""
+    from sft_engine.build import export_settings, published_config
+    from sft_engine.engines.tensorrt import tensorrt_engine_config
+
+    settings = export_settings(_cfg("--target", "tensorrt", "--build-gpu", "1").validated())
+    assert settings.build_gpus == (1,) and settings.serve_gpus is None
+    cfg = _pbtxt(published_config(tensorrt_engine_config(3, (3, 32, 32)), settings))
+    group = cfg.instance_group[0]
+    assert group.kind == mc.ModelInstanceGroup.KIND_GPU and list(group.gpus) == []
+    placed = export_settings(_cfg("--target", "tensorrt", "--build-gpu", "1", "--serve-gpus", "0,2").validated())
+    assert list(_pbtxt(published_config(tensorrt_engine_config(3, (3, 32, 32)), placed)).instance_group[0].gpus) == [0, 2]
+    everywhere = export_settings(_cfg("--target", "torchscript-gpu", "--serve-gpus", "all").validated())
+    assert everywhere.serve_gpus == ()
+
+
+def test_gpus_flag_and_key_are_refused_naming_their_replacements():
+    for make in (lambda: _cfg("--target", "tensorrt", "--gpus", "1"), lambda: BuildConfig().merged({"gpus": [1]}, "spec.toml")):
+        with pytest.raises(ConfigError) as info:
+            make()
+        assert "--build-gpu" in info.value.one_line() and "--serve-gpus" in info.value.one_line()
+    with pytest.raises(ConfigError, match="--target cpu serves on CPU"):
+        _cfg("--target", "cpu", "--serve-gpus", "0").validated()
+    with pytest.raises(ConfigError, match="distinct GPU ids"):
+        _cfg("--target", "onnx", "--serve-gpus", "1,1").validated()
+    with pytest.raises(ConfigError, match="not a list of GPU ids"):
+        _cfg("--target", "tensorrt", "--build-gpu", "first").validated()
+
+
+def test_onnx_serve_gpus_switch_to_gpu_instances(tiny_weights, tmp_path):
+    repo = tmp_path / "repo"
+    result = build(BuildConfig(arch="resnet18", num_classes=4, weights=tiny_weights, input_size=32, max_batch_size=8, repository=repo,
+                               name="tiny_onnx_gpu", target="onnx", labels=list(LABELS), parity_samples=8, serve_gpus="all"))
+    cfg = parse_pbtxt((repo / "tiny_onnx_gpu" / "config.pbtxt").read_text())
+    assert result.target == "onnx"
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU and list(cfg.instance_group[0].gpus) == []
+    (acc,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    assert acc.name == "tensorrt"
