@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from sft_engine.errors import ServerError
+from sft_engine.lifetime import die_with_parent
 from sft_engine.triton.address import Address
 from sft_engine.triton.control import HttpControl
 
@@ -254,7 +255,7 @@ class TritonServer:
         with os.fdopen(fd, "wb") as log:
             self._process = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=server_environment(install), start_new_session=True,
+                env=server_environment(install), start_new_session=True, preexec_fn=die_with_parent(),
             )
         self._finalizer = weakref.finalize(self, _kill, self._process)
         try:

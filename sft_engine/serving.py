@@ -93,7 +93,7 @@ def serve_until_stopped(cfg: ServerConfig, report: Report, warn: Report) -> int:
     server = TritonServer(cfg)
     report(f"starting tritonserver on {cfg.host} for {cfg.repository} ...")
     with server:
-        report(f"ready\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  {server.metrics_url}")
+        report(f"ready\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  {server.metrics_url}\n  pid      {server.pid}")
         for name in model_names(cfg.repository):
             report(f"  model    http://{server.http_url}/v2/models/{name}/config")
         report("press Ctrl-C to stop")

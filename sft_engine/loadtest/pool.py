@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sft_engine.errors import LoadTestError
+from sft_engine.lifetime import die_with_parent
 from sft_engine.loadtest.config import Endpoint
 from sft_engine.loadtest.shared_block import ControlBlock
 from sft_engine.loadtest.payload import Payload
@@ -73,6 +74,7 @@ class WorkerPool:
                 proc = subprocess.Popen(
                     [sys.executable, "-c", code, str(child.fileno()), str(self.control.path), str(self.n_workers)],
                     pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    preexec_fn=die_with_parent(),
                 )
             finally:
                 child.close()
