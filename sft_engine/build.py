@@ -123,6 +123,17 @@ def published_config(engine: Any, settings: ExportSettings) -> Any:
                           settings.max_queue_delay_us, settings.parameters, settings.serve_gpus or ())
 
 
+def _initial_model(cfg: BuildConfig) -> torch.nn.Module:
+    """The model before ``--weights``: random, torchvision weights (cached or downloaded), or a local torchvision file."""
+    if not cfg.pretrained:
+        return build_model(cfg.arch, cfg.num_classes)
+    from sft_engine.finetune.pretrained import build_student, resolve_pretrained
+
+    model, origin = build_student(cfg.arch, cfg.num_classes, resolve_pretrained(cfg.arch, cfg.pretrained))
+    LOGGER.info("initial weights: %s", origin)
+    return model
+
+
 def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildResult:
     """Run the whole build; raises an SftEngineError subclass on any failure (repository untouched)."""
     started = time.monotonic()
@@ -133,7 +144,7 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
     plan = target.plan(settings)
     torch.manual_seed(cfg.seed)
     progress(f"[1/4] building {cfg.arch} for {cfg.num_classes} classes")
-    model = build_model(cfg.arch, cfg.num_classes, pretrained=cfg.pretrained)  # type: ignore[arg-type]
+    model = _initial_model(cfg)
     if cfg.weights is not None:
         load_weights(model, cfg.weights)
     model.eval()

@@ -152,7 +152,7 @@ class BuildConfig:
         if self.weights is not None and not self.weights.is_file():
             raise ConfigError(f"checkpoint {self.weights} does not exist", hint="pass --weights with the path of a .safetensors or .pt file")
         if self.weights is None and not self.pretrained and not self.allow_random_weights:
-            raise ConfigError("no weights given", hint="pass --weights FILE (.safetensors or .pt), --from-finetune DIR, or --pretrained ENUM_NAME")
+            raise ConfigError("no weights given", hint="pass --weights FILE (.safetensors or .pt), --from-finetune DIR, or --pretrained ENUM_NAME|PATH")
         if not isinstance(self.max_batch_size, int) or not 1 <= self.max_batch_size <= 4096:
             raise ConfigError(f"max batch size {self.max_batch_size!r} is out of range", hint="pass --max-batch-size between 1 and 4096")
         if not isinstance(self.instance_count, int) or not 1 <= self.instance_count <= 64:

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--from-finetune", metavar="DIR", help="output directory of sft-engine finetune (weights + metadata)")
     src.add_argument("--arch", help="architecture, e.g. resnet18, resnet50, mobilenet_v3_small, efficientnet_b0")
     src.add_argument("--weights", metavar="FILE", help="fine-tuned weights (.safetensors, or .pt/.pth holding tensors only)")
-    src.add_argument("--pretrained", metavar="ENUM", help="torchvision weights enum name (downloads); instead of --weights")
+    src.add_argument("--pretrained", metavar="ENUM|PATH", help="torchvision weights: an enum name or DEFAULT (from torchvision's cache, else downloaded), or a local torchvision .pth/.safetensors file; instead of --weights")
     src.add_argument("--allow-random-weights", action="store_true", default=None, help="build untrained weights (benchmarks only)")
     src.add_argument("--num-classes", type=int)
     src.add_argument("--labels", metavar="FILE", help="one label per line, in class-index order")

@@ -40,6 +40,10 @@ class ArchSpec:
         """Build the torchvision model with its original head (and optional torchvision weights)."""
         import torchvision
 
+        if weights is not None:
+            from sft_engine.models.hub import ensure_torchvision_weights
+
+            ensure_torchvision_weights(weights, self.name)  # one-line error, not a traceback, when it cannot be had
         if self.factory is not None:
             return self.factory(weights=weights)
         return torchvision.models.get_model(self.name, weights=weights)
