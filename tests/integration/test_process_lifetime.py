@@ -60,7 +60,7 @@ def _processes_using(path: Path) -> list[int]:
     return found
 
 
-def _until(predicate, what: str, timeout_s: float = 60.0) -> None:
+def _until(predicate, what: str, timeout_s: float = 90.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
