@@ -31,7 +31,7 @@ from sft_engine.models import build_model, load_weights, sha256_file
 from sft_engine.repository.config import ModelConfigSpec, to_pbtxt
 from sft_engine.repository.image_models import ImageServing, ensemble_spec, preprocess_model_file, preprocess_spec
 from sft_engine.repository.manifest import BuildManifest, write_manifest
-from sft_engine.repository.writer import PublishedVersion, publish
+from sft_engine.repository.writer import ModelRelease, PublishedVersion, publish_models
 from sft_engine.timing import time_interleaved
 from sft_engine.verify import CHECK_BATCH, ParityData, ParityReport, Tolerance, eager_logits, gate_for, parity_inputs, run_checks
 
@@ -166,7 +166,10 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
             "labels_sha256": _sha_text("".join(f"{x}\n" for x in cfg.label_list)),
         }
 
+        engine_version: dict[str, int] = {}
+
         def manifest(version_dir: Path, version: int) -> None:
+            engine_version["version"] = version  # staged first: the image models' manifests name it
             write_manifest(version_dir, BuildManifest(
                 model=cfg.name, version=version, target=target.name, engine=artifact.engine,
                 arch=cfg.arch, num_classes=cfg.num_classes, preprocessing=prep.to_parameters(),
@@ -177,8 +180,9 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
             ))
 
         progress(f"[4/4] publishing into {cfg.repository}")
-        published = publish(cfg.repository, settings.name, config_text, cfg.label_list, artifact.files, manifest)
-        publish_image_models(cfg.repository, config, cfg.label_list, cfg.image_serving, published.version)
+        releases = [ModelRelease(settings.name, config_text, tuple(cfg.label_list), dict(artifact.files), manifest),
+                    *image_releases(config, cfg.label_list, cfg.image_serving, lambda: engine_version.get("version"))]
+        published = publish_models(cfg.repository, releases)[0]  # the engine and its two image models, as one unit
     return BuildResult(published, target.name, artifact.engine, details["parity"], chosen.candidates, time.monotonic() - started, precision)
 
 
@@ -252,12 +256,16 @@ def select(target: Target, plan: list[EngineCandidate], ctx: ExportContext, tole
 IMAGE_ROLES = {"python": "preprocess", "ensemble": "ensemble"}
 
 
-def publish_image_models(repository: Path, engine: ModelConfigSpec, labels: list[str], settings: ImageServing, engine_version: int) -> None:
-    """Add a version of ``<name>_preprocess`` and ``<name>_image`` beside the engine's new version.
+def image_releases(engine: ModelConfigSpec, labels: list[str], settings: ImageServing,
+                   engine_version: Callable[[], int | None] = lambda: None) -> list[ModelRelease]:
+    """The next versions of ``<name>_preprocess`` and ``<name>_image``, to publish with the engine's.
 
-    Every build publishes them, so a repository always answers image files with the
-    preprocessing of its latest engine; versions stay additive for all three models.
+    Every build publishes them, in the same unit as the engine's version, so a
+    repository always answers image files with the preprocessing of its latest engine;
+    versions stay additive for all three models. ``engine_version()`` is the engine's
+    new version number once it is staged (it comes first in the unit).
     """
+    releases = []
     for spec, files in ((preprocess_spec(engine, settings), {"model.py": preprocess_model_file()}), (ensemble_spec(engine), {})):
         text = to_pbtxt(spec)
 
@@ -265,10 +273,16 @@ def publish_image_models(repository: Path, engine: ModelConfigSpec, labels: list
             write_manifest(version_dir, BuildManifest(
                 model=spec.name, version=version, engine=IMAGE_ROLES[spec.platform or spec.backend or ""],
                 preprocessing=dict(spec.parameters), config_pbtxt_sha256=_sha_text(text),
-                engine_details={"serves": {"model": engine.name, "version": engine_version}},
+                engine_details={"serves": {"model": engine.name, "version": engine_version()}},
             ))
 
-        publish(repository, spec.name, text, labels, files, manifest)
+        releases.append(ModelRelease(spec.name, text, tuple(labels), files, manifest))
+    return releases
+
+
+def publish_image_models(repository: Path, engine: ModelConfigSpec, labels: list[str], settings: ImageServing, engine_version: int) -> None:
+    """Add a version of both image models beside an engine version already published (one unit of two)."""
+    publish_models(repository, image_releases(engine, labels, settings, lambda: engine_version))
 
 
 def _sha_text(text: str) -> str:

@@ -8,6 +8,7 @@ that client-side preprocessing gives; every kind of bad image is one line.
 from __future__ import annotations
 
 import ast
+import json
 import io
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -147,3 +148,40 @@ def test_ensemble_rules_are_checked_before_writing():
 def test_image_serving_settings_are_checked(kw, flag):
     with pytest.raises(ConfigError, match=flag):
         ImageServing(**kw)
+
+
+def test_the_engine_and_its_image_models_publish_as_one_unit(tmp_path):
+    """A failure while staging the last of the three leaves none of them published."""
+    from dataclasses import replace
+
+    from sft_engine.build import image_releases
+    from sft_engine.repository.writer import ModelRelease, publish_models
+    from tests.helpers import tree_digest
+
+    repo = tmp_path / "repo"
+    engine = _engine_spec()
+    (tmp_path / "model.onnx").write_bytes(b"engine bytes")
+    seen: dict[str, int] = {}
+
+    def engine_manifest(version_dir, version):
+        seen["version"] = version
+
+    def releases():
+        return [ModelRelease("demo", to_pbtxt(engine), ("a", "b", "c", "d"), {"model.onnx": tmp_path / "model.onnx"}, engine_manifest),
+                *image_releases(engine, ["a", "b", "c", "d"], ImageServing(), lambda: seen.get("version"))]
+
+    publish_models(repo, releases())
+    before = tree_digest(repo)
+    assert {p.name for p in repo.iterdir()} == {"demo", "demo_preprocess", "demo_image"}
+    assert json.loads((repo / "demo_image" / "1" / "build_manifest.json").read_text())["engine_details"]["serves"] == {"model": "demo", "version": 1}
+
+    def broken(version_dir, version):
+        raise OSError(28, "No space left on device")
+
+    failing = releases()
+    failing[-1] = replace(failing[-1], manifest_writer=broken)
+    with pytest.raises(RepositoryError, match="No space left on device"):
+        publish_models(repo, failing)
+    assert tree_digest(repo) == before
+    for name in ("demo", "demo_preprocess", "demo_image"):
+        assert list_versions(repo / name) == [1]
