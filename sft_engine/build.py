@@ -71,8 +71,9 @@ class BuildResult:
         for cand in self.candidates:
             lat = cand.get("latency")
             parity = cand.get("parity") or {}
+            chosen = (cand.get("engine"), cand.get("precision")) == (self.engine, self.precision)
             if parity.get("passed"):
-                status = "passed"
+                status = "passed" if chosen or not lat else "passed, but slower"
             elif cand.get("exported"):
                 status = f"failed its gate ({'; '.join(parity.get('reasons') or [])})"
             else:
@@ -109,6 +110,7 @@ def export_settings(cfg: BuildConfig) -> ExportSettings:
         max_batch_size=cfg.max_batch_size, instance_count=cfg.instance_count, max_queue_delay_us=cfg.max_queue_delay_us,
         build_gpus=tuple(cfg.build_gpus), serve_gpus=None if cfg.serve_gpus is None else tuple(cfg.serve_gpus), engine=cfg.engine, precision=cfg.precision, intra_op_threads=cfg.intra_op_threads,
         parameters=cfg.preprocessing.to_parameters(), allow_unmatched_tensorrt=bool(cfg.allow_unmatched_tensorrt),
+        calibration_dir=cfg.calibration_dir, int8_calibration_images=cfg.int8_calibration_images, seed=cfg.seed,
     )
 
 
@@ -229,10 +231,13 @@ def select(target: Target, plan: list[EngineCandidate], ctx: ExportContext, tole
         failed = [c for c in records.values() if c.get("exported")]
         if failed:
             worst = "; ".join(f"{c['candidate']}: {', '.join(c['parity']['reasons'])}" for c in failed)
+            int8 = s.precision == "int8"
             raise ParityError(f"no {target.label} engine matches the eager model ({worst})",
-                              hint="nothing was published; check the model or loosen --parity-atol", report=records)
+                              hint="nothing was published; build with --precision bf16 or fp32, or calibrate on more images (--int8-calibration-images)"
+                              if int8 else "nothing was published; check the model or loosen --parity-atol", report=records)
         errors = "; ".join(f"{c['candidate']}: {c['error']}" for c in records.values())
-        raise ExportError(f"no {target.label} engine could be exported ({errors})", hint=target.export_hint or "see the log")
+        raise ExportError(f"no {target.label} engine could be exported ({errors})",
+                          hint="build with --precision bf16 or fp32" if s.precision == "int8" else target.export_hint or "see the log")
     if len(passed) > 1:
         timing = np.ascontiguousarray(np.resize(ctx.data.inputs, (min(TIMING_BATCH, s.max_batch_size), *ctx.data.inputs.shape[1:])))
         LOGGER.info("timing %s at batch %d", ", ".join(passed), len(timing))

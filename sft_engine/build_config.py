@@ -82,6 +82,8 @@ class BuildConfig:
     parity_min_top1_agreement: float = 0.99
     parity_samples: int = 16
     calibration_dir: Path | None = None
+    #: labelled images that calibrate INT8 (the rest, at least 200, gate it)
+    int8_calibration_images: int = 300
     accuracy_max_drop: float = 0.3
     #: GPUs the build runs on (every visible one, one per architecture, when empty)
     build_gpus: tuple[int, ...] = ()
@@ -138,6 +140,11 @@ class BuildConfig:
             raise ConfigError("--serve-gpus places a GPU engine; --target cpu serves on CPU instances",
                               hint="drop --serve-gpus, or use --target tensorrt, torchscript-gpu or onnx")
         check_choice(self.target, self.engine, self.precision)
+        if not isinstance(self.int8_calibration_images, int) or self.int8_calibration_images < 1:
+            raise ConfigError(f"INT8 calibration images must be an integer >= 1, got {self.int8_calibration_images!r}", hint="pass --int8-calibration-images 300")
+        if self.precision == "int8" and self.calibration_dir is None:
+            raise ConfigError("--precision int8 needs labelled images to calibrate and gate the engine, and none were given",
+                              hint="pass --calibration DIR (one folder per class, at least 250 images) or --from-finetune DIR")
         if self.labels is not None and self.num_classes is None:
             self.num_classes = len(self.labels)
         if self.num_classes is None:

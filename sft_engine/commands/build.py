@@ -14,7 +14,7 @@ from sft_engine.build_config import BuildConfig, config_from_sources
 _FLAG_FIELDS = (
     "arch", "weights", "pretrained", "num_classes", "input_size", "mean", "std", "max_batch_size", "name",
     "repository", "target", "engine", "precision", "instance_count", "intra_op_threads", "max_queue_delay_us", "parity_atol",
-    "parity_rtol", "parity_min_top1_agreement", "parity_samples", "accuracy_max_drop", "calibration_dir", "build_gpus", "serve_gpus", "seed",
+    "parity_rtol", "parity_min_top1_agreement", "parity_samples", "accuracy_max_drop", "calibration_dir", "int8_calibration_images", "build_gpus", "serve_gpus", "seed",
     "allow_unmatched_tensorrt",
     "max_image_pixels", "preprocess_instances",
 )
@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--target", help="cpu (default), tensorrt, torchscript-gpu, onnx, or auto (see docs/build.md)")
     out.add_argument("--engine", help="CPU engine: onnxruntime, torchscript, openvino, or auto (default), which measures each and keeps the fastest that passes its gate")
     out.add_argument("--precision",
-                     help="CPU arithmetic: auto (default) also tries bf16 where the CPU has it natively, under the accuracy gate; fp32 keeps FP32")
+                     help="CPU arithmetic: auto (default) also tries bf16 and int8 where the CPU runs them natively, each under its accuracy gate; "
+                          "fp32, bf16 or int8 forces one")
     out.add_argument("--name", help="model name in the repository (default: the arch)")
     out.add_argument("--repository", metavar="DIR", help="Triton model repository (default: model_repository)")
     out.add_argument("--max-batch-size", type=int)
@@ -65,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gate.add_argument("--parity-samples", type=int, help="random inputs for the gate")
     gate.add_argument("--accuracy-max-drop", type=float, help="allowed accuracy drop in points on labelled calibration images")
     gate.add_argument("--calibration", dest="calibration_dir", metavar="DIR", help="images (in class folders for accuracy)")
+    gate.add_argument("--int8-calibration-images", type=int, metavar="N",
+                      help="labelled images that calibrate INT8 (default 300); the rest, at least 200, gate it")
     p.add_argument("--seed", type=int)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     ngc = p.add_argument_group("NGC containers (GPU targets)")

@@ -49,6 +49,11 @@ class ExportSettings:
     parameters: dict[str, str] = field(default_factory=dict)
     #: publish a TensorRT plan that no known NGC container's TensorRT matches (with a warning)
     allow_unmatched_tensorrt: bool = False
+    #: labelled images were given (INT8 candidates are planned in ``auto`` only then)
+    calibration_dir: Path | None = None
+    #: labelled images that calibrate INT8, and the seed of the calibration/gate split
+    int8_calibration_images: int = 300
+    seed: int = 0
 
 
 @dataclass(frozen=True)

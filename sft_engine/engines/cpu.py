@@ -11,6 +11,13 @@ GPU targets' FP16 it moves the logits, so a bf16 candidate must pass the stricte
 reduced-precision gate (``verify.BF16_TOLERANCE``: top-1 agreement, accuracy drop on
 labelled calibration images) before it may win. ``--precision fp32`` keeps FP32.
 
+INT8 is the third rung. Where the CPU has integer dot-product instructions (VNNI,
+AMX-INT8) and labelled images were given, post-training static quantization (NNCF for
+OpenVINO, ONNX Runtime's QDQ quantizer) calibrated on part of the images yields engines
+that the build gates (``verify.INT8_TOLERANCE``) on the other part, which the quantizer
+never saw (``EngineArtifact.gate_data``). Too few images: the INT8 candidates are
+recorded as not exported, with the reason.
+
 A new candidate is a row of ``CANDIDATES`` (and an exporter in ``_EXPORTERS`` for a
 new engine kind); a new precision also needs its gate in ``verify.PRECISION_GATES``.
 """
@@ -31,12 +38,14 @@ from torch import nn
 
 from sft_engine.engines import serving_model
 from sft_engine.engines.base import EngineArtifact, EngineCandidate, EngineConfig, ExportContext, ExportSettings, Target, serving_config
+from sft_engine.engines.int8 import cpu_int8_isa, require_int8_isa, split_for_int8
+from sft_engine.engines.quantize import quantize_onnx, quantize_openvino
 from sft_engine.errors import ConfigError, TargetUnavailable
 from sft_engine.repository.config import ModelConfigSpec, TensorSpec
 from sft_engine.verify import Check
 
 __all__ = ["TARGET", "cpu_config", "cpu_engine_config", "plan_candidates", "engine_json", "check_choice", "cpu_has_native_bf16",
-           "CANDIDATES", "ENGINES", "PRECISIONS", "INPUT_NAME", "OUTPUT_NAME", "ENGINE_FILES"]
+           "CANDIDATES", "ENGINES", "PRECISIONS", "INPUT_NAME", "OUTPUT_NAME", "ENGINE_FILES", "INT8_PACKAGES"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,7 +61,11 @@ CANDIDATES = (
     EngineCandidate("torchscript"),
     EngineCandidate("openvino"),
     EngineCandidate("openvino", "bf16"),
+    EngineCandidate("onnxruntime", "int8"),
+    EngineCandidate("openvino", "int8"),
 )
+#: the package each engine kind's INT8 quantizer needs
+INT8_PACKAGES = {"openvino": "nncf", "onnxruntime": "onnxruntime"}
 #: ``--engine`` and ``--precision`` choices (``auto``: let the build measure)
 ENGINES = ("auto", *ENGINE_FILES)
 PRECISIONS = ("auto", *dict.fromkeys(c.precision for c in CANDIDATES))
@@ -113,7 +126,10 @@ def engine_json(candidate: EngineCandidate, intra_op_threads: int) -> dict[str, 
     if candidate.engine == "torchscript":
         out["optimize_for_inference"] = True
     if candidate.engine == "openvino":
+        # INT8: the quantized layers run in INT8 whatever the hint; the rest stay FP32
         out["precision"] = "bf16" if candidate.precision == "bf16" else "f32"
+    if candidate.precision == "int8":
+        out["quantized"] = "int8"
     return out
 
 
@@ -138,16 +154,24 @@ def cpu_has_native_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def plan_candidates(engine: str, precision: str, native_bf16: bool) -> list[EngineCandidate]:
-    """The candidates for ``--engine``/``--precision`` on a CPU with or without native bf16.
+def plan_candidates(engine: str, precision: str, native_bf16: bool, int8_isa: str | None = None,
+                    labelled: bool = True) -> list[EngineCandidate]:
+    """The candidates for ``--engine``/``--precision`` on a CPU with or without native bf16 and INT8.
 
-    ``auto`` precision adds bf16 candidates only where bf16 is native: emulated bf16 is
-    slower than FP32 and would only lose the timing.
+    ``auto`` precision adds bf16 candidates only where bf16 is native, and INT8 ones only
+    where the CPU has INT8 dot-product instructions (``int8_isa``, from ``cpu_int8_isa``)
+    and labelled images were given (``labelled``: nothing could calibrate or gate them
+    otherwise): emulated arithmetic is slower than FP32 and would only lose the timing.
     """
     if precision == "bf16" and not native_bf16:
         raise TargetUnavailable("this CPU has no native bf16 arithmetic (AVX512-BF16 or AMX), or OpenVINO is not installed",
                                 hint="build with --precision fp32, or on a CPU of the serving hosts' kind")
-    wanted = {"fp32"} if precision == "fp32" else {precision} if precision != "auto" else {"fp32", *(["bf16"] if native_bf16 else [])}
+    if precision == "int8":
+        require_int8_isa(int8_isa)
+    if precision == "auto":
+        wanted = {"fp32", *(["bf16"] if native_bf16 else []), *(["int8"] if int8_isa is not None and labelled else [])}
+    else:
+        wanted = {precision}
     return [c for c in CANDIDATES if c.precision in wanted and engine in ("auto", c.engine)]
 
 
@@ -180,7 +204,9 @@ def check_available(settings: ExportSettings) -> None:
 
 
 def plan(settings: ExportSettings) -> list[EngineCandidate]:
-    return plan_candidates(settings.engine, settings.precision, cpu_has_native_bf16() if settings.precision != "fp32" else False)
+    p = settings.precision
+    return plan_candidates(settings.engine, p, cpu_has_native_bf16() if p not in ("fp32", "int8") else False,
+                           cpu_int8_isa() if p in ("auto", "int8") else None, labelled=settings.calibration_dir is not None)
 
 
 def export(ctx: ExportContext, candidate: EngineCandidate) -> EngineArtifact:
@@ -189,19 +215,30 @@ def export(ctx: ExportContext, candidate: EngineCandidate) -> EngineArtifact:
     An engine kind already exported for another candidate (OpenVINO FP32 and bf16 share
     one IR) is copied, not exported again.
     """
-    package = ENGINE_PACKAGES[candidate.engine]
-    if importlib.util.find_spec(package) is None:
-        raise TargetUnavailable(f"{package} is not installed", hint="install it, or leave this engine out")
+    packages = [ENGINE_PACKAGES[candidate.engine]] + ([INT8_PACKAGES[candidate.engine]] if candidate.precision == "int8" else [])
+    for package in packages:
+        if importlib.util.find_spec(package) is None:
+            raise TargetUnavailable(f"{package} is not installed", hint="install it, or leave this engine out")
     s = ctx.settings
+    # INT8: which images calibrate and which gate (refused, so recorded, when too few are labelled)
+    split = split_for_int8(ctx.data, s.int8_calibration_images, seed=s.seed) if candidate.precision == "int8" else None
     cand_dir = ctx.workdir / candidate.name
     cand_dir.mkdir(parents=True, exist_ok=True)
     settings = engine_json(candidate, s.intra_op_threads)
-    if candidate.engine in ctx.exported:
+    if candidate.engine not in ctx.exported:
+        src = ctx.workdir / f"_fp32-{candidate.engine}"
+        src.mkdir(parents=True, exist_ok=True)
+        _EXPORTERS[candidate.engine](ctx.model, torch.from_numpy(ctx.example), src / ENGINE_FILES[candidate.engine][0])
+        ctx.exported[candidate.engine] = src
+    src = ctx.exported[candidate.engine]
+    details: dict[str, Any] = {}
+    if split is None:  # FP32 and bf16 share one export (precision is chosen at load)
         for file in ENGINE_FILES[candidate.engine]:
-            shutil.copyfile(ctx.exported[candidate.engine] / file, cand_dir / file)
+            shutil.copyfile(src / file, cand_dir / file)
     else:
-        _EXPORTERS[candidate.engine](ctx.model, torch.from_numpy(ctx.example), cand_dir / ENGINE_FILES[candidate.engine][0])
-        ctx.exported[candidate.engine] = cand_dir
+        quantize = quantize_openvino if candidate.engine == "openvino" else quantize_onnx
+        quantizer = quantize(src / ENGINE_FILES[candidate.engine][0], split.calibration, cand_dir / ENGINE_FILES[candidate.engine][0])
+        details["int8"] = {**quantizer, **split.describe(), "isa": cpu_int8_isa()}
     (cand_dir / "engine.json").write_text(json.dumps(settings, indent=2) + "\n")
     shutil.copyfile(SERVING_MODEL, cand_dir / "model.py")
     runner = serving_model.EngineRunner(str(cand_dir), settings, instances=s.instance_count)
@@ -210,7 +247,8 @@ def export(ctx: ExportContext, candidate: EngineCandidate) -> EngineArtifact:
     return EngineArtifact(
         candidate=candidate, engine=candidate.engine, files={n: cand_dir / n for n in names},
         config=cpu_engine_config(s.num_classes, s.input_shape), checks=(Check(candidate.name, runner.run),),
-        details={"precision": candidate.precision, "intra_op_threads": threads}, record={"intra_op_threads": threads},
+        details={"precision": candidate.precision, "intra_op_threads": threads, **details},
+        record={"intra_op_threads": threads, **details}, gate_data=split.gate if split is not None else None,
     )
 
 

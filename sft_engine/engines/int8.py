@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from sft_engine.verify import ParityData
 
 __all__ = [
     "INT8_ISAS", "MIN_GATE_IMAGES", "MIN_CALIBRATION_IMAGES", "DEFAULT_CALIBRATION_IMAGES",
-    "cpu_int8_isa", "require_int8_isa", "Int8Split", "split_for_int8", "files_sha256",
+    "cpu_int8_isa", "require_int8_isa", "Int8Split", "split_for_int8", "files_sha256", "recorded_gate",
 ]
 
 #: /proc/cpuinfo flag → name, best first
@@ -127,3 +127,20 @@ def split_for_int8(data: ParityData, calibration_images: int = DEFAULT_CALIBRATI
                       tuple(data.files[i] for i in gate_index))
     return Int8Split(np.ascontiguousarray(data.inputs[cal_index]), tuple(data.files[i] for i in cal_index),
                      gate, cal_index, gate_index, seed)
+
+
+def recorded_gate(data: ParityData, record: Mapping[str, Any]) -> ParityData | None:
+    """The gate images an INT8 build recorded (``engine_details.int8``), split again from ``data``.
+
+    A later check (``rollout``) must judge an INT8 version on images its quantizer never
+    saw, as the build did. None when the record is incomplete or the images changed
+    (the gate's file hash no longer matches): then the caller uses all the images.
+    """
+    try:
+        n_cal, seed, digest = int(record["calibration_images"]), int(record["split_seed"]), str(record["gate_files_sha256"])
+        split = split_for_int8(data, n_cal, seed=seed, min_gate=0)
+    except (KeyError, TypeError, ValueError, TargetUnavailable):
+        return None
+    if split.gate.files is None or files_sha256(split.gate.files) != digest:
+        return None
+    return split.gate

@@ -17,6 +17,8 @@ message, so the build records that candidate as failed and goes on with the othe
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from pathlib import Path
@@ -50,13 +52,15 @@ def quantize_openvino(model_xml: Path, calibration: np.ndarray, out_xml: Path) -
     import nncf
     import openvino as ov
 
-    nncf.set_log_level(logging.WARNING)  # no progress bars from inside a library call
+    nncf.set_log_level(logging.WARNING)
     batches = _batches(calibration)
     settings = {"preset": "performance", "subset_size": int(len(calibration)), "fast_bias_correction": True}
     try:
         model = ov.Core().read_model(str(model_xml))
-        quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
-                                  subset_size=len(batches), fast_bias_correction=True)
+        # NNCF draws progress bars (rich) on stdout, which would corrupt `build --json`
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
+                                      subset_size=len(batches), fast_bias_correction=True)
         ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     except Exception as exc:  # any failure inside NNCF/OpenVINO is this candidate's, not the build's
         raise _library_failure("nncf.quantize", exc) from exc

@@ -159,11 +159,26 @@ def gate_inputs(cfg: mc.ModelConfig, manifest: BuildManifest | None, spec: Check
     dims = tuple(int(d) for d in cfg.input[0].dims)
     if prep is not None and prep.shape == dims:
         data = parity_inputs(prep, samples, Path(calibration) if calibration else None, seed=seed, labels=_build_labels(manifest))
+        data = _int8_gate(data, manifest, previous_manifest)
     else:  # not an sft-engine image model: random inputs of the configured shape
         if any(d < 1 for d in dims):
             raise ConfigError(f"input {cfg.input[0].name!r} has variable dims {list(dims)}", hint="the rollout check needs fixed input dims")
         data = ParityData(np.random.default_rng(seed).standard_normal((samples, *dims)).astype(np.float32))
     return data, tolerance
+
+
+def _int8_gate(data: Any, *manifests: BuildManifest | None) -> Any:
+    """For an INT8 version (new or previous), only the images its build gated it on, never its calibration images."""
+    from sft_engine.engines.int8 import recorded_gate
+
+    for manifest in manifests:
+        record = (manifest.engine_details if manifest is not None else {}).get("int8")
+        if isinstance(record, dict):
+            gate = recorded_gate(data, record)
+            if gate is not None:
+                return gate
+            LOGGER.warning("the INT8 gate images of the build cannot be found again (the calibration images changed); the check uses them all")
+    return data
 
 
 def compare_versions(

@@ -36,7 +36,7 @@ MANIFEST_NAME = "build_manifest.json"
 FORMAT_VERSION = 1
 MANIFEST_FORMAT = f"sft-engine/build-manifest@{FORMAT_VERSION}"
 _FORMAT = re.compile(r"^sft-engine/build-manifest@(\d+)$")
-_PACKAGES = ("sft-engine", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "torch-tensorrt", "tensorrt", "tritonclient", "nvidia-pytriton", "numpy", "protobuf", "pillow")
+_PACKAGES = ("sft-engine", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "torch-tensorrt", "nvidia-modelopt", "tensorrt", "tritonclient", "nvidia-pytriton", "numpy", "protobuf", "pillow")
 
 
 def tool_versions() -> dict[str, str | None]:

@@ -51,3 +51,30 @@ def test_bf16_gate_keeps_what_the_user_set():
     mixed = bf16_tolerance(given, {"parity_atol": "flags", "accuracy_max_drop": "flags"})
     assert (mixed.atol, mixed.rtol, mixed.max_accuracy_drop) == (1e-6, BF16_TOLERANCE.rtol, 1.0)
     assert BF16_TOLERANCE.min_top1_agreement >= 0.995
+
+
+def test_auto_tries_int8_only_where_the_cpu_has_int8_instructions():
+    assert _names(plan_candidates("auto", "auto", native_bf16=True, int8_isa="AMX-INT8")) == [
+        "onnxruntime", "torchscript", "openvino", "openvino-bf16", "onnxruntime-int8", "openvino-int8"]
+    assert "int8" not in " ".join(_names(plan_candidates("auto", "auto", native_bf16=True, int8_isa=None)))
+    assert _names(plan_candidates("auto", "int8", native_bf16=True, int8_isa="AVX512-VNNI")) == ["onnxruntime-int8", "openvino-int8"]
+    assert _names(plan_candidates("onnxruntime", "int8", native_bf16=False, int8_isa="AVX-VNNI")) == ["onnxruntime-int8"]
+    assert _names(plan_candidates("torchscript", "auto", native_bf16=True, int8_isa="AMX-INT8")) == ["torchscript"]
+    assert _names(plan_candidates("auto", "fp32", native_bf16=True, int8_isa="AMX-INT8")) == ["onnxruntime", "torchscript", "openvino"]
+
+
+def test_forced_int8_without_the_instructions_is_refused():
+    with pytest.raises(TargetUnavailable, match="no INT8 dot-product instructions .*AVX512-VNNI, AVX-VNNI or AMX-INT8"):
+        plan_candidates("auto", "int8", native_bf16=True, int8_isa=None)
+
+
+def test_int8_engine_json_marks_the_quantized_engine():
+    ov = engine_json(EngineCandidate("openvino", "int8"), 0)
+    assert ov["quantized"] == "int8" and ov["precision"] == "f32" and ov["file"] == "model.xml"
+    assert engine_json(EngineCandidate("onnxruntime", "int8"), 0)["quantized"] == "int8"
+    assert "quantized" not in engine_json(EngineCandidate("openvino", "bf16"), 0)
+
+
+def test_auto_plans_int8_only_with_labelled_images():
+    assert "onnxruntime-int8" not in _names(plan_candidates("auto", "auto", native_bf16=False, int8_isa="AMX-INT8", labelled=False))
+    assert _names(plan_candidates("onnxruntime", "int8", native_bf16=False, int8_isa="AMX-INT8", labelled=False)) == ["onnxruntime-int8"]
