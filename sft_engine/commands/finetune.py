@@ -98,10 +98,24 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return cfg.merged(flags, "flags")
 
 
+def _epoch_line(progress: bool, epochs: int) -> Any:
+    """Without a terminal (CI logs, ``| tee``) the progress bars are off: one line per epoch on stderr instead."""
+    if not progress or sys.stderr.isatty() or int(os.environ.get("RANK", "0")) != 0:
+        return None
+
+    def line(row: dict[str, Any]) -> None:
+        best = " (best)" if row["val_top1"] >= row["best_top1"] else ""
+        print(f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+              f"val top-1 {row['val_top1']:.2%}{best}, {row['seconds']:.1f} s", file=sys.stderr, flush=True)
+
+    return line
+
+
 def run(args: argparse.Namespace) -> int:
     from sft_engine.finetune import finetune
 
-    result = finetune(config_from_args(args))
+    config = config_from_args(args)
+    result = finetune(config, on_epoch_end=_epoch_line(config.progress, config.epochs))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     meta = result.metadata

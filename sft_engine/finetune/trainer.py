@@ -88,8 +88,12 @@ def _seed_everything(seed: int) -> None:
 
 
 def _progress(iterable: Iterable[Any], enabled: bool, **kwargs: Any) -> Any:
-    """A tqdm bar on stderr when enabled and tqdm is installed; else the iterable itself."""
-    if enabled:
+    """A tqdm bar on stderr when enabled, stderr is a terminal and tqdm is installed; else the iterable itself.
+
+    Not on a pipe or a file (CI logs, ``| tee``): a bar redrawn there becomes hundreds of
+    lines, while the per-epoch line the trainer logs is the one line a log needs.
+    """
+    if enabled and _is_terminal(sys.stderr):
         try:
             from tqdm.auto import tqdm
 
@@ -97,6 +101,13 @@ def _progress(iterable: Iterable[Any], enabled: bool, **kwargs: Any) -> Any:
         except ImportError:
             pass
     return iterable
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 class _Shard(torch.utils.data.Sampler[int]):

@@ -104,3 +104,23 @@ def test_missing_pretrained_checkpoint(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_amp_on_cpu_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _fails(capsys, ["--amp", "bf16", "--device", "cpu", "--output", str(tmp_path / "out"), *FAST], "needs a CUDA device")
+
+
+def test_without_a_terminal_progress_is_one_line_per_epoch(tmp_path):
+    """CI logs and ``| tee``: no redrawn bars (carriage returns), one line per epoch instead."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "sft_engine.cli", "finetune", "--arch", "resnet18", "--dataset", "synthetic", "--num-classes", "4",
+         "--input-size", "32", "--epochs", "2", "--output", str(tmp_path / "out"), "--synthetic-train-size", "64",
+         "--synthetic-val-size", "32"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stderr and "\r" not in result.stdout
+    epoch_lines = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1/2", "epoch 2/2"], result.stderr
+    assert len(result.stderr.splitlines()) <= 4, result.stderr

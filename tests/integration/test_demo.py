@@ -1,0 +1,50 @@
+"""``sft-engine demo`` end to end, as a newcomer runs it: fine-tune → build → serve → classify → load test."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sft_engine.loadtest.demo import gate_for
+from sft_engine.loadtest.spec import ValiditySpec
+from sft_engine.repository.writer import list_versions
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("rate", [5.0, 20.0, 60.0, 150.0, 400.0, 2000.0])
+def test_the_demo_gates_on_a_percentile_its_steps_can_support(rate):
+    validity = ValiditySpec()
+    q, step_s = gate_for(rate, 8.0 / 3, 8.0)
+    assert step_s <= 8.0 and q in (99.0, 95.0, 90.0)
+    if rate * 8.0 >= 1.3 * validity.min_samples(90.0):  # some percentile fits the time
+        assert rate * step_s >= validity.min_samples(q), "the lowest-rate step would be INVALID for too few samples"
+    higher = [p for p in (99.0, 95.0, 90.0) if p > q]
+    for p in higher:  # and no higher percentile would have fitted
+        assert 1.3 * validity.min_samples(p) / rate > 8.0
+
+
+def test_demo_end_to_end(tmp_path):
+    work = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "sft_engine.cli", "demo", "--workdir", str(work), "--epochs", "2",
+                             "--images", "4", "--loadtest-seconds", "6"],
+                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=900)
+    out = result.stdout
+    assert result.returncode == 0, (out + result.stderr)[-3000:]
+    for step in ("1/5", "2/5", "3/5", "4/5", "5/5"):
+        assert f"== {step}" in out
+    assert list_versions(work / "model_repository" / "demo") == [1]
+    assert re.search(r"\d/4 correct", out)
+    verdict = [line for line in out.splitlines() if line.strip().startswith("SLO p")]
+    assert len(verdict) == 1, out[-3000:]
+    assert "too few samples for" not in verdict[0], verdict[0]  # the gated percentile has its samples
+    assert re.search(r": (PASS|FAIL( \(.+\))?|INVALID \(.+\))$", verdict[0].strip()), verdict[0]  # a reason unless PASS
+    assert (work / "loadtest").is_dir() and any((work / "loadtest").iterdir())
+    assert "Traceback" not in result.stderr
