@@ -4,7 +4,8 @@
 Candidates, timed in alternating blocks (sft_engine.timing.time_interleaved):
 eager FP32 (the reference), ONNX Runtime as sft-engine builds it, ONNX Runtime without
 thread spinning, OpenVINO FP32 and, on CPUs with native bf16, OpenVINO bf16 (both as
-sft-engine builds them), frozen TorchScript with optimize_for_inference, and
+sft-engine builds them), frozen TorchScript with optimize_for_inference, on CPUs with VNNI / AMX-INT8 the INT8
+engines the build quantizes (OpenVINO via NNCF, ONNX Runtime QDQ), and
 AOTInductor (torch.export + Inductor with freezing, the compiled form torch.compile
 can package) when a C++ compiler is present. Reduced-precision rows also print their
 top-1 agreement with eager on the timed batch.
@@ -28,6 +29,8 @@ import torch
 
 from sft_engine.engines.base import EngineCandidate
 from sft_engine.engines.cpu import cpu_has_native_bf16, engine_json, export_onnx, export_openvino, export_torchscript
+from sft_engine.engines.int8 import cpu_int8_isa
+from sft_engine.engines.quantize import quantize_onnx, quantize_openvino
 from sft_engine.engines.serving_model import EngineRunner
 from sft_engine.models import build_model
 from sft_engine.timing import time_interleaved
@@ -56,6 +59,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--budget", type=float, default=30.0, help="seconds of timing in all")
     ap.add_argument("--no-aoti", action="store_true", help="skip AOTInductor (its compile takes a minute or more)")
+    ap.add_argument("--no-int8", action="store_true", help="skip the INT8 engines")
+    ap.add_argument("--calibration", type=int, default=32, help="calibration inputs for the INT8 engines")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -85,6 +90,23 @@ def main() -> int:
         fns["openvino"] = EngineRunner(tmp, engine_json(EngineCandidate("openvino"), 0)).run
         if cpu_has_native_bf16():
             fns["openvino_bf16"] = EngineRunner(tmp, engine_json(EngineCandidate("openvino", "bf16"), 0)).run
+        if cpu_int8_isa() is not None and not args.no_int8:
+            # INT8 as the build quantizes it (NNCF, ONNX Runtime QDQ). Calibrated here on random inputs: figures
+            # for speed only; accuracy is the build's gate's job, on real held-out images
+            calibration = np.random.default_rng(1).standard_normal((args.calibration, *x.shape[1:])).astype(np.float32)
+            export_onnx(model, example, work / "int8-src.onnx")  # the OpenVINO export removed its intermediate model.onnx
+            for kind, quantize, src, out in (("openvino", quantize_openvino, "model.xml", "model.xml"),
+                                             ("onnxruntime", quantize_onnx, "int8-src.onnx", "model.onnx")):
+                qdir = work / f"{kind}-int8"
+                qdir.mkdir()
+                t0 = time.perf_counter()
+                try:
+                    quantize(work / src, calibration, qdir / out)
+                except Exception as exc:  # report, do not fail the benchmark
+                    print(f"# {kind} int8 unavailable: {exc}"[:200], file=sys.stderr)
+                    continue
+                compile_s[f"{kind}_int8"] = time.perf_counter() - t0
+                fns[f"{kind}_int8"] = EngineRunner(str(qdir), engine_json(EngineCandidate(kind, "int8"), 0)).run
         t0 = time.perf_counter()
         export_torchscript(model, example, work / "model.ts")
         compile_s["torchscript"] = time.perf_counter() - t0
