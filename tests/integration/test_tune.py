@@ -86,9 +86,12 @@ def test_tune_publishes_the_config_that_meets_the_slo(repo, server, tmp_path, ca
     # a new version with the same engine files and the winning config; version 1 untouched
     assert _digest(repo / MODEL / "1") == v1_before
     def engine_files(digest: dict[str, str]) -> dict[str, str]:
-        return {k: v for k, v in digest.items() if k != "build_manifest.json"}
+        # the manifest and the configuration each version was built with differ on purpose
+        return {k: v for k, v in digest.items() if k not in ("build_manifest.json", "config.pbtxt.built")}
 
     assert engine_files(_digest(repo / MODEL / "2")) == engine_files(v1_before)
+    assert "config.pbtxt.built" in _digest(repo / MODEL / "2")
+    assert read_config(repo / MODEL / "2" / "config.pbtxt.built") == read_config(repo / MODEL / "config.pbtxt")
     cfg = read_config(repo / MODEL / "config.pbtxt")
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 0 and cfg.max_batch_size == 8
     assert cfg.version_policy.HasField("latest")
