@@ -213,3 +213,26 @@ def test_image_models_are_deployed_with_pillow_on_cpu_instances_beside_a_gpu_eng
     printed = docker_commands(root, "24.10")
     assert printed.startswith("docker build -t model-repository-triton:24.10 - <<'EOF'") and "pillow==" in printed
     assert printed.splitlines()[-1].startswith("docker run") and "model-repository-triton:24.10 tritonserver" in printed
+
+
+def test_deploy_a_repository_a_real_build_produced(tiny_weights, tmp_path):
+    """Not a hand-made layout: what `sft-engine build` writes (engine.json, manifest, recorded config, labels)."""
+    import importlib.metadata
+
+    from sft_engine.build import build
+    from sft_engine.build_config import BuildConfig
+
+    repo = tmp_path / "model_repository"
+    build(BuildConfig(arch="resnet18", num_classes=4, weights=tiny_weights, input_size=32, max_batch_size=8, repository=repo,
+                      name="built", engine="onnxruntime", labels=["cat", "dog", "ship", "frog"], parity_samples=4))
+    info = scan_repository(repo)
+    assert sorted(m.name for m in info.models) == ["built", "built_image", "built_preprocess"]  # the engine and its image path
+    assert f"onnxruntime=={importlib.metadata.version('onnxruntime')}" in info.requirements  # the version the build recorded
+    out = tmp_path / "k8s"
+    _, files = deploy_k8s(DeployOptions(repository=repo, output=out, storage_uri="pvc://models"))
+    deployment = load(out / "deployment.yaml")
+    k8s_valid(deployment, "V1Deployment")
+    assert f'"onnxruntime=={importlib.metadata.version("onnxruntime")}"' in (out / "Dockerfile").read_text()
+    compose_out = tmp_path / "compose"
+    deploy_compose(DeployOptions(repository=repo, output=compose_out, replicas=1))
+    assert set(load(compose_out / "docker-compose.yml")["services"]) == {"triton-0", "prometheus"}
