@@ -107,6 +107,26 @@ def test_open_loop_tail_shows_every_request_scheduled_during_a_stall(server: Tri
     assert step.send_lag_ms.get(99.0) < STALL_MS / 2
 
 
+def test_latency_counts_from_the_intended_send_when_the_generator_cannot_send_on_time(server: TritonServer) -> None:
+    """``--max-in-flight 1`` across a stall: requests leave late, and their wait is in their latency."""
+    rate = 100.0
+    load = LoadSpec(mode="open", rates=(rate,), arrival="constant", duration_s=2.0, warmup_s=0.5, timeout_ms=5000, max_in_flight=1)
+    trigger = _StallTrigger(server)
+    result = run_loadtest(_config(server, "lt_stall", load), progress=trigger)
+    step = result.steps[0]
+    assert trigger.fired and not trigger.flag.exists() and step.latency_basis == "intended"
+    # the generator could not keep its schedule: the one slot was taken by the stalled request,
+    # so the sends scheduled during the stall waited for it (about rate x S of them)
+    assert step.generator.max_in_flight == 1
+    assert step.generator.in_flight_cap_waits >= 0.5 * rate * STALL_MS / 1000.0, step.generator
+    # every request that should have left during the first half of the stall waited at least
+    # S/2 counted from when it should have been sent; timed from its actual send, only the
+    # stalled request itself would be that slow
+    tail = step.histogram("latency").count_above_us(STALL_MS / 2 * 1000)
+    assert tail >= 0.8 * rate * (STALL_MS / 2) / 1000.0, tail
+    assert step.latency_ms.get(99.0) >= 0.5 * STALL_MS
+
+
 def test_closed_loop_hides_the_same_stall(server: TritonServer) -> None:
     load = LoadSpec(mode="closed", concurrency=(1,), duration_s=2.0, warmup_s=0.5, timeout_ms=5000)
     trigger = _StallTrigger(server)
