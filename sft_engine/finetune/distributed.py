@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
 from sft_engine.errors import ConfigError
 
-__all__ = ["DistContext", "setup", "teardown", "barrier", "all_reduce_sum", "is_initialized"]
+__all__ = ["DistContext", "Shard", "setup", "teardown", "barrier", "all_reduce_sum", "is_initialized"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -90,3 +91,17 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if is_initialized():
         torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
     return values
+
+
+class Shard(torch.utils.data.Sampler[int]):
+    """Every ``world``-th index from ``rank``, without the padding DistributedSampler adds,
+    so that summed evaluation counts each validation image exactly once."""
+
+    def __init__(self, length: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, length, world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

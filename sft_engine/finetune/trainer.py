@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from sft_engine.finetune import writer
 from sft_engine.finetune.config import FinetuneConfig
 from sft_engine.finetune.data import DataBundle, build_datasets, seed_worker
 from sft_engine.finetune.holdout import write_holdout
+from sft_engine.finetune.optim import make_optimizer, param_groups, resolve_amp
 from sft_engine.finetune.objective import L2SP, Distill, FinetuneObjective
 from sft_engine.finetune.pretrained import build_student, build_teacher, resolve_pretrained
 from sft_engine.finetune.schedule import build_scheduler
@@ -108,61 +109,6 @@ def _is_terminal(stream: Any) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
-
-
-class _Shard(torch.utils.data.Sampler[int]):
-    """Every ``world``-th index from ``rank``, without the padding DistributedSampler adds,
-    so that summed evaluation counts each validation image exactly once."""
-
-    def __init__(self, length: int, rank: int, world: int) -> None:
-        self.indices = list(range(rank, length, world))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _param_groups(model: nn.Module, head: str, config: FinetuneConfig) -> list[dict[str, Any]]:
-    """Backbone and head groups (own learning rates), each split into decayed / not decayed.
-
-    Biases and norm parameters (1-d) are never decayed. Under L2-SP weight decay is
-    off: it would pull the backbone towards zero while L2-SP pulls it towards the
-    pretrained weights, and the head already has its own L2 term.
-    """
-    decay = 0.0 if config.reg == "l2sp" else config.weight_decay
-    lrs = {"backbone": config.lr, "head": config.head_lr or config.lr}
-    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        part = "head" if name.startswith(head) else "backbone"
-        buckets.setdefault((part, param.ndim > 1), []).append(param)
-    return [
-        {"params": params, "lr": lrs[part], "weight_decay": decay if decayed else 0.0, "name": f"{part}{'' if decayed else '_no_decay'}"}
-        for (part, decayed), params in sorted(buckets.items())
-    ]
-
-
-def _make_optimizer(groups: list[dict[str, Any]], config: FinetuneConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
-    return torch.optim.AdamW(groups, lr=config.lr)
-
-
-def _resolve_amp(config: FinetuneConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        if config.amp in ("bf16", "fp16"):
-            raise ConfigError(f"--amp {config.amp} needs a CUDA device, this run is on {device}", hint="pass --amp none (or auto), or --device cuda")
-        return None
-    if config.amp == "none":
-        return None
-    if config.amp == "fp16":
-        return torch.float16
-    if config.amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
 
 
 def _fingerprint(config: FinetuneConfig) -> dict[str, Any]:
@@ -249,7 +195,7 @@ class _Run:
         self.train_data = data.train
         self.train_common = dict(common, batch_size=c.batch_size, drop_last=drop_last)
         self.val_loader = torch.utils.data.DataLoader(
-            data.val, batch_size=c.batch_size, shuffle=False, sampler=_Shard(len(data.val), ctx.rank, ctx.world_size), **common
+            data.val, batch_size=c.batch_size, shuffle=False, sampler=dist.Shard(len(data.val), ctx.rank, ctx.world_size), **common
         )
         self.steps_per_epoch = max(1, per_rank // c.batch_size if drop_last else math.ceil(per_rank / c.batch_size))
 
@@ -360,15 +306,15 @@ class _Run:
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = not c.deterministic
         writer.check_output(self.out, resume=c.resume, overwrite=c.overwrite)
-        self.amp_dtype = _resolve_amp(c, ctx.device)
+        self.amp_dtype = resolve_amp(c, ctx.device)
         data = build_datasets(c, rank=ctx.rank)
         self.labels = list(data.labels)
         resumed = self._load_resume_state(data)
         self._build_model(self.labels)
         self._loaders(data)
 
-        groups = _param_groups(self.model, self.head_prefix, c)
-        self.optimizer = _make_optimizer(groups, c)
+        groups = param_groups(self.model, self.head_prefix, c)
+        self.optimizer = make_optimizer(groups, c)
         total = c.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, total, round(c.warmup_epochs * self.steps_per_epoch), c.min_lr_ratio)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
