@@ -268,7 +268,8 @@ def test_demo_run_sizes_its_own_load(server: TritonServer, tmp_path: Path) -> No
     from sft_engine.loadtest import demo_run
 
     summary = demo_run(server.grpc_url, "lt_identity", duration_s=1.0, report_dir=tmp_path / "demo")
-    assert "open loop, Poisson arrivals" in summary and "SLO p99 <= 100 ms" in summary
+    # the gate is p99 when the steps can collect its samples in time, else the highest percentile they can
+    assert "open loop, Poisson arrivals" in summary and re.search(r"SLO p(99|95|90) <= 100 ms", summary)
     data = json.loads((tmp_path / "demo" / "loadtest.json").read_text())
     rates = [step["rate_rps"] for step in data["steps"]]
     assert len(rates) >= 2 and rates == sorted(rates), "a sweep of rising rates, so the plot shows a curve"
