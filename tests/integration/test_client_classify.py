@@ -17,14 +17,12 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from sft_engine.build import build
 from sft_engine.client import AsyncClient, Client, Prediction
 from sft_engine.client.predictions import softmax
-from sft_engine.build_config import BuildConfig
 from sft_engine.preprocess import Preprocessing
 from sft_engine.repository.config import parameters_of, read_config, to_pbtxt
 from sft_engine.server import ServerConfig, TritonServer
-from tests.helpers import LABELS
+from tests.helpers import LABELS, build_two_versions
 
 pytestmark = pytest.mark.integration
 
@@ -34,18 +32,7 @@ N_IMAGES = 11  # > max_batch_size 8: two requests per classify call
 
 @pytest.fixture(scope="module")
 def repo(tiny_weights, tmp_path_factory):
-    import torch
-
-    from sft_engine.models import build_model, save_state_dict
-
-    tmp = tmp_path_factory.mktemp("client")
-    repo = tmp / "model_repository"
-    torch.manual_seed(7)
-    other = tmp / "v2.safetensors"
-    save_state_dict(build_model("resnet18", 4), other)
-    for weights in (tiny_weights, other):
-        build(BuildConfig(arch="resnet18", num_classes=4, weights=weights, input_size=32, max_batch_size=8, repository=repo,
-                          name=MODEL, engine="onnxruntime", labels=list(LABELS), parity_samples=4))
+    repo = build_two_versions(tmp_path_factory.mktemp("client"), tiny_weights, MODEL, seed=7)
     # Serve both versions (the build keeps only the latest loaded), so a client can pick one.
     config_path = repo / MODEL / "config.pbtxt"
     config = read_config(config_path)

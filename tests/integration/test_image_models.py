@@ -22,12 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sft_engine.build import build
 from sft_engine.client import Client
-from sft_engine.build_config import BuildConfig
 from sft_engine.repository.writer import list_versions
 from sft_engine.server import ServerConfig, TritonServer
-from tests.helpers import LABELS
+from tests.helpers import build_two_versions
 
 pytestmark = pytest.mark.integration
 
@@ -37,18 +35,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 @pytest.fixture(scope="module")
 def repo(tiny_weights, tmp_path_factory):
-    import torch
-
-    from sft_engine.models import build_model, save_state_dict
-
-    tmp = tmp_path_factory.mktemp("image")
-    repo = tmp / "model_repository"
-    torch.manual_seed(11)
-    other = tmp / "v2.safetensors"
-    save_state_dict(build_model("resnet18", 4), other)
-    for weights in (tiny_weights, other):
-        build(BuildConfig(arch="resnet18", num_classes=4, weights=weights, input_size=32, max_batch_size=8, repository=repo,
-                          name=MODEL, engine="onnxruntime", labels=list(LABELS), parity_samples=4, max_image_pixels=1_000_000))
+    repo = build_two_versions(tmp_path_factory.mktemp("image"), tiny_weights, MODEL, seed=11, max_image_pixels=1_000_000)
     return repo
 
 
