@@ -16,7 +16,7 @@ import torch
 
 from sft_engine.errors import ConfigError
 
-__all__ = ["DistContext", "Shard", "setup", "teardown", "barrier", "all_reduce_sum", "is_initialized"]
+__all__ = ["DistContext", "Shard", "replicas_agree", "setup", "teardown", "barrier", "all_reduce_sum", "is_initialized"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -91,6 +91,23 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if is_initialized():
         torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
     return values
+
+
+def replicas_agree(model: torch.nn.Module) -> bool | None:
+    """Whether every process holds bit-identical parameters; None when not distributed.
+
+    DistributedDataParallel keeps the replicas in step only while every rank runs the same
+    steps on gradients it averaged; a rank that skipped a step or diverged numerically would
+    otherwise go unnoticed, since only rank 0 writes the checkpoint. One float64 sum per
+    parameter tensor is compared by reducing it with MAX and with MIN over the processes.
+    """
+    if not is_initialized():
+        return None
+    sums = torch.stack([p.detach().to("cpu", torch.float64).sum() for p in model.parameters()])
+    high, low = sums.clone(), sums.clone()
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+    return bool(torch.equal(high, low))
 
 
 class Shard(torch.utils.data.Sampler[int]):

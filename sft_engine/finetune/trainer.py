@@ -187,9 +187,10 @@ class _Run:
         common: dict[str, Any] = dict(num_workers=workers, pin_memory=ctx.device.type == "cuda", worker_init_fn=seed_worker if workers else None)
         if workers:
             common["persistent_workers"] = False
-        self.train_sampler = (
-            torch.utils.data.DistributedSampler(data.train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=c.seed) if ctx.distributed else None
-        )
+        # one permutation per (seed, epoch) for any number of processes: rank r takes every
+        # world-th index of it, so a run on N processes with batch B sees the same global
+        # batches as one process with batch N*B
+        self.train_sampler = torch.utils.data.DistributedSampler(data.train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=c.seed)
         per_rank = len(data.train) // ctx.world_size
         drop_last = per_rank > c.batch_size  # never a lone last sample (BatchNorm cannot train on 1)
         self.train_data = data.train
@@ -202,10 +203,8 @@ class _Run:
     def _train_loader(self, epoch: int) -> torch.utils.data.DataLoader:
         """A loader whose shuffling depends only on (seed, epoch), so resuming replays it."""
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        if self.train_sampler is not None:
-            self.train_sampler.set_epoch(epoch)
-            return torch.utils.data.DataLoader(self.train_data, sampler=self.train_sampler, generator=generator, **self.train_common)
-        return torch.utils.data.DataLoader(self.train_data, shuffle=True, generator=generator, **self.train_common)
+        self.train_sampler.set_epoch(epoch)
+        return torch.utils.data.DataLoader(self.train_data, sampler=self.train_sampler, generator=generator, **self.train_common)
 
     # -- epochs --------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -411,6 +410,7 @@ class _Run:
             "metrics": [writer.METRICS_JSON, writer.METRICS_CSV],
             "sft_engine_version": _version(),
         }
+        training["replicas_identical"] = dist.replicas_agree(self.raw_model)  # every rank takes part
         holdout = None
         if ctx.is_main and c.holdout_images:  # before metadata.json, which marks the directory complete
             holdout = write_holdout(data.val, self.labels, self.out, c.holdout_images)
