@@ -32,3 +32,16 @@ def build_two_versions(tmp: Path, tiny_weights: Path, name: str, seed: int, **ov
         build(BuildConfig(arch="resnet18", num_classes=4, weights=weights, input_size=32, max_batch_size=8, repository=repo,
                           name=name, engine="onnxruntime", labels=list(LABELS), parity_samples=4, **overrides))  # type: ignore[arg-type]
     return repo
+
+
+def rollout_second_version(repo: Path, name: str):  # -> sft_engine.ops.rollout.RolloutResult
+    """Serve version 1 of ``name`` on a real server (explicit mode), then roll out version 2 over it."""
+    from sft_engine.ops.model_control import ModelControl
+    from sft_engine.ops.modelconfig import disk_config, override
+    from sft_engine.ops.rollout import RolloutPlan, rollout
+    from sft_engine.server import ServerConfig, TritonServer
+
+    with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0, model_control_mode="explicit")) as srv:
+        with ModelControl(srv.http_url) as control:
+            control.load(name, override(disk_config(repo, name), [1]))
+            return rollout(RolloutPlan(repo, name, 2), control)

@@ -25,7 +25,7 @@ from sft_engine.repository.manifest import read_manifest
 from sft_engine.server import ServerConfig, TritonServer
 from sft_engine.verify import parity_inputs
 from tests.gpu.conftest import CLASSES, INPUT_SIZE, _image, fit_head
-from tests.helpers import tree_digest
+from tests.helpers import rollout_second_version, tree_digest
 
 pytestmark = [
     pytest.mark.integration,
@@ -221,17 +221,12 @@ def test_a_quantizer_failing_inside_the_library_is_recorded_and_the_build_goes_o
 
 def test_rollout_of_an_int8_rebuild_over_fp32_is_checked_on_the_int8_gate_images(classifier, tmp_path):
     """Same weights, INT8 over FP32: the check applies the INT8 version's recorded gate, on its gate images only."""
-    from sft_engine.ops.model_control import ModelControl
-    from sft_engine.ops.modelconfig import disk_config, override
-    from sft_engine.ops.rollout import SWITCHED, RolloutPlan, rollout
+    from sft_engine.ops.rollout import SWITCHED
 
     repo = tmp_path / "model_repository"
     build(_cfg(classifier, repo, engine="onnxruntime", precision="fp32", name="roll"))
     build(_cfg(classifier, repo, engine="onnxruntime", precision="int8", name="roll"))
-    with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0, model_control_mode="explicit")) as srv:
-        with ModelControl(srv.http_url) as control:
-            control.load("roll", override(disk_config(repo, "roll"), [1]))
-            result = rollout(RolloutPlan(repo, "roll", 2), control)
+    result = rollout_second_version(repo, "roll")
     assert result.outcome == SWITCHED, result.reason
     check = result.check
     assert check is not None and check.passed and check.mode == "parity"

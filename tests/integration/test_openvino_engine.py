@@ -13,7 +13,7 @@ from sft_engine.errors import ParityError
 from sft_engine.models import build_model, load_weights
 from sft_engine.repository.manifest import read_manifest
 from sft_engine.server import ServerConfig, TritonServer
-from tests.helpers import LABELS, tree_digest
+from tests.helpers import LABELS, rollout_second_version, tree_digest
 
 pytestmark = pytest.mark.integration
 
@@ -95,18 +95,12 @@ def test_bf16_failing_its_gate_publishes_nothing(tiny_weights, tmp_path):
 @needs_bf16
 def test_rollout_of_a_bf16_rebuild_over_fp32_passes_the_parity_check(tiny_weights, tmp_path):
     """Same weights, bf16 engine over an FP32 one: the check applies the bf16 version's recorded gate."""
-    from sft_engine.ops.model_control import ModelControl
-    from sft_engine.ops.rollout import SWITCHED, RolloutPlan, rollout
+    from sft_engine.ops.rollout import SWITCHED
 
     repo = tmp_path / "model_repository"
     build(_cfg(tiny_weights, repo, engine="onnxruntime", precision="fp32", name="roll"))
     build(_cfg(tiny_weights, repo, precision="bf16", name="roll"))
-    with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0, model_control_mode="explicit")) as srv:
-        with ModelControl(srv.http_url) as control:
-            from sft_engine.ops.modelconfig import disk_config, override
-
-            control.load("roll", override(disk_config(repo, "roll"), [1]))
-            result = rollout(RolloutPlan(repo, "roll", 2), control)
+    result = rollout_second_version(repo, "roll")
     assert result.outcome == SWITCHED, result.reason
     check = result.check
     assert check is not None and check.passed and check.mode == "parity"

@@ -6,8 +6,6 @@ import that reaches upwards fails here, with the edge named, before it becomes a
 
 from __future__ import annotations
 
-import pytest
-
 from tests.unit.test_import_cycles import PACKAGE, _imports, _module_name
 
 #: part of sft_engine (first name below the package) → layer, from the ground up
@@ -60,7 +58,6 @@ def test_the_check_finds_an_upward_import() -> None:
         "sft_engine.triton.x (layer 2) imports sft_engine.client.y (layer 5)"]
 
 
-@pytest.mark.parametrize("limit", [500])
-def test_modules_stay_small(limit: int) -> None:
+def test_modules_stay_small(limit: int = 500) -> None:
     sizes = {_module_name(p): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
     assert {m: n for m, n in sizes.items() if n > limit} == {}
