@@ -3,7 +3,9 @@
 # actually ran on the GPU (tensorrt, torchscript-gpu, the torch.export of the tensorrt
 # target's half model), which failed, which did not run and why; the log follows.
 #
-# It runs the GPU-marked tests (tests/gpu), then eager FP32 (TF32 off and on) against the
+# It runs the GPU-marked tests (tests/gpu: the FP16 targets, and the INT8 / FP8 plans of
+# --target tensorrt --precision int8|fp8 where the tensorrt package and nvidia-modelopt[onnx]
+# import; FP8 only on compute capability >= 8.9), then eager FP32 (TF32 off and on) against the
 # compiled FP16 engine for resnet50 @ 224 at batch 1, 8, 64 and 256, with images/s and the
 # share of the GPU's dense FP16 peak. Needs one CUDA GPU, PyTorch and this project's
 # dependencies; torch_tensorrt is used where it imports. No network. Sized for < 8 minutes
@@ -22,7 +24,7 @@ require=()
 for arg in "$@"; do
   case "$arg" in
     --require-tensorrt) require=(--require-tensorrt) ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $arg (see: scripts/gpu_check.sh --help)" >&2; exit 2 ;;
   esac
 done
@@ -71,7 +73,7 @@ if not torch.cuda.is_available():
 for i in range(torch.cuda.device_count()):
     p = torch.cuda.get_device_properties(i)
     print(f"GPU {i}: {p.name}  sm {p.major}.{p.minor}  {p.total_memory / 2**30:.0f} GiB")
-for mod in ("torch_tensorrt", "tensorrt"):
+for mod in ("torch_tensorrt", "tensorrt", "modelopt"):
     try:
         print(f"{mod} {importlib.import_module(mod).__version__}")
     except Exception as exc:

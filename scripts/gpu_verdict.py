@@ -25,6 +25,8 @@ TARGET_TESTS = (
     ("tensorrt", "test_tensorrt_build"),
     ("torchscript-gpu", "test_torchscript_gpu_build"),
     ("torch.export (tensorrt front half)", "test_torch_export_of_the_half_model"),
+    ("tensorrt int8 (ModelOpt)", "test_tensorrt_int8_build"),
+    ("tensorrt fp8 (ModelOpt)", "test_tensorrt_fp8_build"),
 )
 
 

@@ -29,7 +29,7 @@ else:  # pragma: no cover
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "constraints-cpu.txt"
 #: the extras scripts/setup.sh installs (keep in step with it)
-EXTRAS = ("server", "onnx", "openvino", "int8", "loadtest", "test")
+EXTRAS = ("server", "onnx", "openvino", "int8", "modelopt", "loadtest", "test")
 HEADER = """\
 # Exact CPU install of sft-engine (extras: {extras}) for Python {python} on Linux x86_64.
 # Used as a pip constraints file by scripts/setup.sh; the package's own requirements

@@ -25,7 +25,7 @@ import torch
 
 from sft_engine.build_config import BuildConfig
 from sft_engine.engines.base import EngineArtifact, EngineCandidate, ExportContext, ExportSettings, Target, serving_config
-from sft_engine.engines.registry import get_target, resolve_target
+from sft_engine.engines.registry import check_choice, get_target, resolve_target
 from sft_engine.errors import ExportError, ParityError, SftEngineError
 from sft_engine.models import build_model, load_weights, sha256_file
 from sft_engine.repository.config import ModelConfigSpec, to_pbtxt
@@ -140,7 +140,10 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
     """Run the whole build; raises an SftEngineError subclass on any failure (repository untouched)."""
     started = time.monotonic()
     cfg = cfg.validated()
-    target = get_target(resolve_target(cfg.target))
+    resolved = resolve_target(cfg.target)
+    if resolved != cfg.target:  # --target auto: --engine / --precision must suit the target it became
+        check_choice(resolved, cfg.engine, cfg.precision)
+    target = get_target(resolved)
     settings = export_settings(cfg)
     target.check_available(settings)  # before any model is built: a host that lacks what the target needs learns it at once
     plan = target.plan(settings)

@@ -142,8 +142,8 @@ class BuildConfig:
         check_choice(self.target, self.engine, self.precision)
         if not isinstance(self.int8_calibration_images, int) or self.int8_calibration_images < 1:
             raise ConfigError(f"INT8 calibration images must be an integer >= 1, got {self.int8_calibration_images!r}", hint="pass --int8-calibration-images 300")
-        if self.precision == "int8" and self.calibration_dir is None:
-            raise ConfigError("--precision int8 needs labelled images to calibrate and gate the engine, and none were given",
+        if self.precision in ("int8", "fp8") and self.calibration_dir is None:
+            raise ConfigError(f"--precision {self.precision} needs labelled images to calibrate and gate the engine, and none were given",
                               hint="pass --calibration DIR (one folder per class, at least 250 images) or --from-finetune DIR")
         if self.labels is not None and self.num_classes is None:
             self.num_classes = len(self.labels)

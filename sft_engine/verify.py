@@ -23,7 +23,7 @@ from sft_engine.preprocess import Preprocessing
 
 __all__ = [
     "Runner", "Check", "ParityReport", "ParityData", "Tolerance", "check_parity", "run_checks", "parity_inputs", "class_indices",
-    "eager_logits", "CALIBRATION_SUFFIXES", "CHECK_BATCH", "FP16_TOLERANCE", "BF16_TOLERANCE", "INT8_TOLERANCE",
+    "eager_logits", "CALIBRATION_SUFFIXES", "CHECK_BATCH", "FP16_TOLERANCE", "BF16_TOLERANCE", "INT8_TOLERANCE", "FP8_TOLERANCE",
     "PRECISION_GATES", "gate_for", "fp16_tolerance", "bf16_tolerance", "int8_tolerance",
 ]
 
@@ -65,9 +65,12 @@ BF16_TOLERANCE = Tolerance(atol=5e-2, rtol=3e-2, min_top1_agreement=0.995, max_a
 #: broken engine); what must hold is the decision, on held-out images the quantizer never saw
 INT8_TOLERANCE = Tolerance(atol=0.0, rtol=1.0, min_top1_agreement=0.99, max_accuracy_drop=0.5)
 
+#: FP8 (E4M3, TensorRT on Ada/Hopper) is quantized like INT8, per tensor: the same decision gate
+FP8_TOLERANCE = INT8_TOLERANCE
+
 #: precision → the gate an engine computing in it must pass. FP32 engines are judged by
 #: the build's tolerance as given; a new reduced precision is one entry here.
-PRECISION_GATES: dict[str, Tolerance] = {"fp16": FP16_TOLERANCE, "bf16": BF16_TOLERANCE, "int8": INT8_TOLERANCE}
+PRECISION_GATES: dict[str, Tolerance] = {"fp16": FP16_TOLERANCE, "bf16": BF16_TOLERANCE, "int8": INT8_TOLERANCE, "fp8": FP8_TOLERANCE}
 
 # BuildConfig field (as recorded in ``cfg.source``) → Tolerance field
 _TOLERANCE_FIELDS = {

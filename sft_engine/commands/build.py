@@ -40,8 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--target", help="cpu (default), tensorrt, torchscript-gpu, onnx, or auto (see docs/build.md)")
     out.add_argument("--engine", help="CPU engine: onnxruntime, torchscript, openvino, or auto (default), which measures each and keeps the fastest that passes its gate")
     out.add_argument("--precision",
-                     help="CPU arithmetic: auto (default) also tries bf16 and int8 where the CPU runs them natively, each under its accuracy gate; "
-                          "fp32, bf16 or int8 forces one")
+                     help="arithmetic. --target cpu: auto (default) also tries bf16 and int8 where the CPU runs them natively, each under its "
+                          "accuracy gate; fp32, bf16 or int8 forces one. --target tensorrt: fp16 (default), or int8 / fp8 (ModelOpt, "
+                          "calibrated and gated on labelled images)")
     out.add_argument("--name", help="model name in the repository (default: the arch)")
     out.add_argument("--repository", metavar="DIR", help="Triton model repository (default: model_repository)")
     out.add_argument("--max-batch-size", type=int)

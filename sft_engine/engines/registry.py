@@ -57,11 +57,19 @@ def get_target(name: str) -> Target:
 def check_choice(target: str, engine: str, precision: str) -> None:
     """ConfigError unless ``--target`` / ``--engine`` / ``--precision`` go together.
 
-    ``--engine`` and ``--precision`` choose among the CPU target's candidates; the GPU
-    targets build FP16 only.
+    ``--engine`` chooses among the CPU target's candidates, ``--precision`` among the
+    CPU target's (fp32, bf16, int8) or the tensorrt target's (fp16, int8, fp8); the
+    other GPU targets build FP16 only.
     """
     if target != "auto":
         get_target(target)
+    if target == "tensorrt":
+        if engine != "auto":
+            raise ConfigError(f"--engine {engine} chooses a CPU engine, not a tensorrt one", hint="drop --engine, or use --target cpu")
+        tensorrt.check_precision(precision)
+        return
+    if target == "auto" and precision in ("fp16", "fp8"):
+        raise ConfigError(f"--precision {precision} needs --target tensorrt", hint=f"pass --target tensorrt --precision {precision}")
     cpu.check_choice(engine, precision)
     if precision != "auto" and target not in ("cpu", "auto"):
-        raise ConfigError(f"--precision applies to --target cpu, not {target}", hint="GPU targets build FP16; drop --precision")
+        raise ConfigError(f"--precision applies to --target cpu or tensorrt, not {target}", hint="GPU targets build FP16; drop --precision")

@@ -16,6 +16,12 @@ Plans are tied to the GPU architecture, so a host with several architectures get
 plan per compute capability and a ``cc_model_filenames`` map; and to the TensorRT
 version, so the compatibility manifest names the NGC Triton container to serve with.
 
+``--precision int8`` / ``fp8``: one Q/DQ ONNX model by ModelOpt post-training
+quantization, calibrated on the build's labelled images (``int8.split_for_int8``: the
+rest gate it), built into a plan per architecture by TensorRT's ONNX parser, checked
+with the inspector (most convolutions really run in INT8 / FP8) and gated like the CPU
+INT8 engines (``tensorrt_quant``). FP16 stays the default: it needs no labelled images.
+
 Config: ``optimization { cuda { graphs: true } }`` (the TensorRT backend captures CUDA
 graphs; with dynamic batching and no preferred sizes it captures batch 1 and
 max_batch_size, other sizes run uncaptured), KIND_GPU instances, dynamic batching,
@@ -35,14 +41,21 @@ from torch import nn
 
 from sft_engine.engines.base import EngineArtifact, EngineCandidate, EngineConfig, ExportContext, ExportSettings, Target, serving_config
 from sft_engine.engines.compat import GpuInfo, check_plan_servable, compatibility_manifest, list_gpus, require_torch_tensorrt, select_gpus
+from sft_engine.engines.cpu import export_onnx
+from sft_engine.engines.cpu import INPUT_NAME as ONNX_INPUT_NAME
 from sft_engine.engines.fp16_check import assess_fp16
 from sft_engine.engines.gpu_common import FP16, half_module
+from sft_engine.engines.int8 import split_for_int8
 from sft_engine.engines.precision import Fp16Recipe, fp16_recipe
-from sft_engine.errors import ExportError
+from sft_engine.engines.tensorrt_quant import (
+    QUANT_MODES, assess_quantized, build_plan, fp8_unavailable_reason, quantize_with_modelopt, require_quantization_stack,
+    tensorrt_build_flags,
+)
+from sft_engine.errors import ConfigError, ExportError, TargetUnavailable
 from sft_engine.repository.config import ModelConfigSpec, TensorSpec
 from sft_engine.verify import Check
 
-__all__ = ["TARGET", "export", "check_available", "tensorrt_config", "tensorrt_engine_config", "batch_profile", "plan_filenames",
+__all__ = ["TARGET", "PRECISIONS", "export", "check_available", "check_precision", "tensorrt_config", "tensorrt_engine_config", "batch_profile", "plan_filenames",
            "compile_plan", "detailed_profiling", "DEBUGGER_SINCE", "INPUT_NAME", "OUTPUT_NAME"]
 
 LOGGER = logging.getLogger(__name__)
@@ -52,13 +65,29 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "output0"
 
 
-#: the one candidate: an FP16 plan per GPU architecture
+#: the default candidate: an FP16 plan per GPU architecture
 CANDIDATE = EngineCandidate("tensorrt", FP16)
+#: what ``--precision`` accepts with ``--target tensorrt`` (``auto`` = ``fp16``)
+PRECISIONS = ("auto", FP16, *QUANT_MODES)
+
+
+def check_precision(precision: str) -> None:
+    """ConfigError unless ``--precision`` is one the tensorrt target builds."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--target tensorrt has no {precision} mode",
+                          hint=f"use --precision {', '.join(PRECISIONS[1:])} (auto = fp16), or --target cpu for bf16")
 
 
 def check_available(settings: ExportSettings | None = None) -> None:
-    """Raise TargetUnavailable (one line, naming what is missing and what works instead)."""
-    require_torch_tensorrt("tensorrt")
+    """Raise TargetUnavailable (one line, naming what is missing and what works instead).
+
+    FP16 needs torch_tensorrt; INT8 and FP8 need TensorRT's own Python API and ModelOpt.
+    """
+    precision = settings.precision if settings is not None else "auto"
+    if precision in QUANT_MODES:
+        require_quantization_stack(precision)
+    else:
+        require_torch_tensorrt("tensorrt")
 
 
 def batch_profile(max_batch_size: int) -> tuple[int, int, int]:
@@ -233,16 +262,23 @@ def _compile_one(ctx: ExportContext, recipe: Fp16Recipe, gpu: GpuInfo, path: Pat
     return {"runner": runner, "check": check, "verdict": verdict, "detailed_profile": detailed, "io": runner.io(), "bytes": len(plan)}
 
 
+def _build_gpus(settings: ExportSettings) -> dict[str, GpuInfo]:
+    """One GPU per compute capability among those the build may use (``--build-gpu``, else every visible one)."""
+    by_cc: dict[str, GpuInfo] = {}
+    for gpu in select_gpus(tuple(settings.build_gpus), list_gpus()):
+        by_cc.setdefault(gpu.compute_capability, gpu)
+    return by_cc
+
+
 def export(ctx: ExportContext, candidate: EngineCandidate = CANDIDATE) -> EngineArtifact:
-    """One FP16 plan per GPU architecture of the build host (or of ``--build-gpu``)."""
+    """One plan per GPU architecture of the build host (or of ``--build-gpu``): FP16, or INT8 / FP8 by ModelOpt."""
+    if candidate.precision in QUANT_MODES:
+        return _export_quantized(ctx, candidate)
     s = ctx.settings
     check_available(s)
     import torch_tensorrt
 
-    gpus = select_gpus(tuple(s.build_gpus), list_gpus())
-    by_cc: dict[str, GpuInfo] = {}
-    for gpu in gpus:
-        by_cc.setdefault(gpu.compute_capability, gpu)
+    by_cc = _build_gpus(s)
     plans = plan_filenames(list(by_cc))
     recipe = fp16_recipe(torch_tensorrt.__version__)
     LOGGER.info("Torch-TensorRT %s: FP16 via %s", torch_tensorrt.__version__, recipe.api)
@@ -271,7 +307,75 @@ def export(ctx: ExportContext, candidate: EngineCandidate = CANDIDATE) -> Engine
     )
 
 
+def _export_quantized(ctx: ExportContext, candidate: EngineCandidate) -> EngineArtifact:
+    """INT8 / FP8 plans: Q/DQ ONNX by ModelOpt on the calibration images, one plan per architecture, each checked.
+
+    Everything that can be refused is refused before the slow steps: the stack, the
+    labelled images (too few for calibration plus a 200-image gate), FP8 on GPUs older
+    than Ada/Hopper, a TensorRT too old for explicit quantization.
+    """
+    import tensorrt as trt
+
+    from sft_engine.engines.trt_runtime import PlanRunner
+
+    s, mode = ctx.settings, candidate.precision
+    require_quantization_stack(mode)
+    split = split_for_int8(ctx.data, s.int8_calibration_images, seed=s.seed)
+    by_cc = _build_gpus(s)
+    if mode == "fp8":
+        reason = fp8_unavailable_reason(list(by_cc))
+        if reason:
+            raise TargetUnavailable(reason, hint="build --precision int8 (any GPU from Turing on), or --build-gpu an H100/H200/L40S")
+    flags = tensorrt_build_flags(trt.__version__, mode)
+    plans = plan_filenames(list(by_cc))
+    profile = batch_profile(s.max_batch_size)
+    onnx_path, qdq_path = ctx.workdir / "model_fp32.onnx", ctx.workdir / f"model_{mode}.onnx"
+    LOGGER.info("exporting ONNX and quantizing it to %s with ModelOpt on %d calibration images", mode.upper(), len(split.calibration))
+    export_onnx(ctx.model, torch.from_numpy(ctx.example), onnx_path)
+    quantizer = quantize_with_modelopt(onnx_path, split.calibration, qdq_path, mode)
+    checks, verdicts, sizes, ios, names = [], {}, {}, {}, set()
+    for cc, filename in plans.items():
+        gpu = by_cc[cc]
+        LOGGER.info("building the %s TensorRT plan on GPU %d (%s, sm %s)", mode.upper(), gpu.index, gpu.name, cc)
+        with torch.cuda.device(gpu.index):
+            plan_bytes = build_plan(qdq_path, flags, ONNX_INPUT_NAME, tuple(s.input_shape), profile)
+        (ctx.workdir / filename).write_bytes(plan_bytes)
+        runner = PlanRunner(plan_bytes, gpu.index)
+        verdict = assess_quantized(runner.layers(profile[1]), mode)
+        if not verdict.passed:
+            raise ExportError(f"the TensorRT plan for {gpu.name} is not {mode.upper()}: {'; '.join(verdict.reasons)}",
+                              hint="nothing was published; build --precision fp16")
+        verdicts[cc], sizes[filename], ios[cc] = verdict.to_dict(), len(plan_bytes), runner.io()
+        names.add((runner.input_name, runner.output_name))
+        checks.append(Check(f"tensorrt-{mode}@{gpu.sm}", runner.run, key=cc, subject=f"the {mode.upper()} TensorRT plan",
+                            against=f"eager FP32 on {gpu.name}"))
+    if len(names) != 1:
+        raise ExportError(f"the plans disagree on tensor names: {sorted(names)}", hint="report this as a bug")
+    (input_name, output_name), first = names.pop(), next(iter(ios.values()))
+    compat = compatibility_manifest("tensorrt", list(by_cc.values()), plans)
+    check_plan_servable(compat, s.allow_unmatched_tensorrt)
+    details = {
+        "precision": mode,
+        mode: {**quantizer, **split.describe()},
+        "quantized_check": verdicts,
+        "tensorrt_build": flags.describe(),
+        "batch_profile": list(profile),
+        "io": first,
+        "plan_bytes": sizes,
+        "compatibility": compat,
+    }
+    return EngineArtifact(
+        candidate=candidate, engine=f"tensorrt-{mode}", files={f: ctx.workdir / f for f in plans.values()},
+        config=tensorrt_engine_config(s.num_classes, tuple(s.input_shape), plans, input_name, output_name, first[input_name]["dtype"]),
+        checks=tuple(checks), details=details, checks_field="parity_per_architecture", gate_data=split.gate,
+        record={mode: details[mode]},
+    )
+
+
 def plan(settings: ExportSettings) -> list[EngineCandidate]:
+    """FP16 unless ``--precision int8`` or ``fp8`` asks for a quantized plan."""
+    if settings.precision in QUANT_MODES:
+        return [EngineCandidate("tensorrt", settings.precision)]
     return [CANDIDATE]
 
 

@@ -1,9 +1,12 @@
 """INT8 / FP8 TensorRT plans by NVIDIA ModelOpt post-training quantization: the pieces of that path.
 
-Not yet a candidate of the ``tensorrt`` target (see docs/gpu.md): the quantizer call, the
-plan build and the checks below are written against ModelOpt's and TensorRT's APIs and
-their version-dependent parts unit-tested; the target's INT8/FP8 candidate that chains
-them (calibration/gate split as on CPU, gate by ``verify.INT8_TOLERANCE``) is still to wire.
+``--target tensorrt --precision int8|fp8`` (``tensorrt.export`` chains these pieces,
+with the calibration/gate split of the CPU INT8 engines and the gate
+``verify.INT8_TOLERANCE`` / ``FP8_TOLERANCE``). The quantizer call, the plan build and the
+checks below are written against ModelOpt's and TensorRT's APIs; their
+version-dependent parts are pure functions, unit-tested without a GPU, and ModelOpt's
+ONNX quantizer itself runs on CPU (``calibration_eps=["cpu"]``), so its output is
+tested wherever nvidia-modelopt is installed.
 
 The pipeline (explicit quantization, the form TensorRT ≥ 10 builds from):
 
@@ -189,12 +192,24 @@ def require_modelopt() -> tuple[Any, str]:
     return module.quantize, version
 
 
-def require_quantization_stack() -> None:
-    """Refuse in one line unless the TensorRT Python API and ModelOpt's ONNX quantizer both import."""
+def require_quantization_stack(mode: str = "int8", cuda: bool | None = None) -> None:
+    """Refuse in one line unless a CUDA GPU, the TensorRT Python API and ModelOpt's ONNX quantizer are all here.
+
+    Unlike the FP16 plan this path needs no torch_tensorrt: ModelOpt writes a Q/DQ ONNX
+    model and TensorRT's own parser builds it. ``cuda``: whether PyTorch sees a CUDA
+    device (probed when None).
+    """
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if not cuda:
+        raise TargetUnavailable(f"--target tensorrt --precision {mode} needs a CUDA GPU: PyTorch sees no CUDA device",
+                                hint="build on a GPU host, or --target cpu --precision int8 for an INT8 engine on this CPU")
     try:
         importlib.import_module("tensorrt")
     except Exception as exc:  # absent, or a wheel for another CUDA
-        raise TargetUnavailable(f"--target tensorrt --precision int8/fp8 needs the TensorRT Python package ({type(exc).__name__}: {exc})"[:300],
+        raise TargetUnavailable(f"--target tensorrt --precision {mode} needs the TensorRT Python package ({type(exc).__name__}: {exc})"[:300],
                                 hint="pip install tensorrt, or build --precision fp16 (the default)") from None
     require_modelopt()
 

@@ -168,16 +168,18 @@ def gate_inputs(cfg: mc.ModelConfig, manifest: BuildManifest | None, spec: Check
 
 
 def _int8_gate(data: Any, *manifests: BuildManifest | None) -> Any:
-    """For an INT8 version (new or previous), only the images its build gated it on, never its calibration images."""
+    """For an INT8 / FP8 version (new or previous), only the images its build gated it on, never its calibration images."""
     from sft_engine.engines.int8 import recorded_gate
 
     for manifest in manifests:
-        record = (manifest.engine_details if manifest is not None else {}).get("int8")
-        if isinstance(record, dict):
+        details = manifest.engine_details if manifest is not None else {}
+        for record in (details.get("int8"), details.get("fp8")):
+            if not isinstance(record, dict):
+                continue
             gate = recorded_gate(data, record)
             if gate is not None:
                 return gate
-            LOGGER.warning("the INT8 gate images of the build cannot be found again (the calibration images changed); the check uses them all")
+            LOGGER.warning("the quantized build's gate images cannot be found again (the calibration images changed); the check uses them all")
     return data
 
 

@@ -65,21 +65,20 @@ def fit_head(model: torch.nn.Module, inputs: np.ndarray, labels: np.ndarray, sca
         fc.bias.copy_(bias.float())
 
 
-@pytest.fixture(scope="session")
-def classifier(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+def make_classifier(root: Path, images_per_class: int) -> Classifier:
+    """Labelled images in class folders under ``root``, and a resnet18 whose fitted head classifies them all."""
     from PIL import Image
 
     from sft_engine.models import build_model, save_state_dict
     from sft_engine.preprocess import Preprocessing
 
-    root = tmp_path_factory.mktemp("gpu-classifier")
     rng = np.random.default_rng(0)
     files, labels = [], []
     for index, kind in enumerate(CLASSES):
         folder = root / "calibration" / kind
         folder.mkdir(parents=True)
-        for i in range(IMAGES_PER_CLASS):
-            path = folder / f"{i:02d}.png"
+        for i in range(images_per_class):
+            path = folder / f"{i:03d}.png"
             Image.fromarray(_image(kind, rng)).save(path)
             files.append(path)
             labels.append(index)
@@ -95,3 +94,18 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
     weights = root / "classifier.safetensors"
     save_state_dict(model, weights)
     return Classifier(weights, root / "calibration", list(CLASSES), float((top2[:, 1] - top2[:, 0]).min()))
+
+
+@pytest.fixture(scope="session")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+    return make_classifier(tmp_path_factory.mktemp("gpu-classifier"), IMAGES_PER_CLASS)
+
+
+#: INT8 / FP8 need a 200-image gate besides the calibration images: 6 classes x 45 = 270 (70 calibrate)
+QUANT_IMAGES_PER_CLASS = 45
+
+
+@pytest.fixture(scope="session")
+def quant_classifier(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+    """Enough labelled images to calibrate a quantized plan and gate it on 200 others."""
+    return make_classifier(tmp_path_factory.mktemp("gpu-quant-classifier"), QUANT_IMAGES_PER_CLASS)

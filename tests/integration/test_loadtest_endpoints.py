@@ -81,11 +81,7 @@ def test_ctrl_c_stops_the_run_and_keeps_a_partial_report(two_servers: tuple[Trit
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background job would ignore SIGINT
     )
     try:
-        baseline = _server_successes(srv)
-        deadline = time.monotonic() + 60
-        while _server_successes(srv) < baseline + 50:
-            assert proc.poll() is None and time.monotonic() < deadline, "the load never started"
-            time.sleep(0.1)
+        _wait_for_load(proc, srv, 50)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -96,6 +92,23 @@ def test_ctrl_c_stops_the_run_and_keeps_a_partial_report(two_servers: tuple[Trit
     data = json.loads(report.read_text())
     assert data["verdict"] == "INVALID" and data["steps"][0]["aborted"] == "interrupted"
     assert data["steps"][0]["requests"]["succeeded"] > 0
+
+
+def _wait_for_load(proc: subprocess.Popen[str], srv: TritonServer, requests: int, timeout_s: float = 180.0) -> None:
+    """Until the server has answered ``requests`` more requests of the load test in ``proc``.
+
+    On a busy machine the CLI's start (imports, worker processes) can take tens of
+    seconds, so the wait is generous; a run that ends before its load arrived fails
+    with its own output, which says why.
+    """
+    baseline = _server_successes(srv)
+    deadline = time.monotonic() + timeout_s
+    while _server_successes(srv) < baseline + requests:
+        if proc.poll() is not None:
+            out, _ = proc.communicate()
+            pytest.fail(f"the load test ended (exit {proc.returncode}) before its load reached the server:\n{out}")
+        assert time.monotonic() < deadline, f"the load never reached the server in {timeout_s:.0f} s"
+        time.sleep(0.1)
 
 
 def _server_successes(srv: TritonServer) -> int:
@@ -115,11 +128,7 @@ def test_server_killed_mid_run_ends_with_partial_report_and_exit_2(tmp_path: Pat
              "--rate", "200", "--duration", "60", "--warmup", "0", "--report", str(report), "--quiet"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_cli_env(),
         )
-        baseline = _server_successes(srv)
-        deadline = time.monotonic() + 60
-        while _server_successes(srv) < baseline + 100:  # the load is on
-            assert proc.poll() is None and time.monotonic() < deadline, "the load never started"
-            time.sleep(0.1)
+        _wait_for_load(proc, srv, 100)
         os.kill(srv.pid, signal.SIGKILL)  # type: ignore[arg-type]
         out, _ = proc.communicate(timeout=60)  # far less than the 60 s the run asked for
     finally:

@@ -24,7 +24,7 @@ from sft_engine.deps import minor_of, torch_pair_problem, torchvision_for_torch
 
 ROOT = Path(__file__).resolve().parents[2]
 NGC_TORCH = ["2.5.0a0+e000cf0ad9.nv24.10", "2.8.0a0+5228986c39.nv25.6", "2.9.0a0+145a3a7bda.nv25.10", "2.10.0a0+b4e4ee81d3.nv25.12"]
-SETUP_EXTRAS = ("server", "onnx", "openvino", "int8", "loadtest", "test")
+SETUP_EXTRAS = ("server", "onnx", "openvino", "int8", "modelopt", "loadtest", "test")
 
 sys.path.insert(0, str(ROOT / "scripts"))
 try:

@@ -1,15 +1,27 @@
-"""The ModelOpt → TensorRT INT8/FP8 pieces without a GPU: ModelOpt arguments per release, TensorRT
-build flags per version, the FP8 hardware rule, the inspector verdict, and their refusals."""
+"""The ModelOpt → TensorRT INT8/FP8 path without a GPU: ModelOpt arguments per release and the real
+ModelOpt quantizer (it calibrates on CPU), TensorRT build flags per version, the FP8 hardware rule,
+the inspector verdict, the candidate's choices and every refusal."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import torch
 
+from sft_engine.engines import tensorrt
+from sft_engine.engines.base import EngineCandidate, ExportSettings
+from sft_engine.engines.registry import check_choice
 from sft_engine.engines.tensorrt_quant import (
-    assess_quantized, fp8_unavailable_reason, modelopt_quantize_kwargs, tensorrt_build_flags,
+    assess_quantized, fp8_unavailable_reason, modelopt_quantize_kwargs, quantize_with_modelopt, require_quantization_stack,
+    tensorrt_build_flags,
 )
-from sft_engine.errors import TargetUnavailable
+from sft_engine.errors import ConfigError, ExportError, TargetUnavailable
+from sft_engine.verify import INT8_TOLERANCE, PRECISION_GATES
 
 CAL = np.zeros((3, 3, 8, 8), np.float32)
 
@@ -85,3 +97,151 @@ def test_inspector_verdict_requires_quantized_convolutions():
     assert assess_quantized([_layer("CaskConvolution", "FP8 format")] * 3, "fp8").passed
     assert not assess_quantized(int8, "fp8").passed
     assert not assess_quantized(None, "int8").passed  # unverified is not published
+
+
+# -- the real ModelOpt quantizer (it calibrates on CPU) -------------------------------------
+
+HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
+needs_modelopt = pytest.mark.skipif(not HAS_MODELOPT, reason="needs nvidia-modelopt (pip install 'sft-engine[modelopt]')")
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(tmp_path_factory):
+    """A seeded resnet18 @ 32 exported as the tensorrt target exports it for ModelOpt, and the model itself."""
+    from sft_engine.engines.cpu import export_onnx
+    from sft_engine.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 6).eval()
+    path = tmp_path_factory.mktemp("modelopt") / "model_fp32.onnx"
+    export_onnx(model, torch.zeros(2, 3, 32, 32), path)
+    return model, path
+
+
+def _quantizers(path):
+    """Each QuantizeLinear of the graph: (its input, scale, quantized element type)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    tensors = {i.name: i for i in graph.initializer}
+    tensors.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant"})
+    return [(n.input[0], float(np.asarray(numpy_helper.to_array(tensors[n.input[1]]), dtype=np.float32).ravel()[0]),
+             tensors[n.input[2]].data_type if len(n.input) > 2 and n.input[2] in tensors else None)
+            for n in graph.node if n.op_type == "QuantizeLinear"]
+
+
+def _input_quantizer(path):
+    """(scale, element type) of the QuantizeLinear of the graph input."""
+    return next((scale, elem) for name, scale, elem in _quantizers(path) if name.startswith("input"))
+
+
+@needs_modelopt
+def test_modelopt_calibrates_on_the_images_it_is_given(fp32_onnx, tmp_path):
+    """Activation ranges come from the calibration images (4x the images, 4x the input scale), never from random data."""
+    import onnx
+    import onnxruntime as ort
+
+    model, path = fp32_onnx
+    cal = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    record = quantize_with_modelopt(path, cal, tmp_path / "a.onnx", "int8")
+    quantize_with_modelopt(path, cal * 4, tmp_path / "b.onnx", "int8")
+    assert record["quantizer"] == "nvidia-modelopt" and record["calibration_images"] == 16
+    assert record["quantize_mode"] == "int8" and record["calibration_method"] == "entropy" and record["calibration_eps"] == ["cpu"]
+    (scale_a, elem), (scale_b, _) = _input_quantizer(tmp_path / "a.onnx"), _input_quantizer(tmp_path / "b.onnx")
+    assert scale_b / scale_a == pytest.approx(4.0, rel=0.05)
+    assert elem == onnx.TensorProto.INT8
+    graph = onnx.load(str(tmp_path / "a.onnx")).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) >= len(convs), "every convolution quantized"
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.FLOAT], "FP32 in, as the config says"
+    # the Q/DQ model computes the same function, coarsely (ONNX Runtime runs it on CPU)
+    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    out = ort.InferenceSession(str(tmp_path / "a.onnx"), options, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert out.dtype == np.float32 and np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.98
+
+
+@needs_modelopt
+def test_modelopt_fp8_quantizes_to_e4m3(fp32_onnx, tmp_path):
+    import onnx
+
+    _, path = fp32_onnx
+    cal = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    record = quantize_with_modelopt(path, cal, tmp_path / "q.onnx", "fp8")
+    assert record["quantize_mode"] == "fp8" and record["calibration_method"] == "max"
+    quantizers = _quantizers(tmp_path / "q.onnx")
+    assert quantizers and {elem for _, _, elem in quantizers} == {onnx.TensorProto.FLOAT8E4M3FN}
+
+
+@needs_modelopt
+def test_a_failure_inside_modelopt_is_reported_with_its_message(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(ExportError, match="modelopt quantize failed") as err:
+        quantize_with_modelopt(bad, CAL, tmp_path / "q.onnx", "int8")
+    assert "\n" not in err.value.one_line()
+
+
+# -- the candidate, its choices and refusals ------------------------------------------------
+
+@pytest.mark.parametrize("precision", ["auto", "fp16", "int8", "fp8"])
+def test_tensorrt_precisions_are_accepted(precision):
+    check_choice("tensorrt", "auto", precision)
+    expected = "fp16" if precision == "auto" else precision
+    assert tensorrt.plan(_settings(precision)) == [EngineCandidate("tensorrt", expected)]
+
+
+@pytest.mark.parametrize("target, engine, precision, message", [
+    ("tensorrt", "auto", "bf16", "--target tensorrt has no bf16 mode"),
+    ("tensorrt", "openvino", "int8", "--engine openvino chooses a CPU engine"),
+    ("torchscript-gpu", "auto", "int8", "--precision applies to --target cpu or tensorrt, not torchscript-gpu"),
+    ("onnx", "auto", "int8", "not onnx"),
+    ("cpu", "auto", "fp8", "unknown CPU precision 'fp8'"),
+    ("cpu", "auto", "fp16", "unknown CPU precision 'fp16'"),
+    ("auto", "auto", "fp8", "--precision fp8 needs --target tensorrt"),
+])
+def test_precision_refusals(target, engine, precision, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_choice(target, engine, precision)
+
+
+def test_the_quantized_stack_is_refused_in_one_line_naming_what_is_missing():
+    with pytest.raises(TargetUnavailable, match=r"--precision int8 needs a CUDA GPU") as err:
+        require_quantization_stack("int8", cuda=False)
+    assert "--target cpu --precision int8" in err.value.one_line()
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(TargetUnavailable, match=r"--precision fp8 needs the TensorRT Python package"):
+            require_quantization_stack("fp8", cuda=True)
+
+
+def test_fp8_has_the_int8_gate():
+    assert PRECISION_GATES["fp8"] == INT8_TOLERANCE
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error path of a host without CUDA")
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "int8", "--calibration", "{cal}"], "error: --target tensorrt --precision int8 needs a CUDA GPU"),
+    (["--precision", "fp8"], "error: --precision fp8 needs labelled images"),
+    (["--precision", "bf16"], "error: --target tensorrt has no bf16 mode"),
+])
+def test_cli_refuses_quantized_tensorrt_builds_in_one_line(tmp_path, args, message):
+    repo = tmp_path / "repo"
+    (tmp_path / "cal").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "sft_engine.cli", "build", "--target", "tensorrt", "--arch", "resnet18", "--num-classes", "3",
+         "--allow-random-weights", "--input-size", "32", "--max-batch-size", "4", "--repository", str(repo),
+         *[a.format(cal=tmp_path / "cal") for a in args]],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert not repo.exists(), "the repository must stay untouched"
+
+
+def _settings(precision: str) -> ExportSettings:
+    return ExportSettings(name="m", arch="resnet18", num_classes=3, input_shape=(3, 32, 32), max_batch_size=4, precision=precision)
