@@ -110,6 +110,7 @@ def export_settings(cfg: BuildConfig) -> ExportSettings:
         max_batch_size=cfg.max_batch_size, instance_count=cfg.instance_count, max_queue_delay_us=cfg.max_queue_delay_us,
         build_gpus=tuple(cfg.build_gpus), serve_gpus=None if cfg.serve_gpus is None else tuple(cfg.serve_gpus), engine=cfg.engine, precision=cfg.precision, intra_op_threads=cfg.intra_op_threads,
         parameters=cfg.preprocessing.to_parameters(), allow_unmatched_tensorrt=bool(cfg.allow_unmatched_tensorrt),
+        allow_int8_without_isa=bool(cfg.allow_int8_without_isa),
         calibration_dir=cfg.calibration_dir, int8_calibration_images=cfg.int8_calibration_images, seed=cfg.seed,
     )
 

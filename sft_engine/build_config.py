@@ -91,6 +91,9 @@ class BuildConfig:
     #: every GPU of the serving host; onnx: CPU), () = every GPU, else these ids
     serve_gpus: tuple[int, ...] | None = None
     allow_unmatched_tensorrt: bool = False
+    #: quantize INT8 on a CPU without INT8 dot-product instructions, for serving hosts that have them
+    #: (the engine runs here emulated: correct, slow; the gate still judges it)
+    allow_int8_without_isa: bool = False
     selection_budget_s: float = 3.0
     seed: int = 0
     workdir: Path | None = None

@@ -15,7 +15,7 @@ _FLAG_FIELDS = (
     "arch", "weights", "pretrained", "num_classes", "input_size", "mean", "std", "max_batch_size", "name",
     "repository", "target", "engine", "precision", "instance_count", "intra_op_threads", "max_queue_delay_us", "parity_atol",
     "parity_rtol", "parity_min_top1_agreement", "parity_samples", "accuracy_max_drop", "calibration_dir", "int8_calibration_images", "build_gpus", "serve_gpus", "seed",
-    "allow_unmatched_tensorrt",
+    "allow_unmatched_tensorrt", "allow_int8_without_isa",
     "max_image_pixels", "preprocess_instances",
 )
 
@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--gpus", help=argparse.SUPPRESS)  # split into --build-gpu and --serve-gpus: a one-line error
     out.add_argument("--allow-unmatched-tensorrt", action="store_true", default=None,
                      help="publish a TensorRT plan even when no known NGC Triton container ships its TensorRT")
+    out.add_argument("--int8-without-vnni", dest="allow_int8_without_isa", action="store_true", default=None,
+                     help="build INT8 CPU engines on a CPU without VNNI / AMX-INT8 (for serving hosts that have them): "
+                          "quantized and gated here, where they run emulated and slower than FP32")
     img = p.add_argument_group("image serving (the <name>_preprocess and <name>_image models)")
     img.add_argument("--max-image-pixels", type=int, help="refuse larger images before decoding them (default 40000000)")
     img.add_argument("--preprocess-instances", type=int, help="CPU instances of the preprocessing model (default 2)")

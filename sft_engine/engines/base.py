@@ -49,6 +49,8 @@ class ExportSettings:
     parameters: dict[str, str] = field(default_factory=dict)
     #: publish a TensorRT plan that no known NGC container's TensorRT matches (with a warning)
     allow_unmatched_tensorrt: bool = False
+    #: plan INT8 CPU candidates even where this CPU lacks INT8 dot-product instructions
+    allow_int8_without_isa: bool = False
     #: labelled images were given (INT8 candidates are planned in ``auto`` only then)
     calibration_dir: Path | None = None
     #: labelled images that calibrate INT8, and the seed of the calibration/gate split

@@ -203,10 +203,19 @@ def check_available(settings: ExportSettings) -> None:
                                 hint=f"pip install 'sft-engine[{'openvino' if engine == 'openvino' else 'onnx'}]', or use --engine auto")
 
 
+#: what ``plan_candidates`` is told instead of an instruction set under ``--int8-without-vnni``
+EMULATED_INT8 = "none (emulated: built for hosts with VNNI / AMX-INT8)"
+
+
 def plan(settings: ExportSettings) -> list[EngineCandidate]:
     p = settings.precision
+    isa = cpu_int8_isa() if p in ("auto", "int8") else None
+    if isa is None and p in ("auto", "int8") and settings.allow_int8_without_isa:
+        LOGGER.warning("--int8-without-vnni: this CPU has no INT8 dot-product instructions; INT8 candidates are quantized and "
+                       "gated here, running emulated (their timing here says nothing of a VNNI / AMX-INT8 host)")
+        isa = EMULATED_INT8
     return plan_candidates(settings.engine, p, cpu_has_native_bf16() if p not in ("fp32", "int8") else False,
-                           cpu_int8_isa() if p in ("auto", "int8") else None, labelled=settings.calibration_dir is not None)
+                           isa, labelled=settings.calibration_dir is not None)
 
 
 def export(ctx: ExportContext, candidate: EngineCandidate) -> EngineArtifact:
@@ -238,7 +247,8 @@ def export(ctx: ExportContext, candidate: EngineCandidate) -> EngineArtifact:
     else:
         quantize = quantize_openvino if candidate.engine == "openvino" else quantize_onnx
         quantizer = quantize(src / ENGINE_FILES[candidate.engine][0], split.calibration, cand_dir / ENGINE_FILES[candidate.engine][0])
-        details["int8"] = {**quantizer, **split.describe(), "isa": cpu_int8_isa()}
+        isa = cpu_int8_isa()
+        details["int8"] = {**quantizer, **split.describe(), "isa": isa, **({"built_emulated": True} if isa is None else {})}
     (cand_dir / "engine.json").write_text(json.dumps(settings, indent=2) + "\n")
     shutil.copyfile(SERVING_MODEL, cand_dir / "model.py")
     runner = serving_model.EngineRunner(str(cand_dir), settings, instances=s.instance_count)

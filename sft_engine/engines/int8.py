@@ -63,7 +63,7 @@ def require_int8_isa(isa: str | None) -> str:
     if isa is None:
         raise TargetUnavailable(
             "this CPU has no INT8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8): an INT8 engine would run emulated",
-            hint="build with --precision bf16 or fp32, or on a CPU of the serving hosts' kind",
+            hint="build with --precision bf16 or fp32, or on a CPU of the serving hosts' kind (or here for them: --int8-without-vnni)",
         )
     return isa
 

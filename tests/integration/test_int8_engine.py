@@ -29,9 +29,12 @@ from tests.helpers import rollout_second_version, tree_digest
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(cpu_int8_isa() is None, reason="this CPU has no INT8 dot-product instructions (VNNI / AMX-INT8)"),
     pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf is not installed"),
 ]
+
+#: a CPU without VNNI / AMX-INT8 builds INT8 only when asked to (for serving hosts that have them); the
+#: engines then run emulated, correct and slower, so every test here still runs on such a CPU
+EMULATED = cpu_int8_isa() is None
 
 PER_CLASS = 40  # 6 classes: 240 labelled images, 40 calibrate and 200 gate
 
@@ -62,14 +65,16 @@ def classifier(tmp_path_factory) -> tuple[Path, Path, Path]:
 def _cfg(classifier, repo: Path, **kw) -> BuildConfig:
     weights, images, _ = classifier
     base = dict(arch="resnet18", num_classes=len(CLASSES), labels=list(CLASSES), weights=weights, input_size=INPUT_SIZE,
-                max_batch_size=16, repository=repo, name="int8", calibration_dir=images, selection_budget_s=1.0)
+                max_batch_size=16, repository=repo, name="int8", calibration_dir=images, selection_budget_s=1.0,
+                allow_int8_without_isa=EMULATED)
     return BuildConfig().merged({**base, **kw}, "flags")
 
 
 def _argv(classifier, repo: Path, *extra: str) -> list[str]:
     weights, images, labels = classifier
     return ["build", "--arch", "resnet18", "--weights", str(weights), "--labels", str(labels), "--input-size", str(INPUT_SIZE),
-            "--max-batch-size", "16", "--repository", str(repo), "--name", "int8", "--calibration", str(images), *extra]
+            "--max-batch-size", "16", "--repository", str(repo), "--name", "int8", "--calibration", str(images),
+            *(["--int8-without-vnni"] if EMULATED else []), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +97,7 @@ def test_int8_build_passes_its_gate_on_images_the_quantizer_never_saw(int8_build
     int8 = details["int8"]
     assert int8["quantizer"] in ("nncf", "onnxruntime.quantization") and int8["version"]
     assert (int8["calibration_images"], int8["gate_images"]) == (40, 200) and int8["isa"] == cpu_int8_isa()
+    assert int8.get("built_emulated", False) == EMULATED
     # the recorded hashes are those of disjoint file lists of the calibration directory
     files = sorted(p.relative_to(classifier[1]).as_posix() for p in classifier[1].rglob("*.png"))
     order = np.random.default_rng(0).permutation(len(files))
@@ -237,3 +243,19 @@ def test_rollout_of_an_int8_rebuild_over_fp32_is_checked_on_the_int8_gate_images
 def test_without_labelled_images_auto_does_not_plan_int8(classifier, tmp_path):
     result = build(_cfg(classifier, tmp_path / "repo", engine="onnxruntime", calibration_dir=None))
     assert [c["candidate"] for c in result.candidates] == ["onnxruntime"]
+
+
+def test_a_cpu_without_int8_instructions_refuses_int8_unless_told_to_build_it_for_other_hosts(classifier, tmp_path, capsys, monkeypatch):
+    from sft_engine.engines import cpu
+
+    monkeypatch.setattr(cpu, "cpu_int8_isa", lambda cpuinfo=None: None)  # as on a CPU without VNNI / AMX-INT8
+    argv = [a for a in _argv(classifier, tmp_path / "repo", "--engine", "onnxruntime", "--precision", "int8") if a != "--int8-without-vnni"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no INT8 dot-product instructions" in err and "--int8-without-vnni" in err, err
+    assert not (tmp_path / "repo").exists()
+    auto = build(_cfg(classifier, tmp_path / "repo", engine="onnxruntime", allow_int8_without_isa=False))
+    assert [c["candidate"] for c in auto.candidates] == ["onnxruntime"], "auto leaves INT8 out on such a CPU"
+    assert main([*argv, "--int8-without-vnni"]) == 0
+    manifest = read_manifest(tmp_path / "repo" / "int8" / "2")
+    assert manifest.engine_details["precision"] == "int8" and manifest.engine_details["int8"]["built_emulated"] is True
