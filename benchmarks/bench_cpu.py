@@ -303,15 +303,15 @@ def main() -> int:
     ap.add_argument("--finetune", type=Path, metavar="DIR",
                     help="a sft-engine finetune output (with a holdout of >= 232 images): its model is measured with its "
                          "weights, and accuracy on its held-out images; other models get random weights")
-    ap.add_argument("--int8-without-vnni", action="store_true",
-                    help="measure INT8 on a CPU without VNNI / AMX-INT8 too (emulated: what such a CPU reaches)")
+    ap.add_argument("--allow-emulated-int8", action="store_true",
+                    help="measure INT8 on a CPU without INT8 instructions too (emulated: what such a CPU reaches)")
     ap.add_argument("--concurrency", default="2,4,8,16,32", help="requests in flight swept for saturation")
     ap.add_argument("--no-shm", action="store_true", help="send tensors in the request body at saturation, not through shared memory")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     levels = [int(c) for c in args.concurrency.split(",")]
-    precisions = available_precisions(args.precisions, args.int8_without_vnni)
+    precisions = available_precisions(args.precisions, args.allow_emulated_int8)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
         for spec in args.models.split(","):
@@ -320,7 +320,7 @@ def main() -> int:
             work.mkdir()
             subj = subject(arch, int(size), work, args.finetune)
             results.append(bench_model(subj, precisions, batches, args.budget, args.engine, work, levels, not args.no_shm,
-                                       args.int8_without_vnni))
+                                       args.allow_emulated_int8))
     from sft_engine.engines.int8 import cpu_int8_isa
 
     out = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),

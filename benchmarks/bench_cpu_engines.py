@@ -4,7 +4,7 @@
 Candidates, timed in alternating blocks (sft_engine.timing.time_interleaved):
 eager FP32 (the reference), ONNX Runtime as sft-engine builds it, ONNX Runtime without
 thread spinning, OpenVINO FP32 and, on CPUs with native bf16, OpenVINO bf16 (both as
-sft-engine builds them), frozen TorchScript with optimize_for_inference, on CPUs with VNNI / AMX-INT8 the INT8
+sft-engine builds them), frozen TorchScript with optimize_for_inference, on CPUs with INT8 instructions (AVX2, VNNI, AMX-INT8) the INT8
 engines the build quantizes (OpenVINO via NNCF, ONNX Runtime QDQ), and
 AOTInductor (torch.export + Inductor with freezing, the compiled form torch.compile
 can package) when a C++ compiler is present. Reduced-precision rows also print their

@@ -57,8 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--gpus", help=argparse.SUPPRESS)  # split into --build-gpu and --serve-gpus: a one-line error
     out.add_argument("--allow-unmatched-tensorrt", action="store_true", default=None,
                      help="publish a TensorRT plan even when no known NGC Triton container ships its TensorRT")
-    out.add_argument("--int8-without-vnni", dest="allow_int8_without_isa", action="store_true", default=None,
-                     help="build INT8 CPU engines on a CPU without VNNI / AMX-INT8 (for serving hosts that have them): "
+    out.add_argument("--allow-emulated-int8", dest="allow_int8_without_isa", action="store_true", default=None,
+                     help="build INT8 CPU engines on a CPU without INT8 instructions (AVX2, VNNI, AMX-INT8), for serving hosts that have them: "
                           "quantized and gated here, where they run emulated and slower than FP32")
     img = p.add_argument_group("image serving (the <name>_preprocess and <name>_image models)")
     img.add_argument("--max-image-pixels", type=int, help="refuse larger images before decoding them (default 40000000)")

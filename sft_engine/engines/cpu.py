@@ -11,7 +11,7 @@ GPU targets' FP16 it moves the logits, so a bf16 candidate must pass the stricte
 reduced-precision gate (``verify.BF16_TOLERANCE``: top-1 agreement, accuracy drop on
 labelled calibration images) before it may win. ``--precision fp32`` keeps FP32.
 
-INT8 is the third rung. Where the CPU has integer dot-product instructions (VNNI,
+INT8 is the third rung. Where the CPU has integer dot-product instructions (AVX2, VNNI,
 AMX-INT8) and labelled images were given, post-training static quantization (NNCF for
 OpenVINO, ONNX Runtime's QDQ quantizer) calibrated on part of the images yields engines
 that the build gates (``verify.INT8_TOLERANCE``) on the other part, which the quantizer
@@ -203,16 +203,16 @@ def check_available(settings: ExportSettings) -> None:
                                 hint=f"pip install 'sft-engine[{'openvino' if engine == 'openvino' else 'onnx'}]', or use --engine auto")
 
 
-#: what ``plan_candidates`` is told instead of an instruction set under ``--int8-without-vnni``
-EMULATED_INT8 = "none (emulated: built for hosts with VNNI / AMX-INT8)"
+#: what ``plan_candidates`` is told instead of an instruction set under ``--allow-emulated-int8``
+EMULATED_INT8 = "none (emulated: built for hosts with AVX2, VNNI or AMX-INT8)"
 
 
 def plan(settings: ExportSettings) -> list[EngineCandidate]:
     p = settings.precision
     isa = cpu_int8_isa() if p in ("auto", "int8") else None
     if isa is None and p in ("auto", "int8") and settings.allow_int8_without_isa:
-        LOGGER.warning("--int8-without-vnni: this CPU has no INT8 dot-product instructions; INT8 candidates are quantized and "
-                       "gated here, running emulated (their timing here says nothing of a VNNI / AMX-INT8 host)")
+        LOGGER.warning("--allow-emulated-int8: this CPU has no INT8 dot-product instructions; INT8 candidates are quantized and "
+                       "gated here, running emulated (their timing here says nothing of the serving hosts)")
         isa = EMULATED_INT8
     return plan_candidates(settings.engine, p, cpu_has_native_bf16() if p not in ("fp32", "int8") else False,
                            isa, labelled=settings.calibration_dir is not None)

@@ -7,9 +7,13 @@ are split once, deterministically: up to ``calibration_images`` calibrate, the r
 (at least ``MIN_GATE_IMAGES``) gate. Both counts and a hash of each file list go into
 the build manifest, so a later check can tell which images judged the engine.
 
-INT8 is worth building only where the CPU has integer dot-product instructions
-(AVX512-VNNI, AVX-VNNI, AMX-INT8); elsewhere an INT8 engine runs emulated and loses
-the timing, so ``auto`` leaves it out and ``--precision int8`` is refused.
+INT8 is worth building only where the CPU has integer dot-product instructions:
+AMX-INT8, AVX512-VNNI or AVX-VNNI (one instruction per 4-way u8·s8 dot product), or
+AVX2, whose VPMADDUBSW + VPMADDWD pair does the same in two (oneDNN's and ONNX Runtime's
+pre-VNNI INT8 kernels; measured 1.9-2.9x the FP32 engine on an AVX2-only AMD EPYC, see
+docs/performance.md). Without even AVX2 an INT8 engine runs emulated and loses the
+timing, so ``auto`` leaves it out and ``--precision int8`` is refused unless
+``--allow-emulated-int8`` builds it for other hosts.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ __all__ = [
 ]
 
 #: /proc/cpuinfo flag → name, best first
-INT8_ISAS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"))
+INT8_ISAS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2"))
 #: fewer gate images than this cannot resolve a 1 % agreement threshold (one image is 0.5 %)
 MIN_GATE_IMAGES = 200
 #: below this a quantizer's activation ranges are noise (unless the user asked for fewer)
@@ -62,8 +66,8 @@ def require_int8_isa(isa: str | None) -> str:
     """``isa`` itself; refuses (one line naming what is missing) when there is none."""
     if isa is None:
         raise TargetUnavailable(
-            "this CPU has no INT8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8): an INT8 engine would run emulated",
-            hint="build with --precision bf16 or fp32, or on a CPU of the serving hosts' kind (or here for them: --int8-without-vnni)",
+            "this CPU has no INT8 dot-product instructions (AMX-INT8, AVX512-VNNI, AVX-VNNI or AVX2): an INT8 engine would run emulated",
+            hint="build with --precision bf16 or fp32, or on a CPU of the serving hosts' kind (or here for them: --allow-emulated-int8)",
         )
     return isa
 

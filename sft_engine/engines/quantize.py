@@ -4,7 +4,7 @@ Two quantizers, one per CPU runtime, each the vendor's own:
 
 * OpenVINO: NNCF's ``nncf.quantize`` on the OpenVINO model (min-max ranges over the
   calibration images, then fast bias correction); the result is an IR with
-  FakeQuantize nodes that OpenVINO's CPU plugin runs as INT8 kernels (VNNI/AMX).
+  FakeQuantize nodes that OpenVINO's CPU plugin runs as INT8 kernels (AMX, VNNI, or AVX2).
 * ONNX Runtime: ``onnxruntime.quantization.quantize_static`` in QDQ format (U8
   activations, per-channel S8 weights, the layout ORT's x86 INT8 kernels expect), with
   a ``CalibrationDataReader`` over the same images, after ORT's own pre-processing

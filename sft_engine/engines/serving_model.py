@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 #: /proc/cpuinfo flags of integer dot-product instructions (as ``sft_engine.engines.int8``; this file stands alone)
-_INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+_INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx2")
 
 
 def _has_int8_dot_product(cpuinfo_path="/proc/cpuinfo"):
@@ -46,7 +46,7 @@ class EngineRunner:
         threads = int(settings.get("intra_op_threads") or 0) or max(1, (os.cpu_count() or 1) // max(1, instances))
         self.threads = threads
         if settings.get("quantized") == "int8" and _has_int8_dot_product() is False:
-            self.warning = ("this CPU has no INT8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8): the INT8 version "
+            self.warning = ("this CPU has no INT8 dot-product instructions (AMX-INT8, AVX512-VNNI, AVX-VNNI or AVX2): the INT8 version "
                             "runs emulated, correct but likely slower than FP32; rebuild with --precision fp32 or bf16 for this host")
         if self.kind == "onnxruntime":
             import onnxruntime as ort

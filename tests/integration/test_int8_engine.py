@@ -32,7 +32,7 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf is not installed"),
 ]
 
-#: a CPU without VNNI / AMX-INT8 builds INT8 only when asked to (for serving hosts that have them); the
+#: a CPU without INT8 instructions (AVX2, VNNI, AMX-INT8) builds INT8 only when asked to (for serving hosts that have them); the
 #: engines then run emulated, correct and slower, so every test here still runs on such a CPU
 EMULATED = cpu_int8_isa() is None
 
@@ -74,7 +74,7 @@ def _argv(classifier, repo: Path, *extra: str) -> list[str]:
     weights, images, labels = classifier
     return ["build", "--arch", "resnet18", "--weights", str(weights), "--labels", str(labels), "--input-size", str(INPUT_SIZE),
             "--max-batch-size", "16", "--repository", str(repo), "--name", "int8", "--calibration", str(images),
-            *(["--int8-without-vnni"] if EMULATED else []), *extra]
+            *(["--allow-emulated-int8"] if EMULATED else []), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -248,14 +248,14 @@ def test_without_labelled_images_auto_does_not_plan_int8(classifier, tmp_path):
 def test_a_cpu_without_int8_instructions_refuses_int8_unless_told_to_build_it_for_other_hosts(classifier, tmp_path, capsys, monkeypatch):
     from sft_engine.engines import cpu
 
-    monkeypatch.setattr(cpu, "cpu_int8_isa", lambda cpuinfo=None: None)  # as on a CPU without VNNI / AMX-INT8
-    argv = [a for a in _argv(classifier, tmp_path / "repo", "--engine", "onnxruntime", "--precision", "int8") if a != "--int8-without-vnni"]
+    monkeypatch.setattr(cpu, "cpu_int8_isa", lambda cpuinfo=None: None)  # as on a CPU without AVX2, VNNI or AMX-INT8
+    argv = [a for a in _argv(classifier, tmp_path / "repo", "--engine", "onnxruntime", "--precision", "int8") if a != "--allow-emulated-int8"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no INT8 dot-product instructions" in err and "--int8-without-vnni" in err, err
+    assert len(err.splitlines()) == 1 and "no INT8 dot-product instructions" in err and "--allow-emulated-int8" in err, err
     assert not (tmp_path / "repo").exists()
     auto = build(_cfg(classifier, tmp_path / "repo", engine="onnxruntime", allow_int8_without_isa=False))
     assert [c["candidate"] for c in auto.candidates] == ["onnxruntime"], "auto leaves INT8 out on such a CPU"
-    assert main([*argv, "--int8-without-vnni"]) == 0
+    assert main([*argv, "--allow-emulated-int8"]) == 0
     manifest = read_manifest(tmp_path / "repo" / "int8" / "2")
     assert manifest.engine_details["precision"] == "int8" and manifest.engine_details["int8"]["built_emulated"] is True

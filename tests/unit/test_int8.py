@@ -16,19 +16,21 @@ from sft_engine.preprocess import Preprocessing
 from sft_engine.verify import ParityData, Tolerance, check_parity, parity_inputs
 from tests.unit.finetune_fixtures import write_folder
 
-CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {extra}\nbogomips\t: 1\n"
+CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx avx512f {extra}\nbogomips\t: 1\n"
 
 
 def test_isa_detection_prefers_amx_then_vnni():
     assert cpu_int8_isa(CPUINFO.format(extra="avx512_vnni amx_bf16 amx_int8 amx_tile")) == "AMX-INT8"
     assert cpu_int8_isa(CPUINFO.format(extra="avx512_vnni")) == "AVX512-VNNI"
     assert cpu_int8_isa(CPUINFO.format(extra="avx_vnni")) == "AVX-VNNI"
+    assert cpu_int8_isa(CPUINFO.format(extra="avx2 avx512_vnni")) == "AVX512-VNNI"
+    assert cpu_int8_isa(CPUINFO.format(extra="avx2")) == "AVX2"  # u8s8 in two instructions: the pre-VNNI kernels
     assert cpu_int8_isa(CPUINFO.format(extra="avx512_bf16")) is None
     assert cpu_int8_isa("") is None
 
 
 def test_int8_is_refused_without_the_instructions_naming_them():
-    with pytest.raises(TargetUnavailable, match="AVX512-VNNI, AVX-VNNI or AMX-INT8") as info:
+    with pytest.raises(TargetUnavailable, match="AMX-INT8, AVX512-VNNI, AVX-VNNI or AVX2") as info:
         require_int8_isa(None)
     assert "--precision bf16 or fp32" in (info.value.hint or "")
     assert require_int8_isa("AVX-VNNI") == "AVX-VNNI"
