@@ -64,9 +64,9 @@ def check_choice(target: str, engine: str, precision: str) -> None:
     if target != "auto":
         get_target(target)
     if target == "tensorrt":
+        tensorrt.check_precision(precision)
         if engine != "auto":
             raise ConfigError(f"--engine {engine} chooses a CPU engine, not a tensorrt one", hint="drop --engine, or use --target cpu")
-        tensorrt.check_precision(precision)
         return
     if target == "auto" and precision in ("fp16", "fp8"):
         raise ConfigError(f"--precision {precision} needs --target tensorrt", hint=f"pass --target tensorrt --precision {precision}")

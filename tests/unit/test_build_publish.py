@@ -137,7 +137,8 @@ BAD = [
     (["--max-batch-size", "0"], "max batch size 0 is out of range"),
     (["--spec", "{missing}"], "does not exist"),
     (["--precision", "bf16"], "engine onnxruntime has no bf16 mode"),
-    (["--precision", "fp32", "--target", "tensorrt"], "--precision applies to --target cpu"),
+    (["--precision", "fp32", "--target", "tensorrt"], "--target tensorrt has no fp32 mode"),
+    (["--precision", "int8", "--target", "torchscript-gpu"], "--precision applies to --target cpu or tensorrt"),
 ]
 
 
