@@ -182,10 +182,10 @@ def subject(arch: str, size: int, work: Path, finetune_dir: Path | None) -> Subj
     else:  # random weights: the INT8 candidates still need labelled images to calibrate and gate
         labelled = work / f"labelled-{name}"
         make_synthetic_images(labelled, count=500, num_classes=10, image_size=size, seed=7)
+        weights = work / f"{name}.safetensors"
+        model = random_weights(weights, arch, 10)
         settings = {"arch": arch, "num_classes": 10, "labels": list(SyntheticDataset(10, 10, size).classes),
-                    "input_size": size, "calibration_dir": labelled}
-        model = random_weights(work / f"{name}.safetensors", arch, 10)
-        settings["weights"] = work / f"{name}.safetensors"
+                    "input_size": size, "calibration_dir": labelled, "weights": weights}
         trained = False
     cfg = BuildConfig().merged(settings, "benchmark").validated()
     data = parity_inputs(cfg.preprocessing, 0, cfg.calibration_dir, labels=cfg.label_list)

@@ -209,11 +209,13 @@ EMULATED_INT8 = "none (emulated: built for hosts with AVX2, VNNI or AMX-INT8)"
 
 def plan(settings: ExportSettings) -> list[EngineCandidate]:
     p = settings.precision
-    isa = cpu_int8_isa() if p in ("auto", "int8") else None
-    if isa is None and p in ("auto", "int8") and settings.allow_int8_without_isa:
-        LOGGER.warning("--allow-emulated-int8: this CPU has no INT8 dot-product instructions; INT8 candidates are quantized and "
-                       "gated here, running emulated (their timing here says nothing of the serving hosts)")
-        isa = EMULATED_INT8
+    isa = None
+    if p in ("auto", "int8"):
+        isa = cpu_int8_isa()
+        if isa is None and settings.allow_int8_without_isa:
+            LOGGER.warning("--allow-emulated-int8: this CPU has no INT8 dot-product instructions; INT8 candidates are quantized "
+                           "and gated here, running emulated (their timing here says nothing of the serving hosts)")
+            isa = EMULATED_INT8
     return plan_candidates(settings.engine, p, cpu_has_native_bf16() if p not in ("fp32", "int8") else False,
                            isa, labelled=settings.calibration_dir is not None)
 

@@ -118,3 +118,18 @@ def test_cli_check_modes_match_the_gate():
     from sft_engine.ops.check import CHECK_MODES
 
     assert ops.CHECK_MODES == CHECK_MODES
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+def test_a_quantized_version_is_checked_on_its_recorded_gate_images_only(mode):
+    """The rollout check of an INT8 or FP8 version splits the labelled images again and keeps only its gate images."""
+    from sft_engine.engines.int8 import split_for_int8
+    from sft_engine.ops.check import _int8_gate
+    from sft_engine.repository.manifest import BuildManifest
+    from sft_engine.verify import ParityData
+
+    data = ParityData(np.arange(240, dtype=np.float32).reshape(240, 1), np.arange(240) % 4, tuple(f"c{i % 4}/{i}.png" for i in range(240)))
+    split = split_for_int8(data, 40, seed=5)
+    gate = _int8_gate(data, BuildManifest(engine_details={mode: split.describe()}))
+    assert len(gate.inputs) == 200 and gate.files == split.gate.files
+    assert _int8_gate(data, BuildManifest(engine_details={"precision": "fp32"})) is data
