@@ -25,7 +25,7 @@ from _fixture import build_random, embedded_server, random_weights
 from sft_engine.loadtest import LoadSpec, LoadTestConfig, parse_endpoint, run_loadtest
 from sft_engine.ops.model_control import ModelControl
 from sft_engine.ops.modelconfig import disk_config, override
-from sft_engine.ops.rollout import RolloutPlan, rollout
+from sft_engine.ops.rollout.runner import RolloutPlan, rollout
 
 MODEL = "tiny"
 

@@ -60,7 +60,7 @@ def container_tag(repository: Path, given: str | None = None) -> tuple[str, str 
 
 def docker_commands_for(repository: Path, tag: str) -> str:
     """The container image build and ``docker run`` lines that serve ``repository`` on a GPU host."""
-    from sft_engine.ops.deploy_spec import docker_commands
+    from sft_engine.ops.deploy.spec import docker_commands
 
     return docker_commands(Path(repository), tag=tag)
 

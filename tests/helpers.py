@@ -34,11 +34,11 @@ def build_two_versions(tmp: Path, tiny_weights: Path, name: str, seed: int, **ov
     return repo
 
 
-def rollout_second_version(repo: Path, name: str):  # -> sft_engine.ops.rollout.RolloutResult
+def rollout_second_version(repo: Path, name: str):  # -> sft_engine.ops.rollout.runner.RolloutResult
     """Serve version 1 of ``name`` on a real server (explicit mode), then roll out version 2 over it."""
     from sft_engine.ops.model_control import ModelControl
     from sft_engine.ops.modelconfig import disk_config, override
-    from sft_engine.ops.rollout import RolloutPlan, rollout
+    from sft_engine.ops.rollout.runner import RolloutPlan, rollout
     from sft_engine.server import ServerConfig, TritonServer
 
     with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0, model_control_mode="explicit")) as srv:

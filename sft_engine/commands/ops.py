@@ -52,7 +52,7 @@ def _control_url(text: str, allow_remote: bool) -> str:
 
 
 # -- rollout --------------------------------------------------------------------------
-#: sft_engine.ops.check.CHECK_MODES, spelled out so that --help does not import the ops modules
+#: sft_engine.ops.rollout.check.CHECK_MODES, spelled out so that --help does not import the ops modules
 CHECK_MODES = ("parity", "top1", "sanity")
 
 
@@ -77,8 +77,8 @@ def _register_rollout(sub: argparse._SubParsersAction) -> None:
 
 
 def run_rollout(args: argparse.Namespace) -> int:
-    from sft_engine.ops.check import CheckSpec
-    from sft_engine.ops.rollout import RolloutPlan, rollout_at
+    from sft_engine.ops.rollout.check import CheckSpec
+    from sft_engine.ops.rollout.runner import RolloutPlan, rollout_at
 
     if args.version < 1:
         raise ConfigError(f"--version {args.version} is not a version number", hint="versions start at 1")
@@ -160,8 +160,9 @@ def _register_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from sft_engine.ops.tune import TuneConfig, publish_best, tune
-    from sft_engine.ops.tune_table import candidate_table
+    from sft_engine.ops.tune.config import TuneConfig
+    from sft_engine.ops.tune.runner import publish_best, tune
+    from sft_engine.ops.tune.table import candidate_table
 
     if args.metrics_url and not args.url:
         raise ConfigError("--metrics-url needs --url", hint="the embedded server's metrics are found without it")
@@ -249,8 +250,8 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    from sft_engine.ops.deploy import deploy_compose, deploy_k8s
-    from sft_engine.ops.deploy_spec import DeployOptions
+    from sft_engine.ops.deploy.writer import deploy_compose, deploy_k8s
+    from sft_engine.ops.deploy.spec import DeployOptions
 
     options = DeployOptions(
         repository=Path(args.repository), output=Path(args.output), name=args.name, image=args.image,

@@ -227,7 +227,7 @@ def test_a_quantizer_failing_inside_the_library_is_recorded_and_the_build_goes_o
 
 def test_rollout_of_an_int8_rebuild_over_fp32_is_checked_on_the_int8_gate_images(classifier, tmp_path):
     """Same weights, INT8 over FP32: the check applies the INT8 version's recorded gate, on its gate images only."""
-    from sft_engine.ops.rollout import SWITCHED
+    from sft_engine.ops.rollout.runner import SWITCHED
 
     repo = tmp_path / "model_repository"
     build(_cfg(classifier, repo, engine="onnxruntime", precision="fp32", name="roll"))

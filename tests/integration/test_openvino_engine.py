@@ -95,7 +95,7 @@ def test_bf16_failing_its_gate_publishes_nothing(tiny_weights, tmp_path):
 @needs_bf16
 def test_rollout_of_a_bf16_rebuild_over_fp32_passes_the_parity_check(tiny_weights, tmp_path):
     """Same weights, bf16 engine over an FP32 one: the check applies the bf16 version's recorded gate."""
-    from sft_engine.ops.rollout import SWITCHED
+    from sft_engine.ops.rollout.runner import SWITCHED
 
     repo = tmp_path / "model_repository"
     build(_cfg(tiny_weights, repo, engine="onnxruntime", precision="fp32", name="roll"))

@@ -15,10 +15,10 @@ from sft_engine.build import build
 from sft_engine.cli import main
 from sft_engine.build_config import BuildConfig
 from sft_engine.errors import RepositoryError
-from sft_engine.ops.check import CheckSpec
+from sft_engine.ops.rollout.check import CheckSpec
 from sft_engine.ops.model_control import ModelControl
 from sft_engine.ops.modelconfig import disk_config, override
-from sft_engine.ops.rollout import ROLLED_BACK, SWITCHED, RolloutPlan, rollout
+from sft_engine.ops.rollout.runner import ROLLED_BACK, SWITCHED, RolloutPlan, rollout
 from sft_engine.server import ServerConfig, TritonServer
 from tests.helpers import tree_digest
 

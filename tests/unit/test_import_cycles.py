@@ -81,7 +81,7 @@ def test_no_import_cycles() -> None:
     paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     modules = set(paths)
     graph = {name: _imports(path, name, modules) for name, path in paths.items()}
-    assert graph["sft_engine.ops.deploy"], "the import graph was not read"  # the check sees imports at all
+    assert graph["sft_engine.ops.deploy.writer"], "the import graph was not read"  # the check sees imports at all
     assert _cycles(graph) == []
 
 

@@ -12,11 +12,11 @@ import pytest
 
 from sft_engine.cli import main
 from sft_engine.errors import ConfigError, RepositoryError
-from sft_engine.ops.check import CheckSpec, gate_inputs
+from sft_engine.ops.rollout.check import CheckSpec, gate_inputs
 from sft_engine.repository.manifest import find_manifest
 from sft_engine.ops.model_control import ModelControl
 from sft_engine.ops.modelconfig import disk_config
-from sft_engine.ops.rollout import RolloutPlan, RolloutResult, rollout
+from sft_engine.ops.rollout.runner import RolloutPlan, RolloutResult, rollout
 from sft_engine.preprocess import Preprocessing
 from sft_engine.server import free_port
 from tests.unit.test_ops_deploy import make_repository
@@ -115,7 +115,7 @@ def test_result_exit_codes():
 
 def test_cli_check_modes_match_the_gate():
     from sft_engine.commands import ops
-    from sft_engine.ops.check import CHECK_MODES
+    from sft_engine.ops.rollout.check import CHECK_MODES
 
     assert ops.CHECK_MODES == CHECK_MODES
 
@@ -124,7 +124,7 @@ def test_cli_check_modes_match_the_gate():
 def test_a_quantized_version_is_checked_on_its_recorded_gate_images_only(mode):
     """The rollout check of an INT8 or FP8 version splits the labelled images again and keeps only its gate images."""
     from sft_engine.engines.int8 import split_for_int8
-    from sft_engine.ops.check import _int8_gate
+    from sft_engine.ops.rollout.check import _int8_gate
     from sft_engine.repository.manifest import BuildManifest
     from sft_engine.verify import ParityData
 

@@ -10,10 +10,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.errors import ConfigError, RepositoryError
 from sft_engine.ops.modelconfig import ServingKnobs, apply_knobs, disk_config, knobs_of, override, require_version, with_versions
-from sft_engine.ops.tune import TuneResult
-from sft_engine.ops.tune_search import Candidate, TuneSpace, coordinate_descent, default_space
-from sft_engine.ops.tune_table import candidate_table
-from sft_engine.ops.tune_writer import publish_tuned, render_config
+from sft_engine.ops.tune.config import TuneResult
+from sft_engine.ops.tune.search import Candidate, TuneSpace, coordinate_descent, default_space
+from sft_engine.ops.tune.table import candidate_table
+from sft_engine.ops.tune.writer import publish_tuned, render_config
 from sft_engine.repository.config import DynamicBatchingSpec, ModelConfigSpec, TensorSpec, parse_pbtxt, to_proto
 from tests.helpers import tree_digest
 from tests.unit.test_ops_deploy import make_repository
@@ -165,8 +165,8 @@ def test_tune_merges_the_scenario_as_the_loadtest_cli_does(tmp_path: Path) -> No
 
     from sft_engine.commands import loadtest as loadtest_command
     from sft_engine.loadtest.config import parse_endpoint
-    from sft_engine.ops.tune import TuneConfig
-    from sft_engine.ops.tune_bench import CandidateBench
+    from sft_engine.ops.tune.config import TuneConfig
+    from sft_engine.ops.tune.bench import CandidateBench
 
     slo = tmp_path / "slo.toml"
     slo.write_text("[load]\nrate = 50\nduration_s = 0.5\nwarmup_s = 0\n[slo]\np99_ms = 20\n[validity]\nmin_tail_samples = 3\n")

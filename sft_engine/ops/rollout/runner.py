@@ -9,7 +9,7 @@ flight finish before it unloads a version. So the sequence is:
 1. **load** - the previous versions *and* the new one (``specific: [old..., new]``);
 2. **ready** - the new version reports READY (its warmup has run);
 3. **check** - both versions answer the parity gate's inputs, asked by version number;
-   the new one must agree with the previous one (``sft_engine.ops.check``);
+   the new one must agree with the previous one (``sft_engine.ops.rollout.check``);
 4. **switch** - ``specific: [new]``: the default route is the new version, the old ones
    unload once their requests in flight are done;
 5. **verify** - an unversioned request is answered by the new version.
@@ -36,9 +36,9 @@ import numpy as np
 
 from sft_engine.errors import RepositoryError, SftEngineError
 from sft_engine.ops import Notify, quiet
-from sft_engine.ops.check import CheckReport, CheckSpec, compare_versions
 from sft_engine.ops.model_control import LoadFailed, ModelControl
 from sft_engine.ops.modelconfig import disk_config, override, require_version
+from sft_engine.ops.rollout.check import CheckReport, CheckSpec, compare_versions
 from sft_engine.ops.snapshot import ServingSnapshot
 from sft_engine.repository.manifest import find_manifest
 

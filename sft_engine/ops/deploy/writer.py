@@ -1,6 +1,6 @@
 """``sft-engine deploy``: write what a cluster or a compose host needs to serve a model repository.
 
-The repository is scanned and checked first (``deploy_spec``: which models, engines,
+The repository is scanned and checked first (``spec``: which models, engines,
 instance groups, which Python packages and GPUs they need), then rendered by ``k8s``
 or ``compose``, then written here - all files or a one-line error, never a guess left
 for pod start.
@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from sft_engine.errors import ConfigError
-from sft_engine.ops import compose, k8s
-from sft_engine.ops.deploy_spec import DeployOptions, RepositoryInfo, check_gpus, dockerfile, image_for, scan_repository
+from sft_engine.ops.deploy import compose, k8s
+from sft_engine.ops.deploy.spec import DeployOptions, RepositoryInfo, check_gpus, dockerfile, image_for, scan_repository
 
 __all__ = ["deploy_k8s", "deploy_compose", "write_files"]
 

@@ -13,7 +13,7 @@ instance groups - because the manifests depend on it:
 
 This module holds the options and gathers and checks those facts, with the pieces both
 renderers share (tritonserver's arguments, the Dockerfile, YAML); ``k8s`` and ``compose``
-render from them and ``deploy`` writes the files, so the renderers never import the
+render from them and ``writer`` writes the files, so the renderers never import the
 module that calls them.
 """
 

@@ -20,11 +20,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 from sft_engine.errors import ConfigError, LoadTestError
 from sft_engine.ops.model_control import LoadFailed, ModelControl
 from sft_engine.ops.modelconfig import apply_knobs, override
-from sft_engine.ops.tune_search import Candidate
+from sft_engine.ops.tune.config import TuneConfig
+from sft_engine.ops.tune.search import Candidate
 
 if TYPE_CHECKING:
     from sft_engine.loadtest.config import Endpoint
-    from sft_engine.ops.tune import TuneConfig
 
 __all__ = ["CandidateBench"]
 

@@ -1,7 +1,7 @@
 """What ``tune`` tries and in which order: the candidate grid and a coordinate descent over it.
 
 Nothing here talks to a server: ``coordinate_descent`` is handed the function that
-measures one candidate (``tune_bench``) and the one that says whether the budget allows
+measures one candidate (``bench``) and the one that says whether the budget allows
 another, so the order and the ranking are tested without a server.
 """
 

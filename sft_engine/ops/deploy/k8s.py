@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sft_engine.ops.deploy_spec import DeployOptions, RepositoryInfo, dump_yaml, triton_args
+from sft_engine.ops.deploy.spec import DeployOptions, RepositoryInfo, dump_yaml, triton_args
 
 __all__ = ["render", "labels", "deployment", "service", "hpa", "inference_service", "adapter_rules", "kustomization", "METRIC_NAMES"]
 

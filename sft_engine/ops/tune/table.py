@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from sft_engine.ops.tune_search import Candidate
-
-if TYPE_CHECKING:
-    from sft_engine.ops.tune import TuneResult
+from sft_engine.ops.tune.config import TuneResult
+from sft_engine.ops.tune.search import Candidate
 
 __all__ = ["candidate_table", "candidate_line"]
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sft_engine.ops.deploy_spec import DeployOptions, RepositoryInfo, dump_yaml, triton_args
+from sft_engine.ops.deploy.spec import DeployOptions, RepositoryInfo, dump_yaml, triton_args
 
 __all__ = ["render", "compose_file", "prometheus_config", "replica_ports"]
 

@@ -17,104 +17,39 @@ each before moving to the next), stopped by the time budget: a candidate whose
 measured cost no longer fits is not started, and the capacity search of the last one
 is shortened to what is left.
 
-The winner is published as a new version (``tune_writer``) or printed (dry run). When
+The winner is published as a new version (``writer``) or printed (dry run). When
 no candidate meets the SLO, the best one is reported and nothing is written.
 
-This module runs a tune; the grid and the search order are in ``tune_search``, the
-measurement of one candidate in ``tune_bench``, the printout in ``tune_table``.
+This module runs a tune; what it is asked and what it found are in ``config``, the
+grid and the search order in ``search``, the measurement of one candidate in
+``bench``, the printout in ``table``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from sft_engine.errors import ConfigError
 from sft_engine.ops import Notify, quiet
 from sft_engine.ops.model_control import LoadFailed, ModelControl
 from sft_engine.ops.modelconfig import ServingKnobs, apply_knobs, disk_config, knobs_of, require_version
 from sft_engine.ops.snapshot import ServingSnapshot
-from sft_engine.ops.tune_bench import CandidateBench
-from sft_engine.ops.tune_search import Candidate, coordinate_descent, default_space
-from sft_engine.ops.tune_table import candidate_line
-from sft_engine.ops.tune_writer import publish_tuned, render_config
-from sft_engine.repository.writer import PublishedVersion
+from sft_engine.ops.tune.bench import CandidateBench
+from sft_engine.ops.tune.config import TuneConfig, TuneResult
+from sft_engine.ops.tune.search import Candidate, coordinate_descent, default_space
+from sft_engine.ops.tune.table import candidate_line
+from sft_engine.ops.tune.writer import publish_tuned, render_config
 from sft_engine.repository.manifest import BuildManifest, find_manifest
-from sft_engine.repository.writer import list_versions
+from sft_engine.repository.writer import PublishedVersion, list_versions
 
-__all__ = ["TuneConfig", "TuneResult", "tune", "publish_best"]
+__all__ = ["tune", "publish_best"]
 
 LOGGER = logging.getLogger(__name__)
-
-
-@dataclass
-class TuneConfig:
-    repository: Path
-    model: str
-    #: scenario (SLO) TOML, the load-test harness's format: [load], [slo], [validity], [capacity]
-    slo_file: Path
-    budget_s: float = 600.0
-    #: version whose engine is tuned (default: the latest)
-    version: int | None = None
-    #: values to try per knob; None: a small grid around the current configuration
-    max_batch_sizes: tuple[int, ...] | None = None
-    queue_delays_us: tuple[int, ...] | None = None
-    instance_counts: tuple[int, ...] | None = None
-    #: GPU ids for KIND_GPU instance groups (instances are per GPU)
-    gpus: tuple[int, ...] = ()
-    #: HTTP endpoint of a server in explicit mode; None starts an embedded one
-    url: str | None = None
-    metrics_url: str | None = None
-    allow_remote: bool = False
-    workers: int | None = None
-
-    def validate(self) -> None:
-        if not math.isfinite(self.budget_s) or self.budget_s <= 0:
-            raise ConfigError(f"--budget must be > 0 seconds, got {self.budget_s}", hint="e.g. --budget 600")
-
-
-@dataclass
-class TuneResult:
-    model: str
-    version: int
-    percentile: float
-    slo: dict[str, Any]
-    baseline: Candidate
-    best: Candidate | None
-    candidates: list[Candidate] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    budget_s: float = 0.0
-    seconds: float = 0.0
-    config_text: str | None = None
-    published_version: int | None = None
-
-    @property
-    def met(self) -> bool:
-        return self.best is not None and self.best.meets_slo
-
-    @property
-    def improves(self) -> bool:
-        return self.met and self.best is not None and self.best.knobs != self.baseline.knobs
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.met else 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model, "version": self.version, "slo": self.slo, "gated_percentile": self.percentile,
-            "met": self.met, "best": self.best.to_dict() if self.best else None, "baseline": self.baseline.to_dict(),
-            "candidates": [c.to_dict() for c in self.candidates], "skipped": self.skipped,
-            "budget_s": self.budget_s, "seconds": round(self.seconds, 1), "published_version": self.published_version,
-            "config_pbtxt": self.config_text, "exit_code": self.exit_code,
-        }
 
 
 def _built_max(cfg: mc.ModelConfig, manifest: BuildManifest | None) -> int:
