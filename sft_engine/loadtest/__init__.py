@@ -13,12 +13,15 @@ Programmatic use (a tuner or a rollout gate calls the same code as the CLI)::
     result = run_loadtest(config)
     result.verdict, result.exit_code, result.steps[0].latency_ms.get(99.0)
 
-Modules: ``spec`` (typed load, SLO, validity, capacity specs), ``scenario`` (TOML scenario
-files), ``config`` (endpoints and ``LoadTestConfig.from_scenario``), ``schedule`` (open/closed loop
-plans), ``payload`` (the prebuilt request), ``transport`` and ``worker`` (the hot
-path, in worker processes), ``histogram`` (HDR), ``server_stats`` (Triton statistics
-and /metrics), ``control`` (abort flag and live counters shared with the workers),
-``analysis``, ``slo``, ``capacity``, ``report``, ``progress``, ``runner``, ``demo``.
+Modules, in the order a request meets them: ``spec`` (typed load, SLO, validity,
+capacity specs), ``scenario`` (TOML scenario files), ``config`` (endpoints and
+``LoadTestConfig.from_scenario``), ``probe`` (the coordinator's calls outside the hot
+path), ``schedule`` (open/closed loop plans), ``payload`` (the prebuilt request),
+``pool`` (the coordinator's side of the worker processes), ``worker`` and ``sender``
+(the hot path, in worker processes), ``shared_block`` (abort flag and live counters
+shared with the workers), ``histogram`` (HDR), ``server_stats`` (Triton statistics and
+/metrics), ``analysis``, ``slo``, ``capacity``, ``results`` (the typed, versioned
+result), ``report``, ``summary`` and ``progress`` (what is printed), ``runner``, ``demo``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sft_engine.ops.deploy.spec import DeployOptions, RepositoryInfo, dump_yaml, triton_args
+from sft_engine.ops.deploy.spec import DeployOptions, DeployedRepository, dump_yaml, triton_args
 
 __all__ = ["render", "compose_file", "prometheus_config", "replica_ports"]
 
@@ -31,7 +31,7 @@ def replica_ports(index: int) -> tuple[int, int, int]:
     return base, base + 1, base + 2
 
 
-def _repository_mount(info: RepositoryInfo, options: DeployOptions) -> str:
+def _repository_mount(info: DeployedRepository, options: DeployOptions) -> str:
     """The repository as a bind mount, relative to the compose file when possible (compose resolves it so)."""
     repo = Path(info.path).resolve()
     out = Path(options.output).resolve()
@@ -43,7 +43,7 @@ def _repository_mount(info: RepositoryInfo, options: DeployOptions) -> str:
     return f"{source}:/models:ro"
 
 
-def compose_file(info: RepositoryInfo, options: DeployOptions, image: str, build: bool) -> dict[str, Any]:
+def compose_file(info: DeployedRepository, options: DeployOptions, image: str, build: bool) -> dict[str, Any]:
     services: dict[str, Any] = {}
     names = [f"triton-{i}" for i in range(options.replicas)]
     for i, name in enumerate(names):
@@ -89,7 +89,7 @@ def prometheus_config(options: DeployOptions) -> dict[str, Any]:
     }
 
 
-def render(info: RepositoryInfo, options: DeployOptions, image: str, build: bool) -> dict[str, str]:
+def render(info: DeployedRepository, options: DeployOptions, image: str, build: bool) -> dict[str, str]:
     host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     grpc_urls = " ".join(f"--url {host}:{replica_ports(i)[1]}" for i in range(options.replicas))
     header = (

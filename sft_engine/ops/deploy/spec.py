@@ -35,7 +35,7 @@ from sft_engine.repository.writer import list_versions
 from sft_engine.server import DEFAULT_TRITON_TAG
 
 __all__ = [
-    "ModelInfo", "RepositoryInfo", "DeployOptions", "scan_repository", "check_gpus", "image_for", "triton_args",
+    "DeployedModel", "DeployedRepository", "DeployOptions", "scan_repository", "check_gpus", "image_for", "triton_args",
     "dockerfile", "docker_commands", "dump_yaml", "NGC_IMAGE",
 ]
 
@@ -46,7 +46,10 @@ _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class DeployedModel:
+    """One model of the repository as a deployment must serve it: what the container and the
+    replica need for it (engine runtimes, GPUs), read from its config and manifests."""
+
     name: str
     versions: tuple[int, ...]
     backend: str
@@ -58,9 +61,11 @@ class ModelInfo:
 
 
 @dataclass
-class RepositoryInfo:
+class DeployedRepository:
+    """The facts of the repository a deployment serves: its models and the NGC tag their builds need."""
+
     path: Path
-    models: list[ModelInfo]
+    models: list[DeployedModel]
     triton_tag: str
 
     @property
@@ -156,12 +161,12 @@ def _recorded_tags(version_dirs: list[Path]) -> set[str]:
     return tags
 
 
-def scan_repository(repository: Path) -> RepositoryInfo:
+def scan_repository(repository: Path) -> DeployedRepository:
     """The models of a repository and what serving them needs; RepositoryError when there are none."""
     repository = Path(repository)
     if not repository.is_dir():
         raise RepositoryError(f"model repository {repository} does not exist", hint="build a model first: sft-engine build ...")
-    models: list[ModelInfo] = []
+    models: list[DeployedModel] = []
     all_versions: list[Path] = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if not (model_dir / "config.pbtxt").is_file():
@@ -178,7 +183,7 @@ def scan_repository(repository: Path) -> RepositoryInfo:
         if cfg.backend == "python":
             for version_dir in version_dirs:
                 requirements |= _version_requirements(version_dir)
-        models.append(ModelInfo(
+        models.append(DeployedModel(
             name=model_dir.name, versions=tuple(versions), backend=cfg.backend, platform=cfg.platform,
             kind="KIND_GPU" if gpu_groups else "KIND_CPU",
             gpu_ids=tuple(sorted({int(g) for group in gpu_groups for g in group.gpus})),
@@ -191,10 +196,10 @@ def scan_repository(repository: Path) -> RepositoryInfo:
     if len(tags) > 1:
         raise RepositoryError(f"the repository's GPU builds were made for different Triton containers: {sorted(tags)}",
                               hint="rebuild them for one container, or deploy them from separate repositories")
-    return RepositoryInfo(path=repository, models=models, triton_tag=tags.pop() if tags else DEFAULT_TRITON_TAG)
+    return DeployedRepository(path=repository, models=models, triton_tag=tags.pop() if tags else DEFAULT_TRITON_TAG)
 
 
-def check_gpus(info: RepositoryInfo, gpus: tuple[int, ...]) -> None:
+def check_gpus(info: DeployedRepository, gpus: tuple[int, ...]) -> None:
     """GPU models need ``--gpus``, and their instance groups' ids must exist in the container."""
     for model in info.models:
         if model.kind != "KIND_GPU":
@@ -211,7 +216,7 @@ def check_gpus(info: RepositoryInfo, gpus: tuple[int, ...]) -> None:
 
 
 # -- rendering and writing -----------------------------------------------------------------
-def dockerfile(info: RepositoryInfo, tag: str) -> str:
+def dockerfile(info: DeployedRepository, tag: str) -> str:
     """An image adding the Python backend's engine runtimes to the NGC Triton container."""
     reqs = " ".join(f'"{r}"' for r in info.requirements)
     users = ", ".join(m.name for m in info.models if m.requirements)
@@ -243,7 +248,7 @@ def docker_commands(repository: Path, tag: str, gpus: bool = True) -> str:
     return build + "\n" + docker_command(Path(repository), tag=tag, gpus=gpus, image=image)
 
 
-def image_for(info: RepositoryInfo, options: DeployOptions) -> tuple[str, bool]:
+def image_for(info: DeployedRepository, options: DeployOptions) -> tuple[str, bool]:
     """(image, built here): the NGC image, or the Dockerfile's when Python packages are needed."""
     if options.image:
         return options.image, False
@@ -253,7 +258,7 @@ def image_for(info: RepositoryInfo, options: DeployOptions) -> tuple[str, bool]:
     return f"{NGC_IMAGE}:{tag}-py3", False
 
 
-def triton_args(info: RepositoryInfo, options: DeployOptions, repository: str) -> list[str]:
+def triton_args(info: DeployedRepository, options: DeployOptions, repository: str) -> list[str]:
     """tritonserver's command line inside the container (all interfaces: the pod/container network)."""
     args = [
         "tritonserver",

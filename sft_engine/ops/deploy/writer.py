@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sft_engine.errors import ConfigError
 from sft_engine.ops.deploy import compose, k8s
-from sft_engine.ops.deploy.spec import DeployOptions, RepositoryInfo, check_gpus, dockerfile, image_for, scan_repository
+from sft_engine.ops.deploy.spec import DeployOptions, DeployedRepository, check_gpus, dockerfile, image_for, scan_repository
 
 __all__ = ["deploy_k8s", "deploy_compose", "write_files"]
 
@@ -35,7 +35,7 @@ def write_files(output: Path, files: dict[str, str]) -> list[Path]:
     return written
 
 
-def deploy_k8s(options: DeployOptions) -> tuple[RepositoryInfo, list[Path]]:
+def deploy_k8s(options: DeployOptions) -> tuple[DeployedRepository, list[Path]]:
     """Write the Kubernetes manifests; returns what was found and the files written."""
     options.validate()
     info = scan_repository(options.repository)
@@ -47,7 +47,7 @@ def deploy_k8s(options: DeployOptions) -> tuple[RepositoryInfo, list[Path]]:
     return info, write_files(options.output, files)
 
 
-def deploy_compose(options: DeployOptions) -> tuple[RepositoryInfo, list[Path]]:
+def deploy_compose(options: DeployOptions) -> tuple[DeployedRepository, list[Path]]:
     """Write docker-compose.yml and prometheus.yml; returns what was found and the files written."""
     options.validate()
     info = scan_repository(options.repository)
