@@ -32,23 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_deploy(sub)
 
 
-def _parse_gpus(text: str | None) -> tuple[int, ...]:
-    if not text:
-        return ()
-    try:
-        gpus = tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise ConfigError(f"--gpus {text!r} is not a list of GPU ids", hint="e.g. --gpus 0,1") from None
-    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
-        raise ConfigError(f"--gpus {text!r} must list distinct ids >= 0", hint="e.g. --gpus 0,1")
-    return gpus
+def _gpus(text: str | None) -> tuple[int, ...]:
+    """``--gpus 0,1``: the build's parser, so the ids mean and fail the same in every command."""
+    from sft_engine.build_config import parse_gpu_ids
+
+    return parse_gpu_ids(text, "--gpus") if text else ()
 
 
 def _control_url(text: str, allow_remote: bool) -> str:
-    from sft_engine.loadtest.config import parse_endpoint
+    """``--url``: Triton's HTTP endpoint as ``host:port``, loopback unless ``--allow-remote``."""
+    from sft_engine.triton.address import parse_local_address
 
-    endpoint = parse_endpoint(text, "http", allow_remote)
-    return endpoint.url
+    return parse_local_address(text, "http", allow_remote=allow_remote).url
 
 
 # -- rollout --------------------------------------------------------------------------
@@ -124,16 +119,13 @@ exit codes: 0 a configuration meets the SLO (written as a new version, or printe
 """
 
 
-def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
+def _int_list(text: str | None, flag: str, allow_zero: bool = False) -> tuple[int, ...] | None:
+    """``--max-batch-sizes 1,2,4`` (or a range ``1:8:1``): the load test's number-list parser, whole numbers only."""
+    from sft_engine.loadtest.spec import parse_number_list
+
     if text is None:
         return None
-    try:
-        values = tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r} is not a list of whole numbers", hint=f"e.g. {flag} 1,2,4") from None
-    if not values:
-        raise ConfigError(f"{flag} is empty", hint=f"e.g. {flag} 1,2,4")
-    return values
+    return tuple(int(v) for v in parse_number_list(text, flag, integer=True, allow_zero=allow_zero))
 
 
 def _register_tune(sub: argparse._SubParsersAction) -> None:
@@ -163,16 +155,18 @@ def run_tune(args: argparse.Namespace) -> int:
     from sft_engine.ops.tune.config import TuneConfig
     from sft_engine.ops.tune.runner import publish_best, tune
     from sft_engine.ops.tune.table import candidate_table
+    from sft_engine.triton.address import parse_metrics_url
 
     if args.metrics_url and not args.url:
         raise ConfigError("--metrics-url needs --url", hint="the embedded server's metrics are found without it")
     config = TuneConfig(
         repository=Path(args.repository), model=args.model, slo_file=args.slo, budget_s=args.budget, version=args.version,
         max_batch_sizes=_int_list(args.max_batch_sizes, "--max-batch-sizes"),
-        queue_delays_us=_int_list(args.queue_delays_us, "--queue-delays-us"),
+        queue_delays_us=_int_list(args.queue_delays_us, "--queue-delays-us", allow_zero=True),
         instance_counts=_int_list(args.instance_counts, "--instance-counts"),
-        gpus=_parse_gpus(args.gpus), url=_control_url(args.url, args.allow_remote) if args.url else None,
-        metrics_url=args.metrics_url, allow_remote=args.allow_remote, workers=args.workers,
+        gpus=_gpus(args.gpus), url=_control_url(args.url, args.allow_remote) if args.url else None,
+        metrics_url=parse_metrics_url(args.metrics_url, allow_remote=args.allow_remote) if args.metrics_url else None,
+        allow_remote=args.allow_remote, workers=args.workers,
     )
     log = sys.stderr if args.json else sys.stdout
     result = tune(config, progress=lambda msg: print(msg, file=log, flush=True))
@@ -255,7 +249,7 @@ def run_deploy(args: argparse.Namespace) -> int:
 
     options = DeployOptions(
         repository=Path(args.repository), output=Path(args.output), name=args.name, image=args.image,
-        triton_tag=args.triton_tag, gpus=_parse_gpus(args.gpus), model_control_mode=args.model_control_mode,
+        triton_tag=args.triton_tag, gpus=_gpus(args.gpus), model_control_mode=args.model_control_mode,
         replicas=args.replicas,
     )
     if args.deploy_target == "k8s":

@@ -35,14 +35,20 @@ DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0, 99.9)
 
 
 # -- small parsers --------------------------------------------------------------------
-def parse_number_list(text: str | int | float | list[Any], what: str, integer: bool = False) -> tuple[float, ...]:
-    """``"100"``, ``"1,2,4,8"``, ``"100:500:100"`` (start:stop:step, inclusive) or a TOML list."""
+def parse_number_list(
+    text: str | int | float | list[Any], what: str, integer: bool = False, allow_zero: bool = False
+) -> tuple[float, ...]:
+    """``"100"``, ``"1,2,4,8"``, ``"100:500:100"`` (start:stop:step, inclusive) or a TOML list.
+
+    Values are > 0 (rates, concurrencies, batch sizes), or >= 0 with ``allow_zero``
+    (a queue delay of 0 is a setting, not a mistake).
+    """
     items: list[float] = []
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         items = [float(text)]
     elif isinstance(text, list):
         for item in text:
-            items.extend(parse_number_list(item, what, integer))
+            items.extend(parse_number_list(item, what, integer, allow_zero))
     elif isinstance(text, str):
         for part in (p.strip() for p in text.split(",")):
             if not part:
@@ -63,8 +69,9 @@ def parse_number_list(text: str | int | float | list[Any], what: str, integer: b
     else:
         raise ConfigError(f"{what} must be a number, a list or a string, not {type(text).__name__}", hint="e.g. 100 or [100, 200]")
     for value in items:
-        if not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"{what} must be > 0, got {value:g}", hint=f"give a positive {what}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            bound, hint = (">= 0", f"give {what} values >= 0") if allow_zero else ("> 0", f"give a positive {what}")
+            raise ConfigError(f"{what} must be {bound}, got {value:g}", hint=hint)
         if integer and value != int(value):
             raise ConfigError(f"{what} must be a whole number, got {value:g}", hint="e.g. 1,2,4,8")
     if not items:

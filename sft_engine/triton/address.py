@@ -14,7 +14,10 @@ from typing import Literal
 
 from sft_engine.errors import ConfigError
 
-__all__ = ["PROTOCOLS", "DEFAULT_PORTS", "DEFAULT_METRICS_PORT", "Protocol", "Address", "parse_address", "normalize_url", "is_loopback"]
+__all__ = [
+    "PROTOCOLS", "DEFAULT_PORTS", "DEFAULT_METRICS_PORT", "Protocol", "Address", "parse_address", "normalize_url", "is_loopback",
+    "parse_local_address", "parse_metrics_url",
+]
 
 Protocol = Literal["grpc", "http"]
 PROTOCOLS: tuple[str, ...] = ("grpc", "http")
@@ -101,3 +104,40 @@ def parse_address(text: str, protocol: str | None = None, *, what: str = "server
 def normalize_url(url: str, protocol: str) -> str:
     """``host:port`` as tritonclient wants it: no scheme, the protocol's default port when none is given."""
     return parse_address(url, protocol).url
+
+
+def parse_local_address(text: str, protocol: str | None = None, *, allow_remote: bool = False, what: str = "--url") -> Address:
+    """``parse_address``, then refuse a host that is not loopback unless ``allow_remote``.
+
+    A command that changes or loads a server (rollout, tune, the load test) must not
+    reach another machine because of a typo: a remote server is named on purpose.
+    """
+    address = parse_address(text, protocol, what=what)
+    _refuse_remote(address, text, allow_remote, what)
+    return address
+
+
+def _refuse_remote(address: Address, text: str, allow_remote: bool, what: str) -> None:
+    if not allow_remote and not address.is_loopback:
+        raise ConfigError(f"{what} {text!r} is not a loopback address",
+                          hint="pass --allow-remote to reach a server on another machine on purpose")
+
+
+def parse_metrics_url(url: str, *, allow_remote: bool = False, what: str = "--metrics-url") -> str:
+    """A Prometheus ``/metrics`` URL: ``http://host[:port][/path]``, its host checked as ``parse_local_address`` checks one.
+
+    The URL is returned as given (its path is the server's business); the port left
+    out is HTTP's own (80), as a browser would read it.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip()) if isinstance(url, str) else None
+        port = parts.port if parts else None
+    except ValueError:  # a port that is not a number, or out of range
+        parts, port = None, None
+    if parts is None or parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(f"{what} {url!r} is not an http:// URL", hint="e.g. http://127.0.0.1:8002/metrics")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    _refuse_remote(parse_address(f"{host}:{port or 80}", "http", what=what), url, allow_remote, what)
+    return url.strip()

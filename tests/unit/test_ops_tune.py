@@ -179,3 +179,62 @@ def test_tune_merges_the_scenario_as_the_loadtest_cli_does(tmp_path: Path) -> No
     assert bench.base.validity == cli.validity and bench.base.slo == cli.slo
     assert bench.base.find_capacity and bench.base.capacity is not None
     bench.base.validate()  # a run tune would start is a valid load test
+
+
+class _Captured(Exception):
+    def __init__(self, config) -> None:
+        super().__init__("captured")
+        self.config = config
+
+
+def _tune_config_from(monkeypatch, tmp_path: Path, *flags: str):
+    """The TuneConfig ``sft-engine tune FLAGS`` builds (the tune itself does not run)."""
+    import sft_engine.ops.tune.runner as runner
+    from sft_engine.cli import main
+
+    def capture(config, progress=None):
+        raise _Captured(config)
+
+    monkeypatch.setattr(runner, "tune", capture)
+    with pytest.raises(_Captured) as caught:
+        main(["tune", "--repository", str(tmp_path), "--model", "m", "--slo", str(tmp_path / "slo.toml"), *flags])
+    return caught.value.config
+
+
+def test_tune_flags_are_parsed_by_the_shared_parsers(monkeypatch, tmp_path: Path):
+    """Number lists as the load test reads them (a queue delay may be 0), GPU ids as the build
+    reads them, the server and metrics URLs as the Triton address parser reads them."""
+    config = _tune_config_from(monkeypatch, tmp_path, "--max-batch-sizes", "1:4:1", "--queue-delays-us", "0,500",
+                               "--instance-counts", "2", "--gpus", "1,0", "--url", "localhost",
+                               "--metrics-url", "http://[::1]:8002/metrics")
+    assert config.max_batch_sizes == (1, 2, 3, 4) and config.queue_delays_us == (0, 500) and config.instance_counts == (2,)
+    assert config.gpus == (1, 0) and config.url == "localhost:8000" and config.metrics_url == "http://[::1]:8002/metrics"
+    default = _tune_config_from(monkeypatch, tmp_path)
+    assert default.max_batch_sizes is None and default.gpus == () and default.url is None and default.metrics_url is None
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--max-batch-sizes", "0,4"], "--max-batch-sizes must be > 0"),
+    (["--instance-counts", "1.5"], "--instance-counts must be a whole number"),
+    (["--queue-delays-us", "-100"], "--queue-delays-us must be >= 0"),
+    (["--queue-delays-us", "x"], "--queue-delays-us 'x' is not a number"),
+    (["--gpus", "0,0"], "must name distinct GPU ids"),
+    (["--gpus", "a"], "not a list of GPU ids"),
+    (["--url", "10.1.2.3:8000"], "is not a loopback address"),
+    (["--url", "127.0.0.1:8000", "--metrics-url", "http://10.1.2.3:8002/metrics"], "--metrics-url .* is not a loopback address"),
+    (["--url", "127.0.0.1:8000", "--metrics-url", "127.0.0.1:8002"], "is not an http:// URL"),
+])
+def test_tune_refuses_bad_flags_with_exit_2(monkeypatch, tmp_path: Path, capsys, flags, message):
+    import re
+
+    import sft_engine.ops.tune.runner as runner
+    from sft_engine.cli import main
+
+    monkeypatch.setattr(runner, "tune", lambda *a, **k: pytest.fail("tune ran despite a bad flag"))
+    code = main(["tune", "--repository", str(tmp_path), "--model", "m", "--slo", str(tmp_path / "slo.toml"), *flags])
+    assert code == 2 and re.search(message, capsys.readouterr().err)
+
+
+def test_a_remote_metrics_url_is_taken_with_allow_remote(monkeypatch, tmp_path: Path):
+    config = _tune_config_from(monkeypatch, tmp_path, "--url", "10.1.2.3:8000", "--metrics-url", "http://10.1.2.3:8002/metrics", "--allow-remote")
+    assert config.url == "10.1.2.3:8000" and config.metrics_url == "http://10.1.2.3:8002/metrics" and config.allow_remote
