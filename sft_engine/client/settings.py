@@ -57,7 +57,7 @@ def check_transport(transport: Any, kind: type[T], client: str) -> T | None:
     """A ``transport=`` argument, checked: None, or an instance of ``kind`` (a sync one for Client, ...)."""
     if transport is None or isinstance(transport, kind):
         return transport
-    raise ConfigError(f"transport={type(transport).__name__} is not a {kind.__name__}",
+    raise ConfigError(f"transport={type(transport).__name__} is not an instance of {kind.__name__}",
                       hint=f"pass an instance of sft_engine.client.{kind.__name__} to {client}, or leave transport out")
 
 

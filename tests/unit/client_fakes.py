@@ -9,18 +9,26 @@ raise, in turn. ``FakeTransport`` / ``FakeAsyncTransport`` put it under ``Client
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 from typing import Any
 
 import numpy as np
 
-from sft_engine.client import AsyncTransport, Transport
+from sft_engine.client import AsyncTransport, RetryPolicy, Transport
 from sft_engine.client.errors import ClientError, ModelNotFound, ServerUnavailable
 from sft_engine.preprocess import Preprocessing
 
 LABELS = ["cat", "dog", "fox"]
 SIZE = 8  # input images are 3×8×8
+#: three attempts without waiting between them
+FAST = RetryPolicy(attempts=3, initial_backoff_s=0.0, max_backoff_s=0.0)
+
+
+def batch(n: int) -> np.ndarray:
+    """``n`` distinct items (each item's values differ from every other's)."""
+    return np.arange(n * 3 * SIZE * SIZE, dtype=np.float32).reshape(n, 3, SIZE, SIZE)
 
 
 def toy_config(name: str = "toy", max_batch_size: int = 4) -> dict[str, Any]:
@@ -123,29 +131,38 @@ class FakeTransport(Transport):
 
 
 class FakeAsyncTransport(AsyncTransport):
+    """Each call yields to the loop once, as a real one does, so that concurrent calls interleave."""
+
     def __init__(self, server: FakeServer) -> None:
         self.sync = FakeTransport(server)
         self.closed = 0
 
     async def is_live(self) -> bool:
+        await asyncio.sleep(0)
         return self.sync.is_live()
 
     async def is_ready(self) -> bool:
+        await asyncio.sleep(0)
         return self.sync.is_ready()
 
     async def is_model_ready(self, model: str, version: str) -> bool:
+        await asyncio.sleep(0)
         return self.sync.is_model_ready(model, version)
 
     async def model_config(self, model: str, version: str) -> dict[str, Any]:
+        await asyncio.sleep(0)
         return self.sync.model_config(model, version)
 
     async def model_metadata(self, model: str, version: str) -> dict[str, Any]:
+        await asyncio.sleep(0)
         return self.sync.model_metadata(model, version)
 
     async def repository_index(self) -> list[dict[str, Any]]:
+        await asyncio.sleep(0)
         return self.sync.repository_index()
 
     async def infer(self, target: Any, array: np.ndarray, class_count: int = 0, slot: Any = None) -> np.ndarray:
+        await asyncio.sleep(0)
         return self.sync.infer(target, array, class_count, slot)
 
     async def close(self) -> None:

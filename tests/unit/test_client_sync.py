@@ -5,16 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sft_engine.client import Client, RetryPolicy
+from sft_engine.client import Client
 from sft_engine.client.errors import BadInput, ClientError, ModelNotFound, ModelNotReady, ServerUnavailable
 from sft_engine.errors import ConfigError
-from tests.unit.client_fakes import LABELS, SIZE, FakeAsyncTransport, FakeServer, FakeTransport, logits_of, toy_config
-
-FAST = RetryPolicy(attempts=3, initial_backoff_s=0.0, max_backoff_s=0.0)
-
-
-def batch(n: int) -> np.ndarray:
-    return np.arange(n * 3 * SIZE * SIZE, dtype=np.float32).reshape(n, 3, SIZE, SIZE)
+from tests.unit.client_fakes import FAST, LABELS, SIZE, FakeAsyncTransport, FakeServer, FakeTransport, batch, logits_of, toy_config
 
 
 def client(server: FakeServer, **kw) -> Client:
@@ -128,9 +122,9 @@ def test_health_and_wait_until_ready():
 
 
 def test_transport_must_be_a_sync_transport():
-    with pytest.raises(ConfigError, match="is not a Transport"):
+    with pytest.raises(ConfigError, match="is not an instance of Transport"):
         Client(model="toy", transport=FakeAsyncTransport(FakeServer()))  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="is not a Transport"):
+    with pytest.raises(ConfigError, match="is not an instance of Transport"):
         Client(model="toy", transport=object())  # type: ignore[arg-type]
 
 
