@@ -132,7 +132,11 @@ class AsyncClient(SettingsView):
 
     @property
     def model_info(self) -> ModelInfo:
-        """The cached model interface; ``await get_model_info()`` (or any inference) reads it first."""
+        """The cached model interface; ``await get_model_info()`` (or any call that needs it) reads it first.
+
+        Unlike ``Client.model_info`` it does not read on access: a property cannot
+        await, and a blocking read here would stall every other task of the loop.
+        """
         if self._info is None:
             raise ClientError(f"the configuration of model {self.model!r} has not been read yet", hint="await client.get_model_info() first")
         return self._info
