@@ -8,12 +8,10 @@ service that only needs the client.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from sft_engine.errors import (
     ConfigError,
     DataError,
+    DependencyError,
     ExportError,
     LoadTestError,
     ModelError,
@@ -23,6 +21,7 @@ from sft_engine.errors import (
     SftEngineError,
     TargetUnavailable,
 )
+from sft_engine.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -41,15 +40,20 @@ _LAZY = {
     "list_archs": "sft_engine.models",
     "Client": "sft_engine.client",
     "AsyncClient": "sft_engine.client",
+    "ClientError": "sft_engine.client.errors",
+    "Prediction": "sft_engine.client.predictions",
     "FinetuneConfig": "sft_engine.finetune",
     "finetune": "sft_engine.finetune",
+    "FinetuneResult": "sft_engine.finetune",
     "LoadTestConfig": "sft_engine.loadtest",
     "run_loadtest": "sft_engine.loadtest",
+    "LoadTestResult": "sft_engine.loadtest",
 }
 
 __all__ = [
     "ConfigError",
     "DataError",
+    "DependencyError",
     "ExportError",
     "LoadTestError",
     "ModelError",
@@ -62,15 +66,4 @@ __all__ = [
     *sorted(_LAZY),
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sft_engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

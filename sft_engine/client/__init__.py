@@ -8,12 +8,15 @@
 
 ``Client`` / ``AsyncClient`` read the model's configuration (tensor names, shapes,
 ``max_batch_size``, the preprocessing recorded by ``sft-engine build``) once and
-apply it; every failure is a ``ClientError`` subclass. See docs/client.md.
+apply it; every failure is a ``ClientError`` subclass. They talk through a
+``Transport`` / ``AsyncTransport`` (tritonclient's unless ``transport=`` names
+another, e.g. an in-memory fake in tests). See docs/client.md.
 """
 
 from __future__ import annotations
 
 from sft_engine.client.aio import AsyncClient
+from sft_engine.client.base import AsyncTransport, Transport
 from sft_engine.client.errors import (
     BadInput,
     ClientError,
@@ -32,6 +35,8 @@ from sft_engine.client.sync import Client
 __all__ = [
     "Client",
     "AsyncClient",
+    "Transport",
+    "AsyncTransport",
     "Prediction",
     "ModelInfo",
     "RetryPolicy",

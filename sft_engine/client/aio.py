@@ -20,15 +20,16 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from sft_engine.client.errors import BadInput, ClientError, ModelNotFound, ModelNotReady, RequestTimeout, ServerUnavailable, refine_not_found
-from sft_engine.client.inputs import check_batch, chunks, image_chunks, plan_classify, preprocess_chunk, window_for
+from sft_engine.client.base import AsyncTransport
+from sft_engine.client.errors import ClientError, ModelNotFound, RequestTimeout, ServerUnavailable, never_ready, refine_not_found, unreachable
+from sft_engine.client.inputs import check_batch, check_top_k, chunks, image_chunks, plan_classify, preprocess_chunk, window_for
 from sft_engine.client.metrics import resolve_metrics
 from sft_engine.client.model_info import ModelInfo, labels_from_classification
 from sft_engine.client.predictions import Prediction, top_k as rank
 from sft_engine.client.retry import RetryPolicy, acall_with_retry
 from sft_engine.client.server_side import check_image_model, encode_images, image_model, missing_image_model, pinned_version, send_files_async
-from sft_engine.client.settings import ClientSettings, SettingsView
-from sft_engine.client.shm import ShmPool, ShmSlot, in_use, release_patience_s
+from sft_engine.client.settings import ClientSettings, SettingsView, check_transport
+from sft_engine.client.shm import ShmPool, ShmSlot, aunregister_all
 from sft_engine.client.transport import make_async_transport
 from sft_engine.client.wire import InferTarget
 
@@ -44,16 +45,18 @@ class AsyncClient(SettingsView):
     >>> async with AsyncClient("127.0.0.1:8001", model="resnet18") as client:
     ...     results = await client.classify(["cat.jpg"], top_k=3)
 
-    Arguments as for ``Client``. One AsyncClient belongs to one event loop.
+    Arguments as for ``Client`` (``transport``: an ``AsyncTransport``). One AsyncClient
+    belongs to one event loop.
     """
 
     def __init__(self, url: str = "127.0.0.1:8001", *, protocol: str = "grpc", model: str, version: int | str | None = None,
                  timeout: float = 30.0, retries: int | RetryPolicy | None = 2, shared_memory: bool = False, metrics: Any = None,
-                 concurrency: int = 4, labels: Sequence[str] | None = None) -> None:
+                 concurrency: int = 4, labels: Sequence[str] | None = None, transport: AsyncTransport | None = None) -> None:
         self.settings = ClientSettings.create(url, protocol=protocol, model=model, version=version, timeout=timeout, retries=retries,
                                               shared_memory=shared_memory, concurrency=concurrency, labels=labels)
         self._metrics = resolve_metrics(metrics)
-        self._transport = make_async_transport(self.settings.url, self.settings.protocol, self.settings.timeout_s)
+        self._transport: AsyncTransport = check_transport(transport, AsyncTransport, "AsyncClient") or make_async_transport(
+            self.settings.url, self.settings.protocol, self.settings.timeout_s)
         self._lock = asyncio.Lock()
         self._info: ModelInfo | None = None
         self._image_info: ModelInfo | None = None
@@ -97,16 +100,12 @@ class AsyncClient(SettingsView):
                 break
             await asyncio.sleep(min(interval, remaining))
         if not reached:
-            raise ServerUnavailable(f"the {self.protocol} server at {self.url} did not answer within {timeout:g} s",
-                                    hint="start the server (sft-engine serve), or check the URL and protocol") from last
-        what = f"model {self.model!r}" + (f" version {self.version}" if self.version else "")
-        err: ClientError = ModelNotFound(f"{what} did not become ready within {timeout:g} s")
+            raise unreachable(self.protocol, self.url, timeout) from last
         try:
             index = await self._transport.repository_index()
         except ClientError:
             index = None
-        refined = refine_not_found(err, index, self.model, self.settings.version)
-        raise ModelNotReady(err.message, hint="check the server log; load the model or raise the timeout") if refined is err else refined
+        raise never_ready(self.model, self.settings.version, timeout, index)
 
     # -- model --------------------------------------------------------------------------------
     async def get_model_info(self) -> ModelInfo:
@@ -133,7 +132,11 @@ class AsyncClient(SettingsView):
 
     @property
     def model_info(self) -> ModelInfo:
-        """The cached model interface; ``await get_model_info()`` (or any inference) reads it first."""
+        """The cached model interface; ``await get_model_info()`` (or any call that needs it) reads it first.
+
+        Unlike ``Client.model_info`` it does not read on access: a property cannot
+        await, and a blocking read here would stall every other task of the loop.
+        """
         if self._info is None:
             raise ClientError(f"the configuration of model {self.model!r} has not been read yet", hint="await client.get_model_info() first")
         return self._info
@@ -192,8 +195,7 @@ class AsyncClient(SettingsView):
     async def classify(self, images: Any, top_k: int = 5, *, server_side: bool = False) -> list[list[Prediction]]:
         """The ``top_k`` most likely classes per image; see ``Client.classify`` (also for ``server_side``)."""
         self._check_open()
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise BadInput(f"top_k must be an integer >= 1, given {top_k!r}", hint="e.g. top_k=5", expected=">= 1", given=top_k)
+        k = check_top_k(top_k)
         started = time.perf_counter()
         if server_side:
             blobs = await asyncio.get_running_loop().run_in_executor(None, encode_images, images)
@@ -209,7 +211,7 @@ class AsyncClient(SettingsView):
 
                 parts = list(image_chunks(plan.images, info.chunk_size))
                 logits = np.concatenate(await self._run(prepare, parts, window=window_for(info, len(parts), self.settings.concurrency)))
-        results = rank(logits, int(top_k), await self.get_labels())
+        results = rank(logits, k, await self.get_labels())
         if self._metrics is not None:
             self._metrics.observe(self.model, self.protocol, "classify", time.perf_counter() - started)
         return results
@@ -306,9 +308,9 @@ class AsyncClient(SettingsView):
     # -- shared memory ------------------------------------------------------------------------------
     async def _shm_slots(self) -> "asyncio.Queue[ShmSlot]":
         if self._slots is None:
+            info = await self.get_model_info()  # before the lock, which get_model_info takes on a first read
             async with self._lock:
                 if self._slots is None:
-                    info = self.model_info
                     in_bytes, out_bytes = info.shm_sizes()
                     self._shm = ShmPool(0, in_bytes, out_bytes)
                     slots: asyncio.Queue[ShmSlot] = asyncio.Queue()
@@ -346,31 +348,11 @@ class AsyncClient(SettingsView):
         pool, self._shm, self._slots = self._shm, None, None
         try:
             if pool is not None:
-                await self._unregister(pool.names)
+                await aunregister_all(self._transport.unregister_shm, pool.names, self.settings.timeout_s)
         finally:
             if pool is not None:
                 pool.destroy()
             await self._transport.close()
-
-    async def _unregister(self, names: list[str]) -> None:
-        """Unregister regions; retry those a timed-out request still uses, for a bounded time."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + release_patience_s(self.settings.timeout_s)
-        delay = 0.02
-        while names:
-            busy = []
-            for name in names:
-                try:
-                    await self._transport.unregister_shm(name)
-                except ClientError as exc:
-                    if in_use(exc) and loop.time() < deadline:
-                        busy.append(name)
-                    else:
-                        LOGGER.warning("cannot unregister shared memory region %s: %s", name, exc.message)
-            names = busy
-            if names:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
 
     async def __aenter__(self) -> "AsyncClient":
         return self

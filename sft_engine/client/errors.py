@@ -37,6 +37,8 @@ __all__ = [
     "ServerSideError",
     "translate",
     "refine_not_found",
+    "unreachable",
+    "never_ready",
 ]
 
 
@@ -173,6 +175,26 @@ def refine_not_found(err: ClientError, index: Iterable[Mapping[str, Any]] | None
                                 hint="load it (POST /v2/repository/models/NAME/load in explicit mode) or wait_until_ready()", status=err.status)
     new.attempts = err.attempts
     return new
+
+
+def unreachable(protocol: str, url: str, timeout_s: float) -> ServerUnavailable:
+    """``wait_until_ready``'s verdict when nothing answered at the URL for the whole wait."""
+    return ServerUnavailable(f"the {protocol} server at {url} did not answer within {timeout_s:g} s",
+                             hint="start the server (sft-engine serve), or check the URL and protocol")
+
+
+def never_ready(model: str, version: str, timeout_s: float, index: Iterable[Mapping[str, Any]] | None) -> ClientError:
+    """``wait_until_ready``'s verdict when the server answered but never served the model.
+
+    The repository index (None when it could not be read) tells an unknown model from
+    one that is known but not loaded.
+    """
+    what = f"model {model!r}" + (f" version {version}" if version else "")
+    err: ClientError = ModelNotFound(f"{what} did not become ready within {timeout_s:g} s")
+    refined = refine_not_found(err, index, model, version)
+    if refined is err:  # no index: say what we know
+        return ModelNotReady(err.message, hint="check the server log; load the model or raise the timeout")
+    return refined
 
 
 def _version_key(v: str) -> tuple[int, str]:

@@ -20,7 +20,7 @@ from sft_engine.client.errors import BadInput
 from sft_engine.client.model_info import ModelInfo
 from sft_engine.errors import ConfigError
 
-__all__ = ["Plan", "plan_classify", "check_batch", "to_numpy", "chunks", "image_chunks", "preprocess_chunk", "window_for", "WINDOW_BYTES"]
+__all__ = ["Plan", "plan_classify", "check_batch", "check_top_k", "to_numpy", "chunks", "image_chunks", "preprocess_chunk", "window_for", "WINDOW_BYTES"]
 
 #: input bytes ``classify`` prepares before sending them (about 5,000 32×32 or 100 224×224 images)
 WINDOW_BYTES = 64 << 20
@@ -36,6 +36,13 @@ def to_numpy(value: Any) -> Any:
     if torch is not None and isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
     return value
+
+
+def check_top_k(k: Any) -> int:
+    """``classify``'s ``top_k``: an integer >= 1 (not a bool, which is an int to Python)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise BadInput(f"top_k must be an integer >= 1, given {k!r}", hint="e.g. top_k=5", expected=">= 1", given=k)
+    return int(k)
 
 
 def check_batch(array: Any, info: ModelInfo, *, split: bool = True) -> np.ndarray:

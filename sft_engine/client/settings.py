@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence, TypeVar
 
 from sft_engine.client.retry import RetryPolicy
 from sft_engine.errors import ConfigError
 from sft_engine.triton.address import PROTOCOLS, normalize_url
 
-__all__ = ["ClientSettings"]
+__all__ = ["ClientSettings", "SettingsView", "check_transport"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,14 @@ class ClientSettings:
             retry=RetryPolicy.of(retries), shared_memory=bool(shared_memory), concurrency=concurrency,
             labels=tuple(str(x) for x in labels) if labels is not None else None,
         )
+
+
+def check_transport(transport: Any, kind: type[T], client: str) -> T | None:
+    """A ``transport=`` argument, checked: None, or an instance of ``kind`` (a sync one for Client, ...)."""
+    if transport is None or isinstance(transport, kind):
+        return transport
+    raise ConfigError(f"transport={type(transport).__name__} is not an instance of {kind.__name__}",
+                      hint=f"pass an instance of sft_engine.client.{kind.__name__} to {client}, or leave transport out")
 
 
 class SettingsView:

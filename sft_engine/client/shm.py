@@ -14,20 +14,22 @@ garbage-collected or the interpreter exits without ``close``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
 from sft_engine.client.errors import ClientError
 
-__all__ = ["ShmSlot", "ShmPool", "release_patience_s", "in_use"]
+__all__ = ["ShmSlot", "ShmPool", "release_patience_s", "in_use", "unregister_all", "aunregister_all"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -77,6 +79,46 @@ def release_patience_s(timeout_s: float) -> float:
 def in_use(exc: BaseException) -> bool:
     """Whether an unregister failed because a running request still uses the region."""
     return "in use" in str(exc)
+
+
+def unregister_all(unregister: Callable[[str], None], names: list[str], timeout_s: float) -> None:
+    """Unregister regions; retry those a timed-out request still uses, for ``release_patience_s``."""
+    deadline = time.monotonic() + release_patience_s(timeout_s)
+    delay = 0.02
+    while names:
+        busy = []
+        for name in names:
+            try:
+                unregister(name)
+            except ClientError as exc:
+                if in_use(exc) and time.monotonic() < deadline:
+                    busy.append(name)
+                else:  # the server may be gone; the local regions are removed anyway
+                    LOGGER.warning("cannot unregister shared memory region %s: %s", name, exc.message)
+        names = busy
+        if names:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+async def aunregister_all(unregister: Callable[[str], Awaitable[None]], names: list[str], timeout_s: float) -> None:
+    """The asyncio twin of ``unregister_all``."""
+    deadline = time.monotonic() + release_patience_s(timeout_s)
+    delay = 0.02
+    while names:
+        busy = []
+        for name in names:
+            try:
+                await unregister(name)
+            except ClientError as exc:
+                if in_use(exc) and time.monotonic() < deadline:
+                    busy.append(name)
+                else:
+                    LOGGER.warning("cannot unregister shared memory region %s: %s", name, exc.message)
+        names = busy
+        if names:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 def _destroy(handles: list[Any]) -> None:

@@ -27,23 +27,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sft_engine.client.errors import (
-    BadInput,
-    ClientError,
-    ModelNotFound,
-    ModelNotReady,
-    RequestTimeout,
-    ServerUnavailable,
-    refine_not_found,
-)
-from sft_engine.client.inputs import check_batch, chunks, image_chunks, plan_classify, preprocess_chunk, window_for
+from sft_engine.client.base import Transport
+from sft_engine.client.errors import ClientError, ModelNotFound, RequestTimeout, ServerUnavailable, never_ready, refine_not_found, unreachable
+from sft_engine.client.inputs import check_batch, check_top_k, chunks, image_chunks, plan_classify, preprocess_chunk, window_for
 from sft_engine.client.metrics import resolve_metrics
 from sft_engine.client.model_info import ModelInfo, labels_from_classification
 from sft_engine.client.predictions import Prediction, top_k as rank
 from sft_engine.client.retry import RetryPolicy, call_with_retry
 from sft_engine.client.server_side import check_image_model, encode_images, image_model, missing_image_model, pinned_version, send_files
-from sft_engine.client.settings import ClientSettings, SettingsView
-from sft_engine.client.shm import ShmPool, ShmSlot, in_use, release_patience_s
+from sft_engine.client.settings import ClientSettings, SettingsView, check_transport
+from sft_engine.client.shm import ShmPool, ShmSlot, unregister_all
 from sft_engine.client.transport import make_transport
 from sft_engine.client.wire import InferTarget
 
@@ -66,15 +59,18 @@ class Client(SettingsView):
     latency histogram. ``concurrency``: worker threads for HTTP and shared-memory sends
     (gRPC sends asynchronously without threads), shared-memory slots, and the least
     number of chunks per preparation window. ``labels`` skips reading them.
+    ``transport``: a ``Transport`` to talk through instead of tritonclient's for
+    ``url`` and ``protocol`` (a fake in tests, a proxy); the client closes it.
     """
 
     def __init__(self, url: str = "127.0.0.1:8001", *, protocol: str = "grpc", model: str, version: int | str | None = None,
                  timeout: float = 30.0, retries: int | RetryPolicy | None = 2, shared_memory: bool = False, metrics: Any = None,
-                 concurrency: int = 4, labels: Sequence[str] | None = None) -> None:
+                 concurrency: int = 4, labels: Sequence[str] | None = None, transport: Transport | None = None) -> None:
         self.settings = ClientSettings.create(url, protocol=protocol, model=model, version=version, timeout=timeout, retries=retries,
                                               shared_memory=shared_memory, concurrency=concurrency, labels=labels)
         self._metrics = resolve_metrics(metrics)
-        self._transport = make_transport(self.settings.url, self.settings.protocol, self.settings.timeout_s, self.settings.concurrency)
+        self._transport: Transport = check_transport(transport, Transport, "Client") or make_transport(
+            self.settings.url, self.settings.protocol, self.settings.timeout_s, self.settings.concurrency)
         self._lock = threading.RLock()
         self._info: ModelInfo | None = None
         self._image_info: ModelInfo | None = None
@@ -121,21 +117,12 @@ class Client(SettingsView):
                 break
             time.sleep(min(interval, remaining))
         if not reached:
-            raise ServerUnavailable(f"the {self.protocol} server at {self.url} did not answer within {timeout:g} s",
-                                    hint="start the server (sft-engine serve), or check the URL and protocol") from last
-        raise self._not_ready(timeout)
-
-    def _not_ready(self, timeout: float) -> ClientError:
-        what = f"model {self.model!r}" + (f" version {self.version}" if self.version else "")
-        err: ClientError = ModelNotFound(f"{what} did not become ready within {timeout:g} s")
+            raise unreachable(self.protocol, self.url, timeout) from last
         try:
             index = self._transport.repository_index()
         except ClientError:
             index = None
-        refined = refine_not_found(err, index, self.model, self.settings.version)
-        if refined is err:  # no index: say what we know
-            return ModelNotReady(err.message, hint="check the server log; load the model or raise the timeout")
-        return refined
+        raise never_ready(self.model, self.settings.version, timeout, index)
 
     # -- model ----------------------------------------------------------------------------
     @property
@@ -224,7 +211,7 @@ class Client(SettingsView):
         which decodes and preprocesses them on the server exactly as the client would.
         """
         self._check_open()
-        k = _check_top_k(top_k)
+        k = check_top_k(top_k)
         started = time.perf_counter()
         if server_side:
             blobs = encode_images(images)
@@ -439,30 +426,11 @@ class Client(SettingsView):
         pool, self._shm, self._slots = self._shm, None, None
         try:
             if pool is not None:
-                self._unregister(pool.names)
+                unregister_all(self._transport.unregister_shm, pool.names, self.settings.timeout_s)
         finally:
             if pool is not None:
                 pool.destroy()
             self._transport.close()
-
-    def _unregister(self, names: list[str]) -> None:
-        """Unregister regions; retry those a timed-out request still uses, for a bounded time."""
-        deadline = time.monotonic() + release_patience_s(self.settings.timeout_s)
-        delay = 0.02
-        while names:
-            busy = []
-            for name in names:
-                try:
-                    self._transport.unregister_shm(name)
-                except ClientError as exc:
-                    if in_use(exc) and time.monotonic() < deadline:
-                        busy.append(name)
-                    else:  # the server may be gone; the local regions are removed anyway
-                        LOGGER.warning("cannot unregister shared memory region %s: %s", name, exc.message)
-            names = busy
-            if names:
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
 
     def __enter__(self) -> "Client":
         return self
@@ -473,10 +441,4 @@ class Client(SettingsView):
 
 def _same(array: np.ndarray) -> np.ndarray:
     return array
-
-
-def _check_top_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise BadInput(f"top_k must be an integer >= 1, given {k!r}", hint="e.g. top_k=5", expected=">= 1", given=k)
-    return int(k)
 

@@ -15,8 +15,9 @@ Three things differ between the protocols, and each lives in one place:
   exactly as the load test and the operations commands do.
 
 Every failure leaves this module as a ``ClientError`` (``raise ... from`` the
-original), translated in one place (``_Translating``). The clients above only see
-``Transport`` / ``AsyncTransport`` and numpy arrays, so the protocols are interchangeable.
+original), translated in one place (``_Translating``). The clients above only see the
+``Transport`` / ``AsyncTransport`` interfaces of ``client/base.py`` and numpy arrays, so
+the protocols are interchangeable (and so is any other transport).
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from sft_engine.client.base import AsyncTransport, Transport
 from sft_engine.client.shm import ShmSlot
 from sft_engine.client.wire import InferTarget, _Base, _GrpcWire, _HttpWire, _Translating
 from sft_engine.triton.address import parse_address
 from sft_engine.triton.control import ControlClient, GrpcControl
 
 __all__ = [
-    "Transport",
-    "AsyncTransport",
+    "TritonTransport",
+    "AsyncTritonTransport",
     "GrpcTransport",
     "HttpTransport",
     "AioGrpcTransport",
@@ -50,8 +52,8 @@ T = TypeVar("T")
 # -- sync ---------------------------------------------------------------------------------
 
 
-class Transport(_Base):
-    """Blocking calls, safe from several threads at once, plus ``submit`` to send without waiting."""
+class TritonTransport(_Base, Transport):
+    """tritonclient's blocking calls, safe from several threads at once, plus ``submit`` to send without waiting."""
 
     def __init__(self, url: str, timeout_s: float, concurrency: int = 4) -> None:
         super().__init__(url, timeout_s)
@@ -137,11 +139,8 @@ class Transport(_Base):
             result = self._client().infer(target.model, [inp], model_version=target.version, outputs=[out], **self._kw)
             return self._read_result(result, target, slot)
 
-    def close(self) -> None:
-        raise NotImplementedError
 
-
-class GrpcTransport(_GrpcWire, Transport):
+class GrpcTransport(_GrpcWire, TritonTransport):
     """tritonclient.grpc: one channel shared by all threads (gRPC channels are thread-safe)."""
 
     def __init__(self, url: str, timeout_s: float, concurrency: int = 4) -> None:
@@ -205,7 +204,7 @@ class GrpcTransport(_GrpcWire, Transport):
         self._grpc.close()
 
 
-class HttpTransport(_HttpWire, Transport):
+class HttpTransport(_HttpWire, TritonTransport):
     """tritonclient.http: one client per thread, because that client is not thread-safe.
 
     Each thread keeps its own keep-alive connection, so requests sent concurrently
@@ -238,8 +237,8 @@ class HttpTransport(_HttpWire, Transport):
 # -- asyncio -------------------------------------------------------------------------------
 
 
-class AsyncTransport(_Base):
-    """The asyncio twin of ``Transport``; the tritonclient client is made inside the running loop.
+class AsyncTritonTransport(_Base, AsyncTransport):
+    """The asyncio twin of ``TritonTransport``; the tritonclient client is made inside the running loop.
 
     Control-plane calls (rare: a readiness poll, the config once) run the shared sync
     control client on the loop's default executor, so they never block the loop.
@@ -310,7 +309,7 @@ class AsyncTransport(_Base):
             await client.close()
 
 
-class AioGrpcTransport(_GrpcWire, AsyncTransport):
+class AioGrpcTransport(_GrpcWire, AsyncTritonTransport):
     def __init__(self, url: str, timeout_s: float) -> None:
         super().__init__(url, timeout_s)
         self._load_module()
@@ -324,7 +323,7 @@ class AioGrpcTransport(_GrpcWire, AsyncTransport):
         return aio.InferenceServerClient(self.url)
 
 
-class AioHttpTransport(_HttpWire, AsyncTransport):
+class AioHttpTransport(_HttpWire, AsyncTritonTransport):
     """tritonclient.http.aio (aiohttp); the session's total timeout is the client timeout."""
 
     def __init__(self, url: str, timeout_s: float) -> None:
@@ -338,13 +337,13 @@ class AioHttpTransport(_HttpWire, AsyncTransport):
         return aio.InferenceServerClient(self.url, conn_timeout=self.timeout_s)
 
 
-def make_transport(url: str, protocol: str, timeout_s: float, concurrency: int = 4) -> Transport:
+def make_transport(url: str, protocol: str, timeout_s: float, concurrency: int = 4) -> TritonTransport:
     address = parse_address(url, protocol)
     cls = GrpcTransport if address.protocol == "grpc" else HttpTransport
     return cls(address.url, timeout_s, concurrency)
 
 
-def make_async_transport(url: str, protocol: str, timeout_s: float) -> AsyncTransport:
+def make_async_transport(url: str, protocol: str, timeout_s: float) -> AsyncTritonTransport:
     address = parse_address(url, protocol)
     cls = AioGrpcTransport if address.protocol == "grpc" else AioHttpTransport
     return cls(address.url, timeout_s)

@@ -10,40 +10,28 @@ Names are imported on first use, so that the CLI (which reads the option lists i
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sft_engine.lazy import lazy_exports
 
 _LAZY = {
-    "FORMAT": "writer",
-    "METADATA_KEYS": "writer",
-    "read_metadata": "writer",
-    "DataBundle": "data",
-    "build_datasets": "data",
-    "Distill": "objective",
-    "FinetuneObjective": "objective",
-    "L2SP": "objective",
-    "LossTerms": "objective",
-    "FinetuneConfig": "config",
-    "load_finetune_toml": "config",
-    "FinetuneResult": "trainer",
-    "finetune": "trainer",
-    "SyntheticDataset": "synthetic",
-    "make_synthetic_images": "synthetic",
-    "synthetic_labels": "synthetic",
-    "warmup_cosine": "schedule",
+    "FORMAT": ".writer",
+    "METADATA_KEYS": ".writer",
+    "read_metadata": ".writer",
+    "DataBundle": ".data",
+    "build_datasets": ".data",
+    "Distill": ".objective",
+    "FinetuneObjective": ".objective",
+    "L2SP": ".objective",
+    "LossTerms": ".objective",
+    "FinetuneConfig": ".config",
+    "load_finetune_toml": ".config",
+    "FinetuneResult": ".trainer",
+    "finetune": ".trainer",
+    "SyntheticDataset": ".synthetic",
+    "make_synthetic_images": ".synthetic",
+    "synthetic_labels": ".synthetic",
+    "warmup_cosine": ".schedule",
 }
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sft_engine.finetune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"sft_engine.finetune.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

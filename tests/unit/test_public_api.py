@@ -8,8 +8,8 @@ import sys
 import sft_engine
 
 PUBLIC = {
-    "AsyncClient", "BuildConfig", "BuildResult", "Client", "ConfigError", "DataError", "ExportError", "FinetuneConfig",
-    "LoadTestConfig", "LoadTestError", "ModelError", "ParityError", "ParityReport", "Preprocessing", "PublishedVersion",
+    "AsyncClient", "BuildConfig", "BuildResult", "Client", "ClientError", "ConfigError", "DataError", "DependencyError",
+    "ExportError", "FinetuneConfig", "FinetuneResult", "LoadTestConfig", "LoadTestError", "LoadTestResult", "Prediction", "ModelError", "ParityError", "ParityReport", "Preprocessing", "PublishedVersion",
     "RepositoryError", "ServerConfig", "ServerError", "SftEngineError", "TargetUnavailable", "TritonServer", "__version__",
     "build", "build_model", "finetune", "list_archs", "load_weights", "run_loadtest",
 }
@@ -32,3 +32,28 @@ def test_import_is_cheap():
     code = "import sys, sft_engine; print('torch' in sys.modules, 'tritonclient' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_result_types_and_errors_are_the_defining_objects():
+    from sft_engine.client.errors import ClientError
+    from sft_engine.client.predictions import Prediction
+    from sft_engine.errors import DependencyError
+    from sft_engine.finetune.trainer import FinetuneResult
+    from sft_engine.loadtest.results import LoadTestResult
+
+    assert (sft_engine.ClientError, sft_engine.DependencyError, sft_engine.Prediction) == (ClientError, DependencyError, Prediction)
+    assert (sft_engine.FinetuneResult, sft_engine.LoadTestResult) == (FinetuneResult, LoadTestResult)
+    assert sft_engine.finetune.FinetuneResult is FinetuneResult  # the sub-package's own lazy table
+
+
+def test_a_lazy_name_is_imported_on_first_read_only():
+    code = (
+        "import sys, sft_engine\n"
+        "before = 'sft_engine.client.errors' in sys.modules\n"
+        "err = sft_engine.ClientError\n"
+        "print(before, 'sft_engine.client.errors' in sys.modules, vars(sft_engine)['ClientError'] is err,"
+        " 'LoadTestResult' in dir(sft_engine), 'sft_engine.loadtest' in sys.modules)\n"
+        "try:\n    sft_engine.NoSuchName\nexcept AttributeError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["False True True True False", "module 'sft_engine' has no attribute 'NoSuchName'"]
