@@ -1,13 +1,14 @@
 """The layers docs/architecture.md draws: each part of sft_engine imports only its own layer or those below.
 
-Read from the source (every import counts, lazy and ``TYPE_CHECKING`` ones too: see
-``tests/architecture/imports.py``), so a new import that reaches upwards fails here, with
-the edge and its line named, before it becomes a cycle.
+Read from the source (every import counts, lazy and ``TYPE_CHECKING`` ones too), so a new
+import that reaches upwards fails here, with the edge named, before it becomes a cycle.
 """
 
 from __future__ import annotations
 
-from tests.architecture.imports import graph, part, upward_edges, where
+from tests.architecture.imports import graph as _graph
+from tests.architecture.imports import part as _part
+from tests.architecture.imports import upward_edges, where
 
 #: part of sft_engine (first name below the package) → layer, from the ground up
 LAYERS: dict[str, int] = {
@@ -26,17 +27,20 @@ LAYERS: dict[str, int] = {
 }
 
 
+def _upward_edges(graph: dict[str, set[str]], sites: dict[tuple[str, str], list[str]] | None = None) -> list[str]:
+    return upward_edges(graph, LAYERS, sites)
+
+
 def test_every_part_has_a_layer() -> None:
-    assert sorted({part(m) for m in graph()} - set(LAYERS)) == []
+    assert sorted({_part(m) for m in _graph()} - set(LAYERS)) == []
 
 
 def test_no_part_imports_a_layer_above_it() -> None:
-    edges = graph()
-    assert edges["sft_engine.build"], "the import graph was not read"
-    assert upward_edges(edges, LAYERS, where()) == []
+    graph = _graph()
+    assert graph["sft_engine.build"], "the import graph was not read"
+    assert _upward_edges(graph, where()) == []  # each edge named with the lines that draw it
 
 
 def test_the_check_finds_an_upward_import() -> None:
-    assert upward_edges({"sft_engine.triton.x": {"sft_engine.client.y"}}, LAYERS) == [
+    assert _upward_edges({"sft_engine.triton.x": {"sft_engine.client.y"}}) == [
         "sft_engine.triton.x (layer 2) imports sft_engine.client.y (layer 5)"]
-
