@@ -21,7 +21,6 @@ from sft_engine.client import AsyncClient, Client, Prediction
 from sft_engine.client.predictions import softmax
 from sft_engine.preprocess import Preprocessing
 from sft_engine.repository.config import parameters_of, read_config, to_pbtxt
-from sft_engine.server import ServerConfig, TritonServer
 from tests.helpers import LABELS, build_two_versions
 
 pytestmark = pytest.mark.integration
@@ -42,22 +41,9 @@ def repo(tiny_weights, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(repo):
-    with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
+def images(write_images):
     """Random-pixel PNGs of a size that the preprocessing must resize."""
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(3)
-    paths = []
-    for i in range(N_IMAGES):
-        path = folder / f"img{i:02d}.png"
-        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
+    return write_images("images", [(40, 48)] * N_IMAGES, seed=3, names=lambda i: f"img{i:02d}.png")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from PIL import Image
 
 from sft_engine.client import Client
 from sft_engine.repository.writer import list_versions
-from sft_engine.server import ServerConfig, TritonServer
 from tests.helpers import build_two_versions
 
 pytestmark = pytest.mark.integration
@@ -40,23 +39,10 @@ def repo(tiny_weights, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(repo):
-    with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
+def images(write_images):
     """Photo-sized random images, half PNG and half JPEG (quality 90)."""
-    folder = tmp_path_factory.mktemp("image-files")
-    rng = np.random.default_rng(5)
-    paths = []
-    for i in range(8):
-        pixels = rng.integers(0, 256, (30 + 7 * i, 50 + 3 * i, 3), dtype=np.uint8)
-        path = folder / (f"img{i}.png" if i % 2 == 0 else f"img{i}.jpg")
-        Image.fromarray(pixels).save(path, quality=90) if path.suffix == ".jpg" else Image.fromarray(pixels).save(path)
-        paths.append(path)
-    return paths
+    return write_images("image-files", [(30 + 7 * i, 50 + 3 * i) for i in range(8)], seed=5,
+                        names=lambda i: f"img{i}.png" if i % 2 == 0 else f"img{i}.jpg")
 
 
 @pytest.fixture(scope="module")

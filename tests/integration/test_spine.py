@@ -36,12 +36,6 @@ def repo(tiny_weights, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(repo):
-    with TritonServer(ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
 def eager(tiny_weights):
     return load_weights(build_model("resnet18", 4), tiny_weights).eval()
 

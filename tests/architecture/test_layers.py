@@ -1,12 +1,14 @@
 """The layers docs/architecture.md draws: each part of sft_engine imports only its own layer or those below.
 
-Read from the source (lazy imports count, ``TYPE_CHECKING`` imports do not), so a new
+Read from the source (every import counts, lazy and ``TYPE_CHECKING`` ones too), so a new
 import that reaches upwards fails here, with the edge named, before it becomes a cycle.
 """
 
 from __future__ import annotations
 
-from tests.unit.test_import_cycles import PACKAGE, _imports, _module_name
+from tests.architecture.imports import graph as _graph
+from tests.architecture.imports import part as _part
+from tests.architecture.imports import upward_edges, where
 
 #: part of sft_engine (first name below the package) → layer, from the ground up
 LAYERS: dict[str, int] = {
@@ -25,22 +27,8 @@ LAYERS: dict[str, int] = {
 }
 
 
-def _part(module: str) -> str:
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else "__init__"
-
-
-def _upward_edges(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(
-        f"{a} (layer {LAYERS[_part(a)]}) imports {b} (layer {LAYERS[_part(b)]})"
-        for a, deps in graph.items() for b in deps
-        if _part(a) != _part(b) and LAYERS[_part(b)] > LAYERS[_part(a)]
-    )
-
-
-def _graph() -> dict[str, set[str]]:
-    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {name: _imports(path, name, set(paths)) for name, path in paths.items()}
+def _upward_edges(graph: dict[str, set[str]], sites: dict[tuple[str, str], list[str]] | None = None) -> list[str]:
+    return upward_edges(graph, LAYERS, sites)
 
 
 def test_every_part_has_a_layer() -> None:
@@ -50,14 +38,9 @@ def test_every_part_has_a_layer() -> None:
 def test_no_part_imports_a_layer_above_it() -> None:
     graph = _graph()
     assert graph["sft_engine.build"], "the import graph was not read"
-    assert _upward_edges(graph) == []
+    assert _upward_edges(graph, where()) == []  # each edge named with the lines that draw it
 
 
 def test_the_check_finds_an_upward_import() -> None:
     assert _upward_edges({"sft_engine.triton.x": {"sft_engine.client.y"}}) == [
         "sft_engine.triton.x (layer 2) imports sft_engine.client.y (layer 5)"]
-
-
-def test_modules_stay_small(limit: int = 500) -> None:
-    sizes = {_module_name(p): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
-    assert {m: n for m, n in sizes.items() if n > limit} == {}
