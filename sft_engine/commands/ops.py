@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from sft_engine.commands.security_flags import add_admin_key_flag, admin_key_from
 from sft_engine.errors import ConfigError
 
 __all__ = ["register"]
@@ -66,6 +67,7 @@ def _register_rollout(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", type=int, required=True, help="version to roll out")
     p.add_argument("--url", default="127.0.0.1:8000", metavar="HOST:PORT", help="the server's HTTP endpoint (default 127.0.0.1:8000)")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
+    add_admin_key_flag(p)
     p.add_argument("--check", choices=CHECK_MODES, default="parity",
                    help="parity: outputs within the build's parity tolerance of the served version (rebuilds); "
                         "top1: top-1 classes agree (retrained weights); sanity: finite outputs of the right shape")
@@ -89,7 +91,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     )
     url = _control_url(args.url, args.allow_remote)
     progress = (lambda _: None) if args.json else (lambda msg: print(msg, flush=True))
-    result = rollout_at(url, plan, progress)
+    result = rollout_at(url, plan, progress, admin_key=admin_key_from(args))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return result.exit_code
@@ -153,6 +155,7 @@ def _register_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", default=None, metavar="HOST:PORT", help="HTTP endpoint of a running server in explicit mode (default: start an embedded one)")
     p.add_argument("--metrics-url", default=None, metavar="URL", help="that server's /metrics, for CPU/GPU use")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
+    add_admin_key_flag(p)
     p.add_argument("--workers", type=int, default=None, help="load-generator processes (default: half the cores)")
     p.add_argument("--dry-run", action="store_true", help="print the winning config.pbtxt instead of publishing it")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -172,6 +175,7 @@ def run_tune(args: argparse.Namespace) -> int:
         instance_counts=_int_list(args.instance_counts, "--instance-counts"),
         gpus=_parse_gpus(args.gpus), url=_control_url(args.url, args.allow_remote) if args.url else None,
         metrics_url=args.metrics_url, allow_remote=args.allow_remote, workers=args.workers,
+        admin_key=admin_key_from(args),
     )
     log = sys.stderr if args.json else sys.stdout
     result = tune(config, progress=lambda msg: print(msg, file=log, flush=True))
