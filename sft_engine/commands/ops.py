@@ -232,8 +232,13 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--triton-tag", default=None, help="NGC tag (default: from GPU build manifests, else the embedded server's)")
         q.add_argument("--gpus", default=None, metavar="IDS", help="GPUs per replica, e.g. 0,1 (model instance groups use ids 0..n-1)")
         q.add_argument("--model-control-mode", choices=("none", "explicit"), default="none",
-                       help="explicit lets sft-engine rollout switch versions on a running replica")
+                       help="explicit lets sft-engine rollout switch versions on a running replica (its repository API needs the admin key)")
+        q.add_argument("--admin-key-file", type=Path, default=None, metavar="FILE",
+                       help="with explicit mode: the admin key (created with a random key when absent; default OUTPUT/admin-key)")
     k8s.add_argument("--namespace", default=None)
+    k8s.add_argument("--monitoring-namespace", default="monitoring", help="namespace allowed to scrape the metrics port (NetworkPolicy)")
+    k8s.add_argument("--tls-secret", default=None, metavar="NAME", help="gRPC over TLS with this kubernetes.io/tls Secret (tls.crt, tls.key)")
+    k8s.add_argument("--tls-mutual", action="store_true", help="mutual TLS: clients need a certificate of the Secret's ca.crt")
     k8s.add_argument("--storage-uri", default=None, metavar="URI", help="where the cluster finds the repository: pvc://CLAIM[/PATH], s3://, gs://, as:// "
                                                                        "(default pvc://NAME-model-repository)")
     k8s.add_argument("--replicas", type=int, default=1, help="initial replicas of the Deployment")
@@ -247,6 +252,9 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     k8s.add_argument("--target-pending-requests", type=int, default=8, help="HPA target of pending_requests per pod (default 8)")
     compose.add_argument("--replicas", type=int, default=1, help="Triton services (ports 8000+10i, 8001+10i, 8002+10i)")
     compose.add_argument("--host", default="127.0.0.1", help="host address the ports are published on (default loopback)")
+    compose.add_argument("--tls-cert", type=Path, default=None, metavar="PEM", help="gRPC over TLS: the server certificate (with --tls-key)")
+    compose.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="gRPC over TLS: its private key")
+    compose.add_argument("--tls-client-ca", type=Path, default=None, metavar="PEM", help="mutual TLS: the CA of the clients' certificates")
     k8s.set_defaults(func=run_deploy)
     compose.set_defaults(func=run_deploy)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -259,9 +267,11 @@ def run_deploy(args: argparse.Namespace) -> int:
     options = DeployOptions(
         repository=Path(args.repository), output=Path(args.output), name=args.name, image=args.image,
         triton_tag=args.triton_tag, gpus=_parse_gpus(args.gpus), model_control_mode=args.model_control_mode,
-        replicas=args.replicas,
+        replicas=args.replicas, admin_key_file=args.admin_key_file,
     )
     if args.deploy_target == "k8s":
+        options.monitoring_namespace = args.monitoring_namespace
+        options.tls_secret, options.tls_mutual = args.tls_secret, args.tls_mutual
         options.namespace = args.namespace
         options.storage_uri = args.storage_uri
         options.min_replicas, options.max_replicas = args.min_replicas, args.max_replicas
@@ -271,11 +281,15 @@ def run_deploy(args: argparse.Namespace) -> int:
         info, files = deploy_k8s(options)
     else:
         options.host = args.host
+        options.tls_cert, options.tls_key, options.tls_client_ca = args.tls_cert, args.tls_key, args.tls_client_ca
         info, files = deploy_compose(options)
     models = ", ".join(f"{m.name} (versions {', '.join(map(str, m.versions))}, {m.kind})" for m in info.models)
     print(f"models: {models}")
     for path in files:
         print(f"wrote {path}")
+    if options.admin_key_file is not None:
+        print(f"admin key: {options.admin_key_file} (in {'admin-key-secret.yaml' if args.deploy_target == 'k8s' else 'admin-key.env'} too: "
+              "keep both out of version control); rollout and tune take it as --admin-key-file")
     if any(p.name == "Dockerfile" for p in files):
         print(f"the Python-backend models need {', '.join(info.requirements)} in the container: build the image from the Dockerfile")
     if args.deploy_target == "k8s":
