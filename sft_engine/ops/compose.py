@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_engine.ops.deploy_spec import TLS_MOUNT, DeployOptions, RepositoryInfo, dump_yaml, triton_args
-from sft_engine.triton.security import ADMIN_KEY_ENV
+from sft_engine.triton.security import ADMIN_KEY_ENV, restricted_api_args
 
 __all__ = ["render", "compose_file", "prometheus_config", "replica_ports"]
 
@@ -68,7 +68,7 @@ def _command(info: RepositoryInfo, options: DeployOptions) -> list[str]:
     args = triton_args(info, options, "/models")
     if not options.admin_key:
         return args
-    keyed = triton_args(info, options, "/models", key_ref=f'"$${ADMIN_KEY_ENV}"')[len(args):len(args) + 2]
+    keyed = restricted_api_args(f'"$${ADMIN_KEY_ENV}"')  # $$: a literal $ for sh, not compose's interpolation
     return ["sh", "-c", 'exec "$$@" ' + " ".join(keyed), "sh", *args]
 
 
