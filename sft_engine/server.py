@@ -33,8 +33,9 @@ from typing import Literal
 
 from sft_engine.errors import ServerError
 from sft_engine.lifetime import die_with_parent
-from sft_engine.triton.address import Address
+from sft_engine.triton.address import Address, is_loopback
 from sft_engine.triton.control import HttpControl
+from sft_engine.triton.security import ServerTls, redact, restricted_api_args
 
 __all__ = ["ServerConfig", "TritonServer", "find_tritonserver", "free_port", "docker_command", "DEFAULT_TRITON_TAG"]
 
@@ -77,6 +78,12 @@ class ServerConfig:
     log_verbose: int = 0
     startup_timeout_s: float = 120.0
     extra_args: list[str] = field(default_factory=list)
+    #: restricts the model-repository, shared-memory, statistics, trace and logging APIs to requests with this key
+    admin_key: str | None = field(default=None, repr=False)
+    #: gRPC over TLS (mutual with a client CA)
+    tls: ServerTls | None = None
+    #: False (the default): --disable-auto-complete-config, every config is used as written
+    auto_complete_config: bool = False
 
     def __post_init__(self) -> None:
         self.repository = Path(self.repository)
@@ -84,6 +91,11 @@ class ServerConfig:
             port = getattr(self, name)
             if not isinstance(port, int) or not 0 <= port <= 65535:
                 raise ServerError(f"{name.replace('_', '-')} {port!r} is not a TCP port", hint="use 1..65535, or 0 for a free one")
+        if self.model_control_mode != "none" and not self.admin_key and not is_loopback(self.host):
+            raise ServerError(f"model-control mode {self.model_control_mode} on {self.host} would let anyone who reaches it load code",
+                              hint="pass --admin-key-file FILE (created when absent), or serve on loopback")
+        if self.tls is not None:
+            self.tls.validate()
 
 
 @dataclass(frozen=True)
@@ -221,8 +233,14 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--allow-cpu-metrics=true",
         ]
+        if not cfg.auto_complete_config:
+            argv.append("--disable-auto-complete-config")
         if cfg.model_control_mode == "explicit":
             argv += [f"--load-model={name}" for name in cfg.load_models]
+        if cfg.admin_key:
+            argv += restricted_api_args(cfg.admin_key)
+        if cfg.tls is not None:
+            argv += cfg.tls.args()
         return argv + list(cfg.extra_args)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -251,7 +269,7 @@ class TritonServer:
         argv = self.argv(install, backend_dir)
         fd, log_name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
         self._log_file = Path(log_name)
-        LOGGER.info("starting %s", " ".join(shlex.quote(a) for a in argv))
+        LOGGER.info("starting %s", " ".join(shlex.quote(a) for a in redact(argv, cfg.admin_key)))
         with os.fdopen(fd, "wb") as log:
             self._process = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -34,6 +34,7 @@ from sft_engine.client.shm import ShmSlot
 from sft_engine.client.wire import InferTarget, _Base, _GrpcWire, _HttpWire, _Translating
 from sft_engine.triton.address import parse_address
 from sft_engine.triton.control import ControlClient, GrpcControl
+from sft_engine.triton.security import GrpcTls
 
 __all__ = [
     "TritonTransport",
@@ -55,8 +56,8 @@ T = TypeVar("T")
 class TritonTransport(_Base, Transport):
     """tritonclient's blocking calls, safe from several threads at once, plus ``submit`` to send without waiting."""
 
-    def __init__(self, url: str, timeout_s: float, concurrency: int = 4) -> None:
-        super().__init__(url, timeout_s)
+    def __init__(self, url: str, timeout_s: float, concurrency: int = 4, *, tls: GrpcTls | None = None, admin_key: str | None = None) -> None:
+        super().__init__(url, timeout_s, tls=tls, admin_key=admin_key)
         self._lock = threading.Lock()
         self.concurrency = concurrency
         self._executor: ThreadPoolExecutor | None = None
@@ -122,15 +123,15 @@ class TritonTransport(_Base, Transport):
     def shm_regions(self) -> list[str]:
         """Names of the system shared memory regions registered with the server."""
         with self._translating():
-            return self._regions(self._client().get_system_shared_memory_status(**self._json_kw, **self._kw))
+            return self._regions(self._client().get_system_shared_memory_status(**self._json_kw, **self._shm_kw()))
 
     def register_shm(self, name: str, key: str, byte_size: int) -> None:
         with self._translating():
-            self._client().register_system_shared_memory(name, key, byte_size, **self._kw)
+            self._client().register_system_shared_memory(name, key, byte_size, **self._shm_kw())
 
     def unregister_shm(self, name: str) -> None:
         with self._translating():
-            self._client().unregister_system_shared_memory(name, **self._kw)
+            self._client().unregister_system_shared_memory(name, **self._shm_kw())
 
     def infer(self, target: InferTarget, array: np.ndarray, class_count: int = 0, slot: ShmSlot | None = None) -> np.ndarray:
         """One request; the output as numpy (BYTES when ``class_count`` > 0). The hot path: no closures."""
@@ -143,10 +144,10 @@ class TritonTransport(_Base, Transport):
 class GrpcTransport(_GrpcWire, TritonTransport):
     """tritonclient.grpc: one channel shared by all threads (gRPC channels are thread-safe)."""
 
-    def __init__(self, url: str, timeout_s: float, concurrency: int = 4) -> None:
-        super().__init__(url, timeout_s, concurrency)
+    def __init__(self, url: str, timeout_s: float, concurrency: int = 4, *, tls: GrpcTls | None = None, admin_key: str | None = None) -> None:
+        super().__init__(url, timeout_s, concurrency, tls=tls, admin_key=admin_key)
         self._load_module()
-        self._grpc = self._mod.InferenceServerClient(url)
+        self._grpc = self._mod.InferenceServerClient(url, **self._client_kwargs())
         self._kw = {"client_timeout": timeout_s}
         self._outputs: dict[str, Any] = {}
 
@@ -197,7 +198,7 @@ class GrpcTransport(_GrpcWire, TritonTransport):
 
     def _control_client(self) -> ControlClient:
         """The control plane on this transport's own channel."""
-        return GrpcControl(parse_address(self.url, "grpc"), timeout_s=self.timeout_s, client=self._grpc)
+        return GrpcControl(parse_address(self.url, "grpc"), timeout_s=self.timeout_s, client=self._grpc, admin_key=self.admin_key)
 
     def close(self) -> None:
         self._shutdown()
@@ -211,8 +212,8 @@ class HttpTransport(_HttpWire, TritonTransport):
     from the client's worker threads do not queue behind one socket.
     """
 
-    def __init__(self, url: str, timeout_s: float, concurrency: int = 4) -> None:
-        super().__init__(url, timeout_s, concurrency)
+    def __init__(self, url: str, timeout_s: float, concurrency: int = 4, *, tls: GrpcTls | None = None, admin_key: str | None = None) -> None:
+        super().__init__(url, timeout_s, concurrency, tls=tls, admin_key=admin_key)
         self._load_module()
         self._local = threading.local()
         self._clients: list[Any] = []
@@ -244,8 +245,8 @@ class AsyncTritonTransport(_Base, AsyncTransport):
     control client on the loop's default executor, so they never block the loop.
     """
 
-    def __init__(self, url: str, timeout_s: float) -> None:
-        super().__init__(url, timeout_s)
+    def __init__(self, url: str, timeout_s: float, *, tls: GrpcTls | None = None, admin_key: str | None = None) -> None:
+        super().__init__(url, timeout_s, tls=tls, admin_key=admin_key)
         self._aio: Any = None
         self._control: ControlClient | None = None
 
@@ -284,15 +285,15 @@ class AsyncTritonTransport(_Base, AsyncTransport):
 
     async def shm_regions(self) -> list[str]:
         with self._translating():
-            return self._regions(await self._get().get_system_shared_memory_status(**self._json_kw, **self._kw))
+            return self._regions(await self._get().get_system_shared_memory_status(**self._json_kw, **self._shm_kw()))
 
     async def register_shm(self, name: str, key: str, byte_size: int) -> None:
         with self._translating():
-            await self._get().register_system_shared_memory(name, key, byte_size, **self._kw)
+            await self._get().register_system_shared_memory(name, key, byte_size, **self._shm_kw())
 
     async def unregister_shm(self, name: str) -> None:
         with self._translating():
-            await self._get().unregister_system_shared_memory(name, **self._kw)
+            await self._get().unregister_system_shared_memory(name, **self._shm_kw())
 
     async def infer(self, target: InferTarget, array: np.ndarray, class_count: int = 0, slot: ShmSlot | None = None) -> np.ndarray:
         with _Translating(self, target.model):
@@ -310,8 +311,8 @@ class AsyncTritonTransport(_Base, AsyncTransport):
 
 
 class AioGrpcTransport(_GrpcWire, AsyncTritonTransport):
-    def __init__(self, url: str, timeout_s: float) -> None:
-        super().__init__(url, timeout_s)
+    def __init__(self, url: str, timeout_s: float, *, tls: GrpcTls | None = None, admin_key: str | None = None) -> None:
+        super().__init__(url, timeout_s, tls=tls, admin_key=admin_key)
         self._load_module()
         import tritonclient.grpc.aio  # noqa: F401  (fails early when grpc support is missing)
 
@@ -320,14 +321,14 @@ class AioGrpcTransport(_GrpcWire, AsyncTritonTransport):
     def _make(self) -> Any:
         import tritonclient.grpc.aio as aio
 
-        return aio.InferenceServerClient(self.url)
+        return aio.InferenceServerClient(self.url, **self._client_kwargs())
 
 
 class AioHttpTransport(_HttpWire, AsyncTritonTransport):
     """tritonclient.http.aio (aiohttp); the session's total timeout is the client timeout."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
-        super().__init__(url, timeout_s)
+    def __init__(self, url: str, timeout_s: float, *, tls: GrpcTls | None = None, admin_key: str | None = None) -> None:
+        super().__init__(url, timeout_s, tls=tls, admin_key=admin_key)
         self._load_module()
         import tritonclient.http.aio  # noqa: F401
 
@@ -337,13 +338,17 @@ class AioHttpTransport(_HttpWire, AsyncTritonTransport):
         return aio.InferenceServerClient(self.url, conn_timeout=self.timeout_s)
 
 
-def make_transport(url: str, protocol: str, timeout_s: float, concurrency: int = 4) -> TritonTransport:
+def make_transport(url: str, protocol: str, timeout_s: float, concurrency: int = 4, *, tls: GrpcTls | None = None,
+                   admin_key: str | None = None) -> TritonTransport:
+    """``tls``: gRPC over TLS (mutual with a client certificate); ``admin_key``: for the restricted
+    shared-memory and repository-index calls of a server that has one."""
     address = parse_address(url, protocol)
     cls = GrpcTransport if address.protocol == "grpc" else HttpTransport
-    return cls(address.url, timeout_s, concurrency)
+    return cls(address.url, timeout_s, concurrency, tls=tls, admin_key=admin_key)
 
 
-def make_async_transport(url: str, protocol: str, timeout_s: float) -> AsyncTritonTransport:
+def make_async_transport(url: str, protocol: str, timeout_s: float, *, tls: GrpcTls | None = None,
+                         admin_key: str | None = None) -> AsyncTritonTransport:
     address = parse_address(url, protocol)
     cls = AioGrpcTransport if address.protocol == "grpc" else AioHttpTransport
-    return cls(address.url, timeout_s)
+    return cls(address.url, timeout_s, tls=tls, admin_key=admin_key)

@@ -15,9 +15,11 @@ from typing import Any, Callable
 import numpy as np
 
 from sft_engine.client.errors import ServerSideError, translate
+from sft_engine.errors import ConfigError
 from sft_engine.client.shm import ShmSlot
 from sft_engine.triton.address import parse_address
 from sft_engine.triton.control import ControlClient, GrpcControl, HttpControl
+from sft_engine.triton.security import GrpcTls, admin_headers
 
 __all__ = ["InferTarget"]
 
@@ -68,9 +70,15 @@ class _GrpcWire:
     _json_kw = {"as_json": True}
     url: str
     timeout_s: float
+    tls: GrpcTls | None
+    admin_key: str | None
 
     def _control_client(self) -> ControlClient:
-        return GrpcControl(parse_address(self.url, "grpc"), timeout_s=self.timeout_s)
+        return GrpcControl(parse_address(self.url, "grpc"), timeout_s=self.timeout_s, admin_key=self.admin_key, tls=self.tls)
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        """tritonclient.grpc(.aio).InferenceServerClient's TLS arguments (none for plaintext)."""
+        return self.tls.tritonclient_kwargs() if self.tls is not None else {}
 
     def _load_module(self) -> None:
         import tritonclient.grpc as grpcclient
@@ -100,9 +108,11 @@ class _HttpWire:
     _json_kw: dict[str, Any] = {}
     url: str
     timeout_s: float
+    tls: GrpcTls | None
+    admin_key: str | None
 
     def _control_client(self) -> ControlClient:
-        return HttpControl(parse_address(self.url, "http"), timeout_s=self.timeout_s)
+        return HttpControl(parse_address(self.url, "http"), timeout_s=self.timeout_s, admin_key=self.admin_key)
 
     def _load_module(self) -> None:
         import tritonclient.http as httpclient
@@ -134,10 +144,21 @@ class _Base:
     _control_client: Callable[[], ControlClient]
     _json_kw: dict[str, Any]
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, *, tls: GrpcTls | None = None, admin_key: str | None = None) -> None:
+        """``tls``: gRPC over TLS (HTTP refuses it: Triton has no HTTPS); ``admin_key``: sent with the
+        control-plane and shared-memory calls only (restricted where the server has a key), never with inference."""
+        if tls is not None and self.protocol != "grpc":
+            raise ConfigError("TLS is for gRPC only (Triton serves HTTP without TLS)", hint="use protocol='grpc', or a TLS gateway for HTTP")
         self.url = url
         self.timeout_s = timeout_s
+        self.tls = tls
+        self.admin_key = admin_key
         self._kw: dict[str, Any] = {}
+
+    def _shm_kw(self) -> dict[str, Any]:
+        """The shared-memory calls' keyword arguments: the timeout plus the admin header (a restricted API)."""
+        headers = admin_headers(self.admin_key, self.protocol)
+        return {**self._kw, "headers": headers} if headers else self._kw
 
     def translated(self, exc: Exception, model: str | None) -> Exception:
         err = translate(exc, url=self.url, protocol=self.protocol, model=model, timeout_s=self.timeout_s)

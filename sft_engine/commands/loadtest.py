@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_engine.errors import ConfigError
+from sft_engine.commands.security_flags import add_admin_key_flag, add_tls_client_flags, admin_key_from, tls_from
 
 __all__ = ["register", "run", "config_from_args"]
 
@@ -44,6 +45,8 @@ def register(subparsers: Any) -> None:
     target.add_argument("--metrics-url", action="append", default=[], metavar="URL",
                         help="Prometheus /metrics of each server (default: port 8002 when --url uses 8000/8001)")
     target.add_argument("--allow-remote", action="store_true", help="allow non-loopback --url/--metrics-url hosts")
+    add_admin_key_flag(target)
+    add_tls_client_flags(target)
 
     load = p.add_argument_group("load")
     load.add_argument("--concurrency", default=None, metavar="N[,N...]", help="closed loop: concurrent requests; a list or start:stop:step sweeps")
@@ -114,6 +117,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         allow_remote=bool(args.allow_remote),
         percentiles=tuple(parse_number_list(args.percentiles, "--percentiles")) if args.percentiles else None,
         transport=args.transport,
+        admin_key=admin_key_from(args),
+        tls=tls_from(args),
     )
 
 

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from sft_engine.commands.security_flags import add_admin_key_flag, admin_key_from
 from sft_engine.errors import ConfigError
 
 __all__ = ["register"]
@@ -61,6 +62,7 @@ def _register_rollout(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", type=int, required=True, help="version to roll out")
     p.add_argument("--url", default="127.0.0.1:8000", metavar="HOST:PORT", help="the server's HTTP endpoint (default 127.0.0.1:8000)")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
+    add_admin_key_flag(p)
     p.add_argument("--check", choices=CHECK_MODES, default="parity",
                    help="parity: outputs within the build's parity tolerance of the served version (rebuilds); "
                         "top1: top-1 classes agree (retrained weights); sanity: finite outputs of the right shape")
@@ -84,7 +86,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     )
     url = _control_url(args.url, args.allow_remote)
     progress = (lambda _: None) if args.json else (lambda msg: print(msg, flush=True))
-    result = rollout_at(url, plan, progress)
+    result = rollout_at(url, plan, progress, admin_key=admin_key_from(args))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return result.exit_code
@@ -145,6 +147,7 @@ def _register_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", default=None, metavar="HOST:PORT", help="HTTP endpoint of a running server in explicit mode (default: start an embedded one)")
     p.add_argument("--metrics-url", default=None, metavar="URL", help="that server's /metrics, for CPU/GPU use")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
+    add_admin_key_flag(p)
     p.add_argument("--workers", type=int, default=None, help="load-generator processes (default: half the cores)")
     p.add_argument("--dry-run", action="store_true", help="print the winning config.pbtxt instead of publishing it")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -167,6 +170,7 @@ def run_tune(args: argparse.Namespace) -> int:
         gpus=_gpus(args.gpus), url=_control_url(args.url, args.allow_remote) if args.url else None,
         metrics_url=parse_metrics_url(args.metrics_url, allow_remote=args.allow_remote) if args.metrics_url else None,
         allow_remote=args.allow_remote, workers=args.workers,
+        admin_key=admin_key_from(args),
     )
     log = sys.stderr if args.json else sys.stdout
     result = tune(config, progress=lambda msg: print(msg, file=log, flush=True))
@@ -223,8 +227,13 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--triton-tag", default=None, help="NGC tag (default: from GPU build manifests, else the embedded server's)")
         q.add_argument("--gpus", default=None, metavar="IDS", help="GPUs per replica, e.g. 0,1 (model instance groups use ids 0..n-1)")
         q.add_argument("--model-control-mode", choices=("none", "explicit"), default="none",
-                       help="explicit lets sft-engine rollout switch versions on a running replica")
+                       help="explicit lets sft-engine rollout switch versions on a running replica (its repository API needs the admin key)")
+        q.add_argument("--admin-key-file", type=Path, default=None, metavar="FILE",
+                       help="with explicit mode: the admin key (created with a random key when absent; default OUTPUT/admin-key)")
     k8s.add_argument("--namespace", default=None)
+    k8s.add_argument("--monitoring-namespace", default="monitoring", help="namespace allowed to scrape the metrics port (NetworkPolicy)")
+    k8s.add_argument("--tls-secret", default=None, metavar="NAME", help="gRPC over TLS with this kubernetes.io/tls Secret (tls.crt, tls.key)")
+    k8s.add_argument("--tls-mutual", action="store_true", help="mutual TLS: clients need a certificate of the Secret's ca.crt")
     k8s.add_argument("--storage-uri", default=None, metavar="URI", help="where the cluster finds the repository: pvc://CLAIM[/PATH], s3://, gs://, as:// "
                                                                        "(default pvc://NAME-model-repository)")
     k8s.add_argument("--replicas", type=int, default=1, help="initial replicas of the Deployment")
@@ -238,6 +247,9 @@ def _register_deploy(sub: argparse._SubParsersAction) -> None:
     k8s.add_argument("--target-pending-requests", type=int, default=8, help="HPA target of pending_requests per pod (default 8)")
     compose.add_argument("--replicas", type=int, default=1, help="Triton services (ports 8000+10i, 8001+10i, 8002+10i)")
     compose.add_argument("--host", default="127.0.0.1", help="host address the ports are published on (default loopback)")
+    compose.add_argument("--tls-cert", type=Path, default=None, metavar="PEM", help="gRPC over TLS: the server certificate (with --tls-key)")
+    compose.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="gRPC over TLS: its private key")
+    compose.add_argument("--tls-client-ca", type=Path, default=None, metavar="PEM", help="mutual TLS: the CA of the clients' certificates")
     k8s.set_defaults(func=run_deploy)
     compose.set_defaults(func=run_deploy)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -250,9 +262,11 @@ def run_deploy(args: argparse.Namespace) -> int:
     options = DeployOptions(
         repository=Path(args.repository), output=Path(args.output), name=args.name, image=args.image,
         triton_tag=args.triton_tag, gpus=_gpus(args.gpus), model_control_mode=args.model_control_mode,
-        replicas=args.replicas,
+        replicas=args.replicas, admin_key_file=args.admin_key_file,
     )
     if args.deploy_target == "k8s":
+        options.monitoring_namespace = args.monitoring_namespace
+        options.tls_secret, options.tls_mutual = args.tls_secret, args.tls_mutual
         options.namespace = args.namespace
         options.storage_uri = args.storage_uri
         options.min_replicas, options.max_replicas = args.min_replicas, args.max_replicas
@@ -262,11 +276,15 @@ def run_deploy(args: argparse.Namespace) -> int:
         info, files = deploy_k8s(options)
     else:
         options.host = args.host
+        options.tls_cert, options.tls_key, options.tls_client_ca = args.tls_cert, args.tls_key, args.tls_client_ca
         info, files = deploy_compose(options)
     models = ", ".join(f"{m.name} (versions {', '.join(map(str, m.versions))}, {m.kind})" for m in info.models)
     print(f"models: {models}")
     for path in files:
         print(f"wrote {path}")
+    if options.admin_key_file is not None:
+        print(f"admin key: {options.admin_key_file} (in {'admin-key-secret.yaml' if args.deploy_target == 'k8s' else 'admin-key.env'} too: "
+              "keep both out of version control); rollout and tune take it as --admin-key-file")
     if any(p.name == "Dockerfile" for p in files):
         print(f"the Python-backend models need {', '.join(info.requirements)} in the container: build the image from the Dockerfile")
     if args.deploy_target == "k8s":

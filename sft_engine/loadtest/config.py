@@ -22,6 +22,7 @@ from sft_engine.loadtest.scenario import Scenario, parse_target
 from sft_engine.loadtest.spec import DEFAULT_PERCENTILES, CapacitySpec, LoadSpec, SloSpec, ValiditySpec, percentile_label
 from sft_engine.settings import strict_updates
 from sft_engine.triton.address import DEFAULT_METRICS_PORT, DEFAULT_PORTS, Address, Protocol, parse_address
+from sft_engine.triton.security import GrpcTls
 
 __all__ = [
     "Endpoint",
@@ -89,6 +90,10 @@ class LoadTestConfig:
     scenario_path: Path | None = None
     #: "raw": the prebuilt request on grpc.aio/aiohttp; "tritonclient": tritonclient's aio clients
     transport: str = "raw"
+    #: sent with the coordinator's control-plane calls (server statistics are restricted where the server has a key)
+    admin_key: str | None = field(default=None, repr=False)
+    #: gRPC over TLS (the hot path, the probes and the statistics alike)
+    tls: GrpcTls | None = None
 
     def validate(self) -> None:
         if not self.endpoints:
@@ -120,6 +125,11 @@ class LoadTestConfig:
         for q in self.percentiles:
             if not 0 < q < 100:
                 raise ConfigError(f"percentile {q} is not between 0 and 100", hint="e.g. 50, 99, 99.9")
+        if self.tls is not None:
+            if any(ep.protocol != "grpc" for ep in self.endpoints):
+                raise ConfigError("TLS is for gRPC endpoints only (Triton serves HTTP without TLS)",
+                                  hint="use grpc:// endpoints with --tls, or put a TLS gateway in front of HTTP")
+            self.tls.validate()
         if self.transport not in ("raw", "tritonclient"):
             raise ConfigError(f"--transport {self.transport!r} is unknown", hint="use raw or tritonclient")
         if self.images is not None:
@@ -209,7 +219,9 @@ class LoadTestConfig:
                     out["url"] = value.url
                 return out
             return value
-        return conv(self)
+        out = conv(self)
+        out["admin_key"] = "set" if self.admin_key else None  # never the key itself: reports are shared
+        return out
 
 
 def default_metrics_url(endpoint: Endpoint) -> str | None:

@@ -45,10 +45,12 @@ class WorkerPool:
         unreachable_after_s: float,
         startup_timeout_s: float = 60.0,
         transport: str = "raw",
+        tls: Any = None,
     ) -> None:
+        """``tls``: a ``GrpcTls`` for gRPC over TLS (the workers read its files themselves)."""
         self.n_workers = n_workers
         self._inits = [
-            WorkerInit(i, tuple(endpoints), payload, timeout_s, max_in_flight, unreachable_after_s, transport) for i in range(n_workers)
+            WorkerInit(i, tuple(endpoints), payload, timeout_s, max_in_flight, unreachable_after_s, transport, tls) for i in range(n_workers)
         ]
         self._startup_timeout_s = startup_timeout_s
         self.control: ControlBlock | None = None

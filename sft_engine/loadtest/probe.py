@@ -18,6 +18,7 @@ from typing import Any
 from sft_engine.loadtest.config import Endpoint
 from sft_engine.triton.control import GRPC_INFER_METHOD, ControlClient, ControlError, HttpControl, make_control
 from sft_engine.triton.failures import FailureKind, classify_exception, classify_status
+from sft_engine.triton.security import GrpcTls
 
 __all__ = ["ServerProbe", "HttpProbe", "GrpcProbe", "make_probe", "UNREACHABLE"]
 
@@ -30,10 +31,11 @@ UNREACHABLE = (FailureKind.UNAVAILABLE, FailureKind.TIMEOUT)
 class ServerProbe:
     """Control-plane calls to one endpoint, and the one raw request (see ``make_probe``)."""
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float = 2.0) -> None:
+    def __init__(self, endpoint: Endpoint, timeout_s: float = 2.0, *, admin_key: str | None = None, tls: GrpcTls | None = None) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
-        self.control: ControlClient = make_control(endpoint, timeout_s=timeout_s)
+        self.tls = tls
+        self.control: ControlClient = make_control(endpoint, timeout_s=timeout_s, admin_key=admin_key, tls=tls)
 
     def live(self) -> bool:
         return self.control.live()
@@ -81,12 +83,15 @@ class HttpProbe(ServerProbe):
 class GrpcProbe(ServerProbe):
     """The raw request as the prebuilt serialized ``ModelInferRequest`` on a plain gRPC channel."""
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float = 2.0) -> None:
-        super().__init__(endpoint, timeout_s)
+    def __init__(self, endpoint: Endpoint, timeout_s: float = 2.0, *, admin_key: str | None = None, tls: GrpcTls | None = None) -> None:
+        super().__init__(endpoint, timeout_s, admin_key=admin_key, tls=tls)
         import grpc
 
         self._grpc = grpc
-        self._channel = grpc.insecure_channel(endpoint.url)
+        if tls is not None:
+            self._channel = grpc.secure_channel(endpoint.url, tls.channel_credentials())
+        else:
+            self._channel = grpc.insecure_channel(endpoint.url)
         self._infer = self._channel.unary_unary(GRPC_INFER_METHOD)
 
     def infer_raw(self, payload: Any) -> None:
@@ -105,5 +110,7 @@ class GrpcProbe(ServerProbe):
             LOGGER.debug("closing gRPC probe channel failed", exc_info=True)
 
 
-def make_probe(endpoint: Endpoint, timeout_s: float = 2.0) -> ServerProbe:
-    return GrpcProbe(endpoint, timeout_s) if endpoint.protocol == "grpc" else HttpProbe(endpoint, timeout_s)
+def make_probe(endpoint: Endpoint, timeout_s: float = 2.0, *, admin_key: str | None = None, tls: GrpcTls | None = None) -> ServerProbe:
+    if endpoint.protocol == "grpc":
+        return GrpcProbe(endpoint, timeout_s, admin_key=admin_key, tls=tls)
+    return HttpProbe(endpoint, timeout_s, admin_key=admin_key)

@@ -324,7 +324,7 @@ def run_loadtest(
     """
     config.validate()
     started = _dt.datetime.now(_dt.timezone.utc)
-    probes = [make_probe(ep) for ep in config.endpoints]
+    probes = [make_probe(ep, admin_key=config.admin_key, tls=config.tls) for ep in config.endpoints]
     exporter: LiveExporter | None = None
     steps: list[StepResult] = []
     capacity = None
@@ -345,7 +345,7 @@ def run_loadtest(
                                   hint="choose a free port, or 0") from None
         timeout_s = config.load.timeout_ms / 1000.0 if config.load.timeout_ms else None
         pool = WorkerPool(_pool_size(config), config.endpoints, payload, timeout_s, config.load.max_in_flight,
-                          config.validity.unreachable_after_s, transport=config.transport)
+                          config.validity.unreachable_after_s, transport=config.transport, tls=config.tls)
         with pool:
             levels = config.load.levels
             executor = StepExecutor(config, pool, probes, progress, exporter, None if config.find_capacity else len(levels))

@@ -30,6 +30,7 @@ from sft_engine.loadtest.config import Endpoint
 from sft_engine.loadtest.payload import Payload
 from sft_engine.triton.control import GRPC_INFER_METHOD
 from sft_engine.triton.failures import FailureKind, classify_exception, classify_status
+from sft_engine.triton.security import GrpcTls
 
 __all__ = [
     "OK", "TIMEOUT", "UNAVAILABLE", "REJECTED", "SERVER_ERROR", "OVERLOADED", "CANCELLED", "UNFINISHED", "OTHER",
@@ -61,8 +62,10 @@ STATUS_OF_KIND = {
 class Sender:
     """Sends the payload to endpoint ``i``; returns a status code, never raises for a failed request."""
 
-    def __init__(self, endpoints: Sequence[Endpoint], payload: Payload, timeout_s: float | None, max_connections: int = 4096) -> None:
+    def __init__(self, endpoints: Sequence[Endpoint], payload: Payload, timeout_s: float | None, max_connections: int = 4096,
+                 tls: GrpcTls | None = None) -> None:
         self.endpoints = list(endpoints)
+        self.tls = tls
         self.payload = payload
         self.timeout_s = timeout_s
         self.max_connections = max_connections
@@ -94,7 +97,11 @@ class GrpcSender(Sender):
 
         self._grpc = grpc
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        self._channels = [grpc.aio.insecure_channel(ep.url, options=options) for ep in self.endpoints]
+        if self.tls is not None:
+            credentials = self.tls.channel_credentials()
+            self._channels = [grpc.aio.secure_channel(ep.url, credentials, options=options) for ep in self.endpoints]
+        else:
+            self._channels = [grpc.aio.insecure_channel(ep.url, options=options) for ep in self.endpoints]
         self._calls = [ch.unary_unary(GRPC_INFER_METHOD) for ch in self._channels]
         self._body = self.payload.grpc_request
         self._bodies = [p.grpc_request for p in self.payload.variants]  # --images: one per file, sent in turn
@@ -211,7 +218,8 @@ class TritonClientSender(Sender):
             self._clients = [client_mod.InferenceServerClient(ep.url, conn_limit=_connection_limit(self.max_connections))
                              for ep in self.endpoints]
         else:
-            self._clients = [client_mod.InferenceServerClient(ep.url) for ep in self.endpoints]
+            tls = self.tls.tritonclient_kwargs() if self.tls is not None else {}
+            self._clients = [client_mod.InferenceServerClient(ep.url, **tls) for ep in self.endpoints]
 
     async def send(self, endpoint_index: int) -> int:
         client = self._clients[endpoint_index]
@@ -259,10 +267,11 @@ def _connection_limit(wanted: int) -> int:
 
 def make_sender(
     endpoints: Sequence[Endpoint], payload: Payload, timeout_s: float | None, max_connections: int = 4096, kind: str = "raw",
+    tls: GrpcTls | None = None,
 ) -> Sender:
     cls: type[Sender]
     if kind == "tritonclient":
         cls = TritonClientSender
     else:
         cls = GrpcSender if endpoints[0].protocol == "grpc" else HttpSender
-    return cls(endpoints, payload, timeout_s, max_connections)
+    return cls(endpoints, payload, timeout_s, max_connections, tls)

@@ -59,6 +59,8 @@ class WorkerInit:
     max_in_flight: int
     unreachable_after_s: float
     transport: str = "raw"
+    #: a GrpcTls, or None for plaintext
+    tls: Any = None
 
 
 @dataclass
@@ -382,7 +384,7 @@ async def _sleep_until(t: float) -> None:
 
 
 async def _worker_async(conn: Connection, init: WorkerInit, control: ControlBlock) -> None:
-    transport = make_sender(init.endpoints, init.payload, init.timeout_s, init.max_in_flight, init.transport)
+    transport = make_sender(init.endpoints, init.payload, init.timeout_s, init.max_in_flight, init.transport, tls=init.tls)
     await transport.start()
     try:
         # connections are up before any timed request (the coordinator already sent a test request)

@@ -22,7 +22,7 @@ from sft_engine.triton.address import parse_address
 from sft_engine.triton.control import ControlError, HttpControl
 from sft_engine.triton.failures import classify_exception
 
-__all__ = ["ModelControl", "LoadFailed", "EXPLICIT_MODE_HINT", "VersionState"]
+__all__ = ["ModelControl", "LoadFailed", "EXPLICIT_MODE_HINT", "ADMIN_KEY_HINT", "VersionState"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,11 +47,22 @@ def _is_explicit_mode_error(text: str) -> bool:
     return "not allowed" in text and ("polling" in text or "explicit" in text)
 
 
+ADMIN_KEY_HINT = "pass --admin-key-file FILE (the file sft-engine serve was given) or set SFT_ENGINE_ADMIN_KEY"
+
+
+def _check_key_refusal(exc: ControlError, url: str, what: str) -> None:
+    """A server whose repository API is restricted refuses a call without (or with a wrong) admin key: say so."""
+    if "is restricted, expecting header" in exc.server_message:
+        raise ServerError(f"the server at {url} refused {what}: the model-repository API needs the admin key", hint=ADMIN_KEY_HINT) from None
+
+
 class ModelControl:
     """Control-plane calls to one Triton server over HTTP (``host:port``), on the shared control client."""
 
-    def __init__(self, url: str, load_timeout_s: float = 600.0) -> None:
-        self._control = HttpControl(parse_address(url, "http"), timeout_s=_CALL_TIMEOUT_S, load_timeout_s=load_timeout_s)
+    def __init__(self, url: str, load_timeout_s: float = 600.0, admin_key: str | None = None) -> None:
+        """``admin_key``: sent with every control-plane call (needed where the server restricts its repository API)."""
+        self._control = HttpControl(parse_address(url, "http"), timeout_s=_CALL_TIMEOUT_S, load_timeout_s=load_timeout_s,
+                                    admin_key=admin_key)
         self.url = self._control.url
         self.load_timeout_s = load_timeout_s
         self._infer_client: Any = None
@@ -82,6 +93,7 @@ class ModelControl:
         try:
             return self._control.repository_index()
         except ControlError as exc:
+            _check_key_refusal(exc, self.url, "the repository index")
             raise ServerError(f"cannot read the repository index at {self.url}: {exc.server_message}", hint="check --url and the server log") from None
 
     def versions(self, model: str) -> VersionState:
@@ -125,6 +137,7 @@ class ModelControl:
             self._control.load_model(model, config)
         except ControlError as exc:
             text = exc.server_message
+            _check_key_refusal(exc, self.url, f"loading {model}")
             if _is_explicit_mode_error(text):
                 raise ServerError(f"the server at {self.url} does not allow loading models ({text})", hint=EXPLICIT_MODE_HINT) from None
             raise LoadFailed(text) from None
@@ -135,6 +148,7 @@ class ModelControl:
             self._control.unload_model(model)
         except ControlError as exc:
             text = exc.server_message
+            _check_key_refusal(exc, self.url, f"unloading {model}")
             if _is_explicit_mode_error(text):
                 raise ServerError(f"the server at {self.url} does not allow unloading models ({text})", hint=EXPLICIT_MODE_HINT) from None
             raise LoadFailed(text) from None

@@ -27,6 +27,7 @@ from sft_engine.errors import ServerError
 from sft_engine.triton.address import Address, parse_address
 from sft_engine.triton.failures import FailureKind, classify_exception, classify_status
 from sft_engine.triton.model import model_path, normalize_config
+from sft_engine.triton.security import GrpcTls, admin_headers
 
 __all__ = ["ControlError", "ControlClient", "HttpControl", "GrpcControl", "make_control", "GRPC_INFER_METHOD"]
 
@@ -52,11 +53,16 @@ class ControlError(ServerError):
 class ControlClient:
     """Control-plane calls to one server (see ``make_control``); a context manager."""
 
-    def __init__(self, address: Address, timeout_s: float = 2.0, load_timeout_s: float = 600.0) -> None:
+    def __init__(self, address: Address, timeout_s: float = 2.0, load_timeout_s: float = 600.0, *, admin_key: str | None = None,
+                 tls: GrpcTls | None = None) -> None:
+        """``admin_key`` goes in the ``sft-engine-admin-key`` header of every call (the restricted APIs need it);
+        ``tls``: gRPC over TLS (Triton's HTTP endpoint has none)."""
         self.address = address
         self.url = address.url
         self.timeout_s = timeout_s
         self.load_timeout_s = load_timeout_s
+        self._headers = admin_headers(admin_key, address.protocol)
+        self.tls = tls
 
     # -- health ---------------------------------------------------------------------
     def live(self) -> bool:
@@ -140,8 +146,11 @@ class HttpControl(ControlClient):
     def _request(self, path: str, body: Mapping[str, Any] | None = None, *, timeout_s: float | None = None,
                  method: str | None = None) -> tuple[int, bytes]:
         data = json.dumps(body).encode() if body is not None else None
+        headers = dict(self._headers)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
         req = urllib.request.Request(f"http://{self.url}{path}", data=data, method=method or ("POST" if data is not None else "GET"),
-                                     headers={"Content-Type": "application/json"} if data is not None else {})
+                                     headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
                 return resp.status, resp.read()
@@ -198,19 +207,20 @@ class HttpControl(ControlClient):
 class GrpcControl(ControlClient):
     """Triton's gRPC control plane through tritonclient's synchronous client."""
 
-    def __init__(self, address: Address, timeout_s: float = 2.0, load_timeout_s: float = 600.0, *, client: Any = None) -> None:
-        """``client``: an existing ``tritonclient.grpc.InferenceServerClient`` to share (not closed here)."""
-        super().__init__(address, timeout_s, load_timeout_s)
+    def __init__(self, address: Address, timeout_s: float = 2.0, load_timeout_s: float = 600.0, *, client: Any = None,
+                 admin_key: str | None = None, tls: GrpcTls | None = None) -> None:
+        """``client``: an existing ``tritonclient.grpc.InferenceServerClient`` to share (not closed here; made with its own TLS)."""
+        super().__init__(address, timeout_s, load_timeout_s, admin_key=admin_key, tls=tls)
         self._owned = client is None
         if client is None:
             import tritonclient.grpc as grpcclient
 
-            client = grpcclient.InferenceServerClient(self.url)
+            client = grpcclient.InferenceServerClient(self.url, **(tls.tritonclient_kwargs() if tls is not None else {}))
         self._client = client
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, timeout_s: float | None = None, **kwargs: Any) -> T:
         try:
-            return fn(*args, client_timeout=timeout_s or self.timeout_s, **kwargs)
+            return fn(*args, headers=self._headers or None, client_timeout=timeout_s or self.timeout_s, **kwargs)
         except Exception as exc:
             raise self._error(exc, what) from None
 
@@ -252,9 +262,14 @@ class GrpcControl(ControlClient):
             LOGGER.debug("closing the gRPC control channel to %s failed", self.url, exc_info=True)
 
 
-def make_control(address: Address | str, protocol: str | None = None, timeout_s: float = 2.0, load_timeout_s: float = 600.0) -> ControlClient:
-    """The control client for an address (an ``Address`` or ``host:port`` text with ``protocol``)."""
+def make_control(address: Address | str, protocol: str | None = None, timeout_s: float = 2.0, load_timeout_s: float = 600.0, *,
+                 admin_key: str | None = None, tls: GrpcTls | None = None) -> ControlClient:
+    """The control client for an address (an ``Address`` or ``host:port`` text with ``protocol``).
+
+    ``tls`` applies to gRPC only: Triton serves HTTP without TLS (put a gateway in front).
+    """
     if not isinstance(address, Address):
         address = parse_address(address, protocol)
-    cls = GrpcControl if address.protocol == "grpc" else HttpControl
-    return cls(address, timeout_s, load_timeout_s)
+    if address.protocol == "grpc":
+        return GrpcControl(address, timeout_s, load_timeout_s, admin_key=admin_key, tls=tls)
+    return HttpControl(address, timeout_s, load_timeout_s, admin_key=admin_key)

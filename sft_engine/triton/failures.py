@@ -108,6 +108,8 @@ def classify_status(status: str | int | None, message: str = "") -> FailureKind:
         return K.MODEL_NOT_FOUND
     if kind is K.UNAVAILABLE and _is_not_ready(text):
         return K.MODEL_NOT_READY
+    if kind is K.UNAVAILABLE and "is restricted, expecting header" in text:  # gRPC answers a missing admin key so
+        return K.REFUSED
     return kind
 
 

@@ -64,7 +64,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas(repo, tmp_path):
     info, files = deploy_k8s(DeployOptions(repository=repo, output=out, name="vision", namespace="inference",
                                            storage_uri="pvc://models/prod", max_replicas=6))
     assert {p.name for p in files} == {"inferenceservice.yaml", "deployment.yaml", "service.yaml", "hpa.yaml", "kustomization.yaml",
-                                       "prometheus-adapter-rules.yaml", "Dockerfile"}
+                                       "prometheus-adapter-rules.yaml", "networkpolicy.yaml", "Dockerfile"}
     deployment, service, hpa = load(out / "deployment.yaml"), load(out / "service.yaml"), load(out / "hpa.yaml")
     k8s_valid(deployment, "V1Deployment")
     k8s_valid(service, "V1Service")
@@ -85,7 +85,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas(repo, tmp_path):
     rules = load(out / "prometheus-adapter-rules.yaml")["rules"]["custom"]
     assert metric == METRIC_NAMES["queue_time"] and metric in [r["name"]["as"] for r in rules]
     assert any("nv_inference_queue_duration_us" in r["metricsQuery"] and "nv_inference_request_success" in r["metricsQuery"] for r in rules)
-    assert load(out / "kustomization.yaml")["resources"] == ["deployment.yaml", "service.yaml", "hpa.yaml"]
+    assert load(out / "kustomization.yaml")["resources"] == ["deployment.yaml", "service.yaml", "hpa.yaml", "networkpolicy.yaml"]
     # the image is the Dockerfile's: the Python backend needs the recorded onnxruntime
     assert container["image"] == "vision-triton:24.10"
     dockerfile = (out / "Dockerfile").read_text()
@@ -108,7 +108,7 @@ def test_kserve_inference_service_uses_the_triton_runtime(repo, tmp_path):
     deployment = load(out / "deployment.yaml")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert "--model-repository=s3://bucket/models" in container["args"]
-    assert [v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]] == ["dshm"]
+    assert [v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]] == ["dshm", "tmp"]
     assert not (out / "Dockerfile").exists()  # an explicit image is used as given
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sft_engine.ops.deploy import k8s_security as sec
 from sft_engine.ops.deploy.spec import DeployOptions, DeployedRepository, dump_yaml, triton_args
 
 __all__ = ["render", "labels", "deployment", "service", "hpa", "inference_service", "adapter_rules", "kustomization", "METRIC_NAMES"]
@@ -68,8 +69,10 @@ def _probes() -> dict[str, Any]:
 def _repository_source(options: DeployOptions) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """(--model-repository value, volumes, volume mounts) for the storage URI."""
     uri = options.default_storage_uri
-    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}]
-    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    volumes, mounts = sec.scratch_volumes(options)
+    tls_volumes, tls_mounts = sec.tls_volume(options)
+    volumes += tls_volumes
+    mounts += tls_mounts
     if uri.startswith("pvc://"):
         claim, _, sub = uri[len("pvc://"):].partition("/")
         volumes.append({"name": "model-repository", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
@@ -86,7 +89,8 @@ def deployment(info: DeployedRepository, options: DeployOptions, image: str) -> 
     container: dict[str, Any] = {
         "name": "triton",
         "image": image,
-        "args": triton_args(info, options, repository),
+        "args": triton_args(info, options, repository, sec.KEY_REF if options.admin_key else None),
+        "env": sec.secret_env(options),
         "ports": [
             {"name": "http", "containerPort": 8000, "protocol": "TCP"},
             {"name": "grpc", "containerPort": 8001, "protocol": "TCP"},
@@ -95,6 +99,7 @@ def deployment(info: DeployedRepository, options: DeployOptions, image: str) -> 
         **_probes(),
         "resources": _resources(options),
         "volumeMounts": mounts,
+        "securityContext": sec.container_security_context(),
     }
     pod_labels = labels(options)
     return {
@@ -113,6 +118,8 @@ def deployment(info: DeployedRepository, options: DeployOptions, image: str) -> 
                 },
                 "spec": {
                     "terminationGracePeriodSeconds": 45,
+                    "automountServiceAccountToken": False,
+                    "securityContext": sec.pod_security_context(),
                     "containers": [container],
                     "volumes": volumes,
                 },
@@ -167,14 +174,23 @@ def hpa(options: DeployOptions) -> dict[str, Any]:
 
 
 def inference_service(info: DeployedRepository, options: DeployOptions, image: str) -> dict[str, Any]:
-    """KServe v1beta1 with the Triton runtime; the image is set only when it is not the runtime's own."""
+    """KServe v1beta1 with the Triton runtime; the image is set only when it is not the runtime's own.
+
+    The predictor is a pod spec: the same security contexts, scratch volumes and Secrets as
+    the Deployment (KServe mounts the model itself at /mnt/models, read-only).
+    """
+    volumes, mounts = sec.scratch_volumes(options)
+    tls_volumes, tls_mounts = sec.tls_volume(options)
     model: dict[str, Any] = {
         "modelFormat": {"name": "triton"},
         "protocolVersion": "v2",
         "storageUri": options.default_storage_uri,
-        "args": [a for a in triton_args(info, options, "/mnt/models")[1:]
+        "args": [a for a in triton_args(info, options, "/mnt/models", sec.KEY_REF if options.admin_key else None)[1:]
                  if not a.startswith(("--model-repository", "--http-port", "--grpc-port"))],
+        "env": sec.secret_env(options),
         "resources": _resources(options),
+        "securityContext": sec.container_security_context(),
+        "volumeMounts": mounts + tls_mounts,
     }
     tag = options.triton_tag or info.triton_tag
     if image.startswith("nvcr.io/nvidia/tritonserver:"):
@@ -185,7 +201,11 @@ def inference_service(info: DeployedRepository, options: DeployOptions, image: s
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
         "metadata": _metadata(options),
-        "spec": {"predictor": {"minReplicas": options.min_replicas, "maxReplicas": options.max_replicas, "model": model}},
+        "spec": {"predictor": {
+            "minReplicas": options.min_replicas, "maxReplicas": options.max_replicas,
+            "automountServiceAccountToken": False, "securityContext": sec.pod_security_context(),
+            "volumes": volumes + tls_volumes, "model": model,
+        }},
     }
 
 
@@ -221,7 +241,8 @@ def kustomization(options: DeployOptions) -> dict[str, Any]:
     out: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": ["deployment.yaml", "service.yaml", "hpa.yaml"],
+        "resources": ["deployment.yaml", "service.yaml", "hpa.yaml", "networkpolicy.yaml"]
+                     + (["admin-key-secret.yaml"] if options.admin_key else []),
     }
     if options.namespace:
         out["namespace"] = options.namespace
@@ -241,11 +262,18 @@ def render(info: DeployedRepository, options: DeployOptions, image: str) -> dict
         "# 'namespace' and 'pod'; adapt the label names to your scrape config's relabeling.\n"
         "#   helm upgrade --install prometheus-adapter prometheus-community/prometheus-adapter -f prometheus-adapter-rules.yaml\n"
     )
-    return {
+    files = {
         "inferenceservice.yaml": header + dump_yaml([inference_service(info, options, image)]),
         "deployment.yaml": header + dump_yaml([deployment(info, options, image)]),
         "service.yaml": header + dump_yaml([service(options)]),
         "hpa.yaml": header + dump_yaml([hpa(options)]),
         "kustomization.yaml": dump_yaml([kustomization(options)]),
         "prometheus-adapter-rules.yaml": rules_header + dump_yaml([adapter_rules(options)]),
+        "networkpolicy.yaml": header + dump_yaml([sec.network_policy(options, _metadata(options), labels(options))]),
     }
+    if options.admin_key:
+        files["admin-key-secret.yaml"] = (
+            "# The admin key of the model-repository API (header sft-engine-admin-key). Keep this file out of version control;\n"
+            "# rotate: write a new key, kubectl apply -f admin-key-secret.yaml, kubectl rollout restart deployment/" + options.name + "\n"
+            + dump_yaml([sec.admin_key_secret(options, _metadata(options, sec.admin_key_secret_name(options)))]))
+    return files

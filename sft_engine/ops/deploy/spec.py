@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,15 +33,18 @@ from sft_engine.repository.config import read_config
 from sft_engine.repository.manifest import find_manifest, read_manifest, MANIFEST_NAME
 from sft_engine.repository.writer import list_versions
 from sft_engine.server import DEFAULT_TRITON_TAG
+from sft_engine.triton.security import ServerTls, restricted_api_args
 
 __all__ = [
     "DeployedModel", "DeployedRepository", "DeployOptions", "scan_repository", "check_gpus", "image_for", "triton_args",
-    "dockerfile", "docker_commands", "dump_yaml", "NGC_IMAGE",
+    "dockerfile", "docker_commands", "dump_yaml", "NGC_IMAGE", "TLS_MOUNT",
 ]
 
 LOGGER = logging.getLogger(__name__)
 
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver"
+#: where the container finds the gRPC certificate files (tls.crt, tls.key, ca.crt: a kubernetes.io/tls Secret's names)
+TLS_MOUNT = "/etc/sft-engine/tls"
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -100,6 +103,25 @@ class DeployOptions:
     #: compose: the host address the ports are published on
     host: str = "127.0.0.1"
     prometheus_image: str = "prom/prometheus:v2.54.1"
+    #: explicit model control: the admin key (from ``admin_key_file``, created when absent; default OUTPUT/admin-key)
+    admin_key: str | None = field(default=None, repr=False)
+    admin_key_file: Path | None = None
+    #: k8s: a kubernetes.io/tls Secret with tls.crt and tls.key (and ca.crt with ``tls_mutual``) for gRPC over TLS
+    tls_secret: str | None = None
+    tls_mutual: bool = False
+    #: compose: the certificate files, bind-mounted read-only
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    #: k8s: the namespace whose pods may scrape the metrics port (NetworkPolicy)
+    monitoring_namespace: str = "monitoring"
+    #: memory-backed /dev/shm (the Python backend's tensors) and /tmp of each replica
+    shm_size: str = "1Gi"
+    tmp_size: str = "256Mi"
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_secret or self.tls_cert)
 
     def validate(self) -> None:
         if not _DNS_LABEL.match(self.name):
@@ -116,6 +138,16 @@ class DeployOptions:
             raise ConfigError("the autoscaling target must be >= 1", hint="e.g. --target-queue-time-us 20000")
         if len(set(self.gpus)) != len(self.gpus) or any(g < 0 for g in self.gpus):
             raise ConfigError(f"--gpus {list(self.gpus)} must be distinct ids >= 0", hint="e.g. --gpus 0,1")
+        if not _DNS_LABEL.match(self.monitoring_namespace):
+            raise ConfigError(f"--monitoring-namespace {self.monitoring_namespace!r} is not a valid namespace", hint="e.g. monitoring")
+        if self.tls_secret is not None and not _DNS_LABEL.match(self.tls_secret):
+            raise ConfigError(f"--tls-secret {self.tls_secret!r} is not a valid Secret name", hint="the name of a kubernetes.io/tls Secret")
+        if self.tls_mutual and not self.tls_secret:
+            raise ConfigError("--tls-mutual needs --tls-secret", hint="the Secret's ca.crt is the CA client certificates must chain to")
+        if (self.tls_cert is None) != (self.tls_key is None) or (self.tls_client_ca is not None and self.tls_cert is None):
+            raise ConfigError("gRPC TLS needs both --tls-cert and --tls-key", hint="--tls-client-ca adds mutual TLS on top of them")
+        if self.tls_cert is not None and self.tls_key is not None:
+            ServerTls(self.tls_cert, self.tls_key, self.tls_client_ca).validate()
         if self.storage_uri is not None and not re.match(r"^(pvc|s3|gs|as|https?)://\S+$", self.storage_uri):
             raise ConfigError(f"--storage-uri {self.storage_uri!r} is not pvc://, s3://, gs://, as:// or http(s)://",
                               hint="e.g. pvc://model-repository or s3://bucket/models")
@@ -258,8 +290,13 @@ def image_for(info: DeployedRepository, options: DeployOptions) -> tuple[str, bo
     return f"{NGC_IMAGE}:{tag}-py3", False
 
 
-def triton_args(info: DeployedRepository, options: DeployOptions, repository: str) -> list[str]:
-    """tritonserver's command line inside the container (all interfaces: the pod/container network)."""
+def triton_args(info: DeployedRepository, options: DeployOptions, repository: str, key_ref: str | None = None) -> list[str]:
+    """tritonserver's command line inside the container (all interfaces: the pod/container network).
+
+    Configs are used as written (``--disable-auto-complete-config``); ``key_ref`` is how the
+    restricted-API flags name the admin key in this deployment (an environment reference,
+    never the key); the certificate flags name the files at ``TLS_MOUNT``.
+    """
     args = [
         "tritonserver",
         f"--model-repository={repository}",
@@ -272,9 +309,16 @@ def triton_args(info: DeployedRepository, options: DeployOptions, repository: st
         "--allow-metrics=true",
         f"--allow-gpu-metrics={'true' if options.gpus else 'false'}",
         "--allow-cpu-metrics=true",
+        "--disable-auto-complete-config",
     ]
     if options.model_control_mode == "explicit":
         args += [f"--load-model={m.name}" for m in info.models]
+    if key_ref:
+        args += restricted_api_args(key_ref)
+    if options.tls:
+        mutual = options.tls_mutual or options.tls_client_ca is not None
+        tls = ServerTls(Path("tls.crt"), Path("tls.key"), Path("ca.crt") if mutual else None)
+        args += tls.args(f"{TLS_MOUNT}/tls.crt", f"{TLS_MOUNT}/tls.key", f"{TLS_MOUNT}/ca.crt" if mutual else None)
     return args
 
 

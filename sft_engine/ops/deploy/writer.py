@@ -14,6 +14,10 @@ from pathlib import Path
 from sft_engine.errors import ConfigError
 from sft_engine.ops.deploy import compose, k8s
 from sft_engine.ops.deploy.spec import DeployOptions, DeployedRepository, check_gpus, dockerfile, image_for, scan_repository
+from sft_engine.triton.security import ensure_admin_key_file
+
+#: files that hold the admin key: written mode 0600
+PRIVATE_FILES = ("admin-key-secret.yaml", "admin-key.env")
 
 __all__ = ["deploy_k8s", "deploy_compose", "write_files"]
 
@@ -27,7 +31,10 @@ def write_files(output: Path, files: dict[str, str]) -> list[Path]:
         for name, text in files.items():
             path = output / name
             tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if name in PRIVATE_FILES else 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
             os.replace(tmp, path)
             written.append(path)
     except OSError as exc:
@@ -35,11 +42,21 @@ def write_files(output: Path, files: dict[str, str]) -> list[Path]:
     return written
 
 
+def _resolve_admin_key(options: DeployOptions) -> None:
+    """Explicit model control gets an admin key always: the cluster network is never only the operator's."""
+    if options.model_control_mode == "none" or options.admin_key:
+        return
+    path = options.admin_key_file or Path(options.output) / "admin-key"
+    options.admin_key, _ = ensure_admin_key_file(path)
+    options.admin_key_file = path
+
+
 def deploy_k8s(options: DeployOptions) -> tuple[DeployedRepository, list[Path]]:
     """Write the Kubernetes manifests; returns what was found and the files written."""
     options.validate()
     info = scan_repository(options.repository)
     check_gpus(info, options.gpus)
+    _resolve_admin_key(options)
     image, built = image_for(info, options)
     files = k8s.render(info, options, image)
     if built:
@@ -52,6 +69,7 @@ def deploy_compose(options: DeployOptions) -> tuple[DeployedRepository, list[Pat
     options.validate()
     info = scan_repository(options.repository)
     check_gpus(info, options.gpus)
+    _resolve_admin_key(options)
     image, built = image_for(info, options)
     files = compose.render(info, options, image, build=built)
     if built:

@@ -241,8 +241,9 @@ def rollout(plan: RolloutPlan, control: ModelControl, progress: Notify = quiet) 
     return _Rollout(plan, control, progress).run()
 
 
-def rollout_at(url: str, plan: RolloutPlan, progress: Notify = quiet) -> RolloutResult:
+def rollout_at(url: str, plan: RolloutPlan, progress: Notify = quiet, admin_key: str | None = None) -> RolloutResult:
     """``rollout`` on the server whose HTTP endpoint is ``url`` (``host:port``); a load may take
-    as long as the plan lets a version become ready, so the control client waits that long."""
-    with ModelControl(url, load_timeout_s=max(60.0, plan.ready_timeout_s)) as control:
+    as long as the plan lets a version become ready, so the control client waits that long.
+    ``admin_key``: the server's, where its model-repository API is restricted."""
+    with ModelControl(url, load_timeout_s=max(60.0, plan.ready_timeout_s), admin_key=admin_key) as control:
         return rollout(plan, control, progress)

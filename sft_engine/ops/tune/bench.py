@@ -51,7 +51,7 @@ class CandidateBench:
         self.base = LoadTestConfig.from_scenario(
             scenario, endpoints=(endpoint,), model=config.model, find_capacity=True,
             capacity=scenario.capacity or CapacitySpec(max_steps=_DEFAULT_CAPACITY_STEPS, tolerance=0.1),
-            workers=config.workers, allow_remote=config.allow_remote,
+            workers=config.workers, allow_remote=config.allow_remote, admin_key=config.admin_key,
         )
         self.slo = scenario.slo
         self.load = self.base.load

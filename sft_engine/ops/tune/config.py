@@ -37,6 +37,8 @@ class TuneConfig:
     metrics_url: str | None = None
     allow_remote: bool = False
     workers: int | None = None
+    #: the admin key of the server at ``url`` (the embedded server gets a fresh one of its own)
+    admin_key: str | None = field(default=None, repr=False)
 
     def validate(self) -> None:
         if not math.isfinite(self.budget_s) or self.budget_s <= 0:

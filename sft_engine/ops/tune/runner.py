@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
 from dataclasses import replace
 from typing import Any
@@ -60,7 +61,8 @@ def _built_max(cfg: mc.ModelConfig, manifest: BuildManifest | None) -> int:
 def _open_server(config: TuneConfig) -> Any:
     from sft_engine.server import ServerConfig, TritonServer
 
-    return TritonServer(ServerConfig(repository=config.repository, http_port=0, grpc_port=0, metrics_port=0, model_control_mode="explicit"))
+    return TritonServer(ServerConfig(repository=config.repository, http_port=0, grpc_port=0, metrics_port=0, model_control_mode="explicit",
+                                     admin_key=config.admin_key))
 
 
 def tune(config: TuneConfig, progress: Notify = quiet) -> TuneResult:
@@ -75,6 +77,8 @@ def tune(config: TuneConfig, progress: Notify = quiet) -> TuneResult:
     version = config.version or (versions[-1] if versions else 0)
     version_dir = require_version(config.repository, config.model, version)
     manifest = find_manifest(version_dir)
+    if config.url is None and config.admin_key is None:  # the embedded server's control plane is as closed as a deployed one
+        config = replace(config, admin_key=secrets.token_urlsafe(32))
     with contextlib.ExitStack() as stack:
         if config.url is None:
             server = stack.enter_context(_open_server(config))
@@ -82,7 +86,7 @@ def tune(config: TuneConfig, progress: Notify = quiet) -> TuneResult:
         else:
             endpoint = replace(parse_endpoint(config.url, "http", config.allow_remote), metrics_url=config.metrics_url)
             url = endpoint.url
-        control = stack.enter_context(ModelControl(url))
+        control = stack.enter_context(ModelControl(url, admin_key=config.admin_key))
         control.check_live()
         if config.url is not None:
             stack.callback(_restore, control, ServingSnapshot.take(control, config.model))
