@@ -19,7 +19,7 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.build import publish_image_models
-from sft_engine.engines.cpu import cpu_config
+from sft_engine.engines.cpu.target import cpu_config
 from sft_engine.errors import ConfigError, RepositoryError
 from sft_engine.pixels import ImageError, PixelPipeline
 from sft_engine.preprocess import Preprocessing

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sft_engine.engines.gpu_common import half_module
+from sft_engine.engines.gpu.half import half_module
 from sft_engine.verify import FP16_TOLERANCE
 
 __all__ = ["ExportCheck", "export_half_module", "check_half_export"]
