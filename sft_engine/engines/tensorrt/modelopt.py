@@ -1,6 +1,6 @@
 """INT8 / FP8 TensorRT plans by NVIDIA ModelOpt post-training quantization: the pieces of that path.
 
-``--target tensorrt --precision int8|fp8`` (``tensorrt.export`` chains these pieces,
+``--target tensorrt --precision int8|fp8`` (``tensorrt.target.export`` chains these pieces,
 with the calibration/gate split of the CPU INT8 engines and the gate
 ``verify.INT8_TOLERANCE`` / ``FP8_TOLERANCE``). The quantizer call, the plan build and the
 checks below are written against ModelOpt's and TensorRT's APIs; their
