@@ -40,8 +40,8 @@ import torch
 
 from _fixture import embedded_server, random_weights
 
-from sft_engine.engines.cpu import ENGINES as CPU_ENGINES, PRECISIONS as CPU_PRECISIONS
-from sft_engine.engines.serving_model import EngineRunner
+from sft_engine.engines.cpu.target import ENGINES as CPU_ENGINES, PRECISIONS as CPU_PRECISIONS
+from sft_engine.engines.cpu.serving_model import EngineRunner
 from sft_engine.timing import latency_stats, time_closed_loop, time_interleaved
 from sft_engine.verify import ParityData
 
@@ -169,7 +169,7 @@ class Subject:
 def subject(arch: str, size: int, work: Path, finetune_dir: Path | None) -> Subject:
     """The fine-tune's weights and holdout where ``finetune_dir`` matches, else seeded random weights and synthetic labelled images."""
     from sft_engine.build_config import BuildConfig, load_finetune_dir
-    from sft_engine.engines.int8 import split_for_int8
+    from sft_engine.engines.calibration import split_for_int8
     from sft_engine.finetune.synthetic import SyntheticDataset, make_synthetic_images
     from sft_engine.models import build_model, load_weights
     from sft_engine.verify import parity_inputs
@@ -277,8 +277,8 @@ def bench_model(subj: Subject, precisions: list[str], batches: list[int], budget
 
 def available_precisions(asked: str, int8_anyway: bool = False) -> list[str]:
     """The precisions asked for, less those this CPU does not run natively (said on stderr); ``int8_anyway``: keep INT8."""
-    from sft_engine.engines.cpu import cpu_has_native_bf16
-    from sft_engine.engines.int8 import cpu_int8_isa
+    from sft_engine.engines.cpu.isa import cpu_has_native_bf16
+    from sft_engine.engines.cpu.isa import cpu_int8_isa
 
     native = {"fp32": True, "bf16": cpu_has_native_bf16(), "int8": int8_anyway or cpu_int8_isa() is not None, "auto": True}
     out = []
@@ -321,7 +321,7 @@ def main() -> int:
             subj = subject(arch, int(size), work, args.finetune)
             results.append(bench_model(subj, precisions, batches, args.budget, args.engine, work, levels, not args.no_shm,
                                        args.allow_emulated_int8))
-    from sft_engine.engines.int8 import cpu_int8_isa
+    from sft_engine.engines.cpu.isa import cpu_int8_isa
 
     out = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                        "int8_isa": cpu_int8_isa(), "python": platform.python_version(), "torch": torch.__version__},

@@ -28,10 +28,13 @@ import numpy as np
 import torch
 
 from sft_engine.engines.base import EngineCandidate
-from sft_engine.engines.cpu import cpu_has_native_bf16, engine_json, export_onnx, export_openvino, export_torchscript
-from sft_engine.engines.int8 import cpu_int8_isa
-from sft_engine.engines.quantize import quantize_onnx, quantize_openvino
-from sft_engine.engines.serving_model import EngineRunner
+from sft_engine.engines.cpu.isa import cpu_has_native_bf16, cpu_int8_isa
+from sft_engine.engines.cpu.target import engine_json
+from sft_engine.engines.export.onnx import export_onnx
+from sft_engine.engines.export.openvino import export_openvino
+from sft_engine.engines.export.torchscript import export_torchscript
+from sft_engine.engines.cpu.quantize import quantize_onnx, quantize_openvino
+from sft_engine.engines.cpu.serving_model import EngineRunner
 from sft_engine.models import build_model
 from sft_engine.timing import time_interleaved
 

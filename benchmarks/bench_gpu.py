@@ -10,7 +10,7 @@ measured twice, with TF32 off (true FP32, ``"ieee"``) and on (PyTorch's default)
 FP16 engine's speed-up is given against both.
 
 The FP16 engine is what the GPU targets publish: a TensorRT plan built by
-``sft_engine.engines.tensorrt.compile_plan`` when torch_tensorrt imports, else the
+``sft_engine.engines.tensorrt.target.compile_plan`` when torch_tensorrt imports, else the
 frozen FP16 TorchScript of the ``torchscript-gpu`` target. Inputs live on the GPU
 (FP32 for eager, FP16 for the engine), so the figures are compute throughput, not
 PCIe or serving throughput. Timing: CUDA events around blocks of back-to-back calls,
@@ -147,11 +147,11 @@ def _tensorrt_engine(model, shape: tuple[int, ...], max_batch: int, device, work
     import torch
     import torch_tensorrt
 
-    from sft_engine.engines.compat import GpuInfo
-    from sft_engine.engines.gpu_common import half_module
-    from sft_engine.engines.precision import fp16_recipe
-    from sft_engine.engines.tensorrt import compile_plan
-    from sft_engine.engines.trt_runtime import PlanRunner
+    from sft_engine.engines.gpu.devices import GpuInfo
+    from sft_engine.engines.gpu.half import half_module
+    from sft_engine.engines.tensorrt.fp16_recipe import fp16_recipe
+    from sft_engine.engines.tensorrt.target import compile_plan
+    from sft_engine.engines.tensorrt.runtime import PlanRunner
 
     props = torch.cuda.get_device_properties(device)
     gpu = GpuInfo(device.index or 0, props.name, f"{props.major}.{props.minor}", 0.0)
@@ -171,7 +171,7 @@ def fp16_engine(model, shape: tuple[int, ...], max_batch: int, device, workdir: 
 
     import torch
 
-    from sft_engine.engines.gpu_common import half_module
+    from sft_engine.engines.gpu.half import half_module
 
     use_trt = choice == "tensorrt" or (choice == "auto" and importlib.util.find_spec("torch_tensorrt") is not None)
     if use_trt:

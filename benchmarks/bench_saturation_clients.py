@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _fixture import build_random, embedded_server  # noqa: E402
 from bench_cpu import CpuSplit, grpc_call_factory, saturation  # noqa: E402
 
-from sft_engine.engines.serving_model import EngineRunner  # noqa: E402
+from sft_engine.engines.cpu.serving_model import EngineRunner  # noqa: E402
 from sft_engine.timing import time_closed_loop  # noqa: E402
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from _fixture import build_random, embedded_server, random_weights
 
-from sft_engine.engines.serving_model import EngineRunner
+from sft_engine.engines.cpu.serving_model import EngineRunner
 from sft_engine.loadtest import LoadSpec, LoadTestConfig, ValiditySpec, parse_endpoint, run_loadtest
 from sft_engine.timing import time_closed_loop
 

@@ -78,7 +78,7 @@ for mod in ("torch_tensorrt", "tensorrt", "modelopt"):
         print(f"{mod} {importlib.import_module(mod).__version__}")
     except Exception as exc:
         print(f"{mod}: not available ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); its tests are skipped")
-from sft_engine.engines.compat import driver_version
+from sft_engine.engines.gpu.compatibility import driver_version
 print(f"driver {driver_version()}")
 PYEOF
 

@@ -16,26 +16,27 @@ import hashlib
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, NoReturn
 
 import numpy as np
 import torch
 
 from sft_engine.build_config import BuildConfig
 from sft_engine.engines.base import EngineArtifact, EngineCandidate, ExportContext, ExportSettings, Target, serving_config
-from sft_engine.engines.registry import check_choice, get_target, resolve_target
+from sft_engine.engines.precision import PRECISIONS, gate_for
+from sft_engine.engines.registry import get_target
 from sft_engine.errors import ExportError, ParityError, SftEngineError
 from sft_engine.models import build_model, load_weights, sha256_file
 from sft_engine.repository.config import ModelConfigSpec, to_pbtxt
 from sft_engine.repository.image_models import ImageServing, ensemble_spec, preprocess_model_file, preprocess_spec
 from sft_engine.repository.manifest import BuildManifest, write_manifest
 from sft_engine.repository.writer import ModelRelease, PublishedVersion, publish_models
-from sft_engine.timing import time_interleaved
-from sft_engine.verify import CHECK_BATCH, ParityData, ParityReport, Tolerance, eager_logits, gate_for, parity_inputs, run_checks
+from sft_engine.timing import LatencyStats, time_interleaved
+from sft_engine.verify import CHECK_BATCH, ParityData, ParityReport, Tolerance, eager_logits, parity_inputs, run_checks
 
-__all__ = ["BuildResult", "build", "export_settings", "published_config", "select", "TIMING_BATCH"]
+__all__ = ["BuildResult", "CandidateRecord", "Selection", "build", "export_settings", "published_config", "select", "TIMING_BATCH"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,15 +44,58 @@ LOGGER = logging.getLogger(__name__)
 TIMING_BATCH = 8
 
 
+@dataclass(frozen=True)
+class CandidateRecord:
+    """What became of one planned candidate: not exported (``error``), or exported and judged (``parity``).
+
+    ``latency``: its interleaved timing, when several survived; ``figures``: what its
+    exporter recorded (``EngineArtifact.record``). Typed to the end; ``to_dict`` is the
+    manifest's row.
+    """
+
+    candidate: EngineCandidate
+    parity: ParityReport | None = None
+    error: str | None = None
+    latency: LatencyStats | None = None
+    figures: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def exported(self) -> bool:
+        return self.parity is not None
+
+    @property
+    def passed(self) -> bool:
+        return self.parity is not None and self.parity.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.candidate
+        row: dict[str, Any] = {"engine": c.engine, "precision": c.precision, "candidate": c.name, "exported": self.exported}
+        if self.parity is None:
+            return {**row, "error": self.error}
+        row = {**row, "parity": self.parity.to_dict(), **self.figures}
+        return {**row, "latency": self.latency.to_dict()} if self.latency is not None else row
+
+
 @dataclass
 class BuildResult:
     published: PublishedVersion
     target: str
     engine: str
-    parity: dict[str, Any]
-    candidates: list[dict[str, Any]] = field(default_factory=list)
+    #: the published engine's parity report (the first check's, for one per architecture)
+    report: ParityReport
+    records: list[CandidateRecord] = field(default_factory=list)
     seconds: float = 0.0
     precision: str | None = None
+
+    @property
+    def parity(self) -> dict[str, Any]:
+        """The published engine's parity figures, as its manifest records them."""
+        return self.report.to_dict()
+
+    @property
+    def candidates(self) -> list[dict[str, Any]]:
+        """Every candidate's row, as the manifest records them."""
+        return [r.to_dict() for r in self.records]
 
     @property
     def engine_label(self) -> str:
@@ -68,51 +112,65 @@ class BuildResult:
         """What the build published, each candidate's outcome, the parity figures, and how to serve it."""
         pub = self.published
         lines = [f"published {pub.name} version {pub.version} ({self.target}/{self.engine_label}) at {pub.path}"]
-        for cand in self.candidates:
-            lat = cand.get("latency")
-            parity = cand.get("parity") or {}
-            chosen = (cand.get("engine"), cand.get("precision")) == (self.engine, self.precision)
-            if parity.get("passed"):
-                status = "passed" if chosen or not lat else "passed, but slower"
-            elif cand.get("exported"):
-                status = f"failed its gate ({'; '.join(parity.get('reasons') or [])})"
+        for rec in self.records:
+            lat = rec.latency
+            chosen = (rec.candidate.engine, rec.candidate.precision) == (self.engine, self.precision)
+            if rec.passed:
+                status = "passed" if chosen or lat is None else "passed, but slower"
+            elif rec.parity is not None:
+                status = f"failed its gate ({'; '.join(rec.parity.reasons)})"
             else:
-                status = f"not exported ({cand.get('error', 'unknown error')})"
-            figure = f", {lat['p50_ms']:.2f} ms p50 at batch {lat['batch_size']}" if lat else ""
-            lines.append(f"  candidate {cand.get('candidate', cand['engine'])}: {status}{figure}")
-        par = self.parity
-        if par:
-            lines.append(f"  parity: max|diff| {par['max_abs_diff']:.3g} (allowed {par['allowed_abs_diff']:.3g}), "
-                         f"top-1 agreement {par['top1_agreement']:.2%} on {par['samples']} inputs")
+                status = f"not exported ({rec.error or 'unknown error'})"
+            figure = f", {lat.p50_ms:.2f} ms p50 at batch {lat.batch_size}" if lat is not None else ""
+            lines.append(f"  candidate {rec.candidate.name}: {status}{figure}")
+        par = self.report
+        lines.append(f"  parity: max|diff| {par.max_abs_diff:.3g} (allowed {par.allowed_abs_diff:.3g}), "
+                     f"top-1 agreement {par.top1_agreement:.2%} on {par.samples} inputs")
         lines.append(f"  serve it: sft-engine serve --repository {pub.repository}")
         return lines
 
 
-@dataclass
+@dataclass(frozen=True)
 class Selection:
-    """The candidate a build publishes, its gate's reports, and every candidate's record for the manifest."""
+    """The candidate a build publishes, its gate's reports, and every candidate's record.
+
+    ``candidates`` is empty for a target that does not select (its one candidate is the
+    artifact); ``how`` says how a selecting target chose (None otherwise).
+    """
 
     artifact: EngineArtifact
     reports: list[ParityReport]
-    candidates: list[dict[str, Any]]
-    details: dict[str, Any]
+    candidates: list[CandidateRecord]
+    how: str | None = None
+
+    @property
+    def parity(self) -> ParityReport:
+        return self.reports[0]
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """The manifest's view: parity, tolerance, the exporter's details, per-check reports and how it was chosen."""
+        out: dict[str, Any] = {"parity": self.parity.to_dict(), "tolerance": self.parity.tolerance, **self.artifact.details}
+        if self.artifact.checks_field:
+            out[self.artifact.checks_field] = {c.key: r.to_dict() for c, r in zip(self.artifact.checks, self.reports)}
+        if self.how is not None:
+            out["selection"] = self.how
+        return out
 
 
 def _noop(_: str) -> None:
     pass
 
 
+#: ExportSettings fields that are not a BuildConfig field of the same name
+_DERIVED = frozenset({"input_shape", "parameters"})
+
+
 def export_settings(cfg: BuildConfig) -> ExportSettings:
-    """The typed view of validated build settings that exporters receive."""
+    """The typed view of validated build settings that exporters receive: every field of the same name, and the preprocessing's shape and parameters."""
     assert cfg.name is not None and cfg.num_classes is not None, "validated() sets name and num_classes"
-    return ExportSettings(
-        name=cfg.name, arch=cfg.arch, num_classes=cfg.num_classes, input_shape=tuple(cfg.preprocessing.shape),
-        max_batch_size=cfg.max_batch_size, instance_count=cfg.instance_count, max_queue_delay_us=cfg.max_queue_delay_us,
-        build_gpus=tuple(cfg.build_gpus), serve_gpus=None if cfg.serve_gpus is None else tuple(cfg.serve_gpus), engine=cfg.engine, precision=cfg.precision, intra_op_threads=cfg.intra_op_threads,
-        parameters=cfg.preprocessing.to_parameters(), allow_unmatched_tensorrt=bool(cfg.allow_unmatched_tensorrt),
-        allow_int8_without_isa=bool(cfg.allow_int8_without_isa),
-        calibration_dir=cfg.calibration_dir, int8_calibration_images=cfg.int8_calibration_images, seed=cfg.seed,
-    )
+    same = {f.name: getattr(cfg, f.name) for f in fields(ExportSettings) if f.name not in _DERIVED}
+    return ExportSettings(**same, input_shape=tuple(cfg.preprocessing.shape), parameters=cfg.preprocessing.to_parameters())
 
 
 def published_config(engine: Any, settings: ExportSettings) -> Any:
@@ -140,11 +198,8 @@ def _initial_model(cfg: BuildConfig) -> torch.nn.Module:
 def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildResult:
     """Run the whole build; raises an SftEngineError subclass on any failure (repository untouched)."""
     started = time.monotonic()
-    cfg = cfg.validated()
-    resolved = resolve_target(cfg.target)
-    if resolved != cfg.target:  # --target auto: --engine / --precision must suit the target it became
-        check_choice(resolved, cfg.engine, cfg.precision)
-    target = get_target(resolved)
+    cfg = cfg.validated()  # --target auto resolved for this host, the choice checked against it
+    target = get_target(cfg.target)
     settings = export_settings(cfg)
     target.check_available(settings)  # before any model is built: a host that lacks what the target needs learns it at once
     plan = target.plan(settings)
@@ -163,7 +218,7 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
         chosen = select(target, plan, ctx, tolerance, cfg.source, cfg.selection_budget_s)
         artifact, details = chosen.artifact, chosen.details
         precision = details.get("precision")
-        progress(f"[3/4] engine {artifact.engine}{' ' + precision if precision else ''} passed parity: {details['parity']['max_abs_diff']:.3g} max|diff|")
+        progress(f"[3/4] engine {artifact.engine}{' ' + precision if precision else ''} passed parity: {chosen.parity.max_abs_diff:.3g} max|diff|")
         config = published_config(artifact.config, settings)
         config_text = to_pbtxt(config)
         inputs = {
@@ -172,24 +227,21 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
             "labels_sha256": _sha_text("".join(f"{x}\n" for x in cfg.label_list)),
         }
 
-        engine_version: dict[str, int] = {}
-
-        def manifest(version_dir: Path, version: int) -> None:
-            engine_version["version"] = version  # staged first: the image models' manifests name it
+        def manifest(version_dir: Path, version: int, unit: Mapping[str, int]) -> None:
             write_manifest(version_dir, BuildManifest(
                 model=cfg.name, version=version, target=target.name, engine=artifact.engine,
                 arch=cfg.arch, num_classes=cfg.num_classes, preprocessing=prep.to_parameters(),
                 inputs=inputs, settings=cfg.describe(), parity=details["parity"],
                 engine_details={k: v for k, v in details.items() if k not in ("parity", "compatibility")},
                 compatibility=details.get("compatibility"),
-                candidates=chosen.candidates, config_pbtxt_sha256=_sha_text(config_text),
+                candidates=[c.to_dict() for c in chosen.candidates], config_pbtxt_sha256=_sha_text(config_text),
             ))
 
         progress(f"[4/4] publishing into {cfg.repository}")
         releases = [ModelRelease(settings.name, config_text, tuple(cfg.label_list), dict(artifact.files), manifest),
-                    *image_releases(config, cfg.label_list, cfg.image_serving, lambda: engine_version.get("version"))]
+                    *image_releases(config, cfg.label_list, cfg.image_serving)]
         published = publish_models(cfg.repository, releases)[0]  # the engine and its two image models, as one unit
-    return BuildResult(published, target.name, artifact.engine, details["parity"], chosen.candidates, time.monotonic() - started, precision)
+    return BuildResult(published, target.name, artifact.engine, chosen.parity, chosen.candidates, time.monotonic() - started, precision)
 
 
 def _reference(ctx: ExportContext, data: ParityData) -> np.ndarray:
@@ -212,77 +264,79 @@ def select(target: Target, plan: list[EngineCandidate], ctx: ExportContext, tole
     s = ctx.settings
     batch_size = min(s.max_batch_size, CHECK_BATCH)
     reference = _reference(ctx, ctx.data)
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, CandidateRecord] = {}
     passed: dict[str, tuple[EngineArtifact, list[ParityReport]]] = {}
     for cand in plan:
-        record: dict[str, Any] = {"engine": cand.engine, "precision": cand.precision, "candidate": cand.name}
         try:
             artifact = target.export(ctx, cand)
         except Exception as exc:
             if not target.selects:
                 raise
             LOGGER.warning("engine %s could not be exported: %s", cand.name, exc)
-            records[cand.name] = {**record, "exported": False, "error": _error_text(exc)}
+            records[cand.name] = CandidateRecord(cand, error=_error_text(exc))
             continue
         gate = gate_for(cand.precision, tolerance, source)
         data = artifact.gate_data or ctx.data
         ref = reference if artifact.gate_data is None else _reference(ctx, data)
         reports = run_checks(artifact.checks, ref, data, gate, batch_size=batch_size, raise_on_failure=not target.selects)
-        records[cand.name] = {**record, "exported": True, "parity": reports[0].to_dict(), **artifact.record}
+        records[cand.name] = CandidateRecord(cand, parity=reports[0], figures=dict(artifact.record))
         if all(r.passed for r in reports):
             passed[cand.name] = (artifact, reports)
     if not passed:
-        failed = [c for c in records.values() if c.get("exported")]
-        if failed:
-            worst = "; ".join(f"{c['candidate']}: {', '.join(c['parity']['reasons'])}" for c in failed)
-            int8 = s.precision == "int8"
-            raise ParityError(f"no {target.label} engine matches the eager model ({worst})",
-                              hint="nothing was published; build with --precision bf16 or fp32, or calibrate on more images (--int8-calibration-images)"
-                              if int8 else "nothing was published; check the model or loosen --parity-atol", report=records)
-        errors = "; ".join(f"{c['candidate']}: {c['error']}" for c in records.values())
-        raise ExportError(f"no {target.label} engine could be exported ({errors})",
-                          hint="build with --precision bf16 or fp32" if s.precision == "int8" else target.export_hint or "see the log")
+        _refuse(target, s.precision, list(records.values()))
     if len(passed) > 1:
         timing = np.ascontiguousarray(np.resize(ctx.data.inputs, (min(TIMING_BATCH, s.max_batch_size), *ctx.data.inputs.shape[1:])))
         LOGGER.info("timing %s at batch %d", ", ".join(passed), len(timing))
         stats = time_interleaved({n: a.runner for n, (a, _) in passed.items()}, timing, budget_s=budget_s)
         for name, stat in stats.items():
-            records[name]["latency"] = stat.to_dict()
+            records[name] = replace(records[name], latency=stat)
         chosen = min(stats, key=lambda n: stats[n].p50_ms)
     else:
         chosen = next(iter(passed))
     LOGGER.info("chose %s engine %s", target.name, chosen)
     artifact, reports = passed[chosen]
-    details: dict[str, Any] = {"parity": reports[0].to_dict(), "tolerance": reports[0].tolerance, **artifact.details}
-    if artifact.checks_field:
-        details[artifact.checks_field] = {c.key: r.to_dict() for c, r in zip(artifact.checks, reports)}
-    if target.selects:
-        details["selection"] = "fastest passing its gate" if len(plan) > 1 else "forced"
-    return Selection(artifact, reports, list(records.values()) if target.selects else [], details)
+    if not target.selects:
+        return Selection(artifact, reports, [])
+    return Selection(artifact, reports, list(records.values()), "fastest passing its gate" if len(plan) > 1 else "forced")
+
+
+def _refuse(target: Target, precision: str, records: list[CandidateRecord]) -> NoReturn:
+    """No candidate survived: name each one's failure, with the hint of the precision asked for (or the target's)."""
+    wanted = PRECISIONS.get(precision)
+    hint = wanted.failure_hint if wanted is not None else ""
+    failed = [r for r in records if r.parity is not None]
+    if failed:
+        worst = "; ".join(f"{r.candidate.name}: {', '.join(r.parity.reasons)}" for r in failed if r.parity is not None)
+        more = ", or calibrate on more images (--int8-calibration-images)" if wanted is not None and wanted.needs_labelled_images else ""
+        raise ParityError(f"no {target.label} engine matches the eager model ({worst})",
+                          hint=f"nothing was published; {hint}{more}" if hint else "nothing was published; check the model or loosen --parity-atol",
+                          report={r.candidate.name: r.to_dict() for r in records})
+    errors = "; ".join(f"{r.candidate.name}: {r.error}" for r in records)
+    raise ExportError(f"no {target.label} engine could be exported ({errors})", hint=hint or target.export_hint or "see the log")
 
 
 #: what the manifests of the two image-serving models record as their ``engine``
 IMAGE_ROLES = {"python": "preprocess", "ensemble": "ensemble"}
 
 
-def image_releases(engine: ModelConfigSpec, labels: list[str], settings: ImageServing,
-                   engine_version: Callable[[], int | None] = lambda: None) -> list[ModelRelease]:
+def image_releases(engine: ModelConfigSpec, labels: list[str], settings: ImageServing, engine_version: int | None = None) -> list[ModelRelease]:
     """The next versions of ``<name>_preprocess`` and ``<name>_image``, to publish with the engine's.
 
     Every build publishes them, in the same unit as the engine's version, so a
     repository always answers image files with the preprocessing of its latest engine;
-    versions stay additive for all three models. ``engine_version()`` is the engine's
-    new version number once it is staged (it comes first in the unit).
+    versions stay additive for all three models. Their manifests name the engine's
+    version: the new one of the same unit, or (published beside an existing engine
+    version) ``engine_version``.
     """
     releases = []
     for spec, files in ((preprocess_spec(engine, settings), {"model.py": preprocess_model_file()}), (ensemble_spec(engine), {})):
         text = to_pbtxt(spec)
 
-        def manifest(version_dir: Path, version: int, spec: ModelConfigSpec = spec, text: str = text) -> None:
+        def manifest(version_dir: Path, version: int, unit: Mapping[str, int], spec: ModelConfigSpec = spec, text: str = text) -> None:
             write_manifest(version_dir, BuildManifest(
                 model=spec.name, version=version, engine=IMAGE_ROLES[spec.platform or spec.backend or ""],
                 preprocessing=dict(spec.parameters), config_pbtxt_sha256=_sha_text(text),
-                engine_details={"serves": {"model": engine.name, "version": engine_version()}},
+                engine_details={"serves": {"model": engine.name, "version": unit.get(engine.name, engine_version)}},
             ))
 
         releases.append(ModelRelease(spec.name, text, tuple(labels), files, manifest))
@@ -291,7 +345,7 @@ def image_releases(engine: ModelConfigSpec, labels: list[str], settings: ImageSe
 
 def publish_image_models(repository: Path, engine: ModelConfigSpec, labels: list[str], settings: ImageServing, engine_version: int) -> None:
     """Add a version of both image models beside an engine version already published (one unit of two)."""
-    publish_models(repository, image_releases(engine, labels, settings, lambda: engine_version))
+    publish_models(repository, image_releases(engine, labels, settings, engine_version))
 
 
 def _sha_text(text: str) -> str:

@@ -125,56 +125,67 @@ class BuildConfig:
         return new
 
     def validated(self) -> "BuildConfig":
-        """Coerce types and check every value; returns self for chaining."""
-        from sft_engine.engines.registry import check_choice
+        """A checked copy with coerced types and ``--target auto`` resolved for this host; ``self`` is left as it was.
+
+        The target is resolved once, here, and the ``--engine`` / ``--precision`` choice
+        checked once, against the target that will build.
+        """
+        from sft_engine.engines.precision import get_precision
+        from sft_engine.engines.registry import check_choice, get_target, resolve_target
         from sft_engine.models import get_arch
 
         get_arch(self.arch)
-        for attr in ("weights", "calibration_dir", "workdir"):
-            value = getattr(self, attr)
-            if value is not None and not isinstance(value, Path):
-                setattr(self, attr, Path(value))
-        self.repository = Path(self.repository)
-        self.mean = parse_floats(self.mean, "--mean")  # type: ignore[arg-type]
-        self.std = parse_floats(self.std, "--std")  # type: ignore[arg-type]
-        self.build_gpus = parse_gpu_ids(self.build_gpus, "--build-gpu")  # type: ignore[assignment]
-        self.serve_gpus = None if self.serve_gpus is None else parse_gpu_ids(self.serve_gpus, "--serve-gpus", allow_all=True)
-        if self.serve_gpus is not None and self.target == "cpu":
-            raise ConfigError("--serve-gpus places a GPU engine; --target cpu serves on CPU instances",
+        serve_gpus = None if self.serve_gpus is None else parse_gpu_ids(self.serve_gpus, "--serve-gpus", allow_all=True)
+        cfg = replace(
+            self,
+            weights=_path_or_none(self.weights), calibration_dir=_path_or_none(self.calibration_dir), workdir=_path_or_none(self.workdir),
+            repository=Path(self.repository), mean=parse_floats(self.mean, "--mean"), std=parse_floats(self.std, "--std"),
+            build_gpus=parse_gpu_ids(self.build_gpus, "--build-gpu"), serve_gpus=serve_gpus,
+            num_classes=len(self.labels) if self.labels is not None and self.num_classes is None else self.num_classes,
+            source=dict(self.source),
+        )
+        if cfg.target != "auto":
+            get_target(cfg.target)
+        target = resolve_target(cfg.target)
+        try:
+            check_choice(target, cfg.engine, cfg.precision)
+        except ConfigError as exc:
+            if cfg.target != "auto":
+                raise
+            raise ConfigError(f"--target auto builds {target} on this host, and {exc.message}", hint=exc.hint) from None
+        if cfg.serve_gpus is not None and not get_target(target).serves_on_gpus:
+            raise ConfigError(f"--serve-gpus places a GPU engine; --target {target} serves on CPU instances",
                               hint="drop --serve-gpus, or use --target tensorrt, torchscript-gpu or onnx")
-        check_choice(self.target, self.engine, self.precision)
-        if not isinstance(self.int8_calibration_images, int) or self.int8_calibration_images < 1:
-            raise ConfigError(f"INT8 calibration images must be an integer >= 1, got {self.int8_calibration_images!r}", hint="pass --int8-calibration-images 300")
-        if self.precision in ("int8", "fp8") and self.calibration_dir is None:
-            raise ConfigError(f"--precision {self.precision} needs labelled images to calibrate and gate the engine, and none were given",
+        cfg = replace(cfg, target=target)
+        if not isinstance(cfg.int8_calibration_images, int) or cfg.int8_calibration_images < 1:
+            raise ConfigError(f"INT8 calibration images must be an integer >= 1, got {cfg.int8_calibration_images!r}", hint="pass --int8-calibration-images 300")
+        if cfg.precision != "auto" and get_precision(cfg.precision).needs_labelled_images and cfg.calibration_dir is None:
+            raise ConfigError(f"--precision {cfg.precision} needs labelled images to calibrate and gate the engine, and none were given",
                               hint="pass --calibration DIR (one folder per class, at least 250 images) or --from-finetune DIR")
-        if self.labels is not None and self.num_classes is None:
-            self.num_classes = len(self.labels)
-        if self.num_classes is None:
+        if cfg.num_classes is None:
             raise ConfigError("the number of classes is not known", hint="pass --num-classes N or --labels FILE")
-        if not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ConfigError(f"num_classes must be an integer >= 2, got {self.num_classes!r}", hint="pass --num-classes N")
-        if self.labels is not None and len(self.labels) != self.num_classes:
+        if not isinstance(cfg.num_classes, int) or cfg.num_classes < 2:
+            raise ConfigError(f"num_classes must be an integer >= 2, got {cfg.num_classes!r}", hint="pass --num-classes N")
+        if cfg.labels is not None and len(cfg.labels) != cfg.num_classes:
             raise ConfigError(
-                f"the labels file has {len(self.labels)} labels but num_classes is {self.num_classes}",
+                f"the labels file has {len(cfg.labels)} labels but num_classes is {cfg.num_classes}",
                 hint="give one label per class, in class-index order",
             )
-        if self.weights is not None and not self.weights.is_file():
-            raise ConfigError(f"checkpoint {self.weights} does not exist", hint="pass --weights with the path of a .safetensors or .pt file")
-        if self.weights is None and not self.pretrained and not self.allow_random_weights:
+        if cfg.weights is not None and not cfg.weights.is_file():
+            raise ConfigError(f"checkpoint {cfg.weights} does not exist", hint="pass --weights with the path of a .safetensors or .pt file")
+        if cfg.weights is None and not cfg.pretrained and not cfg.allow_random_weights:
             raise ConfigError("no weights given", hint="pass --weights FILE (.safetensors or .pt), --from-finetune DIR, or --pretrained ENUM_NAME|PATH")
-        if not isinstance(self.max_batch_size, int) or not 1 <= self.max_batch_size <= 4096:
-            raise ConfigError(f"max batch size {self.max_batch_size!r} is out of range", hint="pass --max-batch-size between 1 and 4096")
-        if not isinstance(self.instance_count, int) or not 1 <= self.instance_count <= 64:
-            raise ConfigError(f"instance count {self.instance_count!r} is out of range", hint="pass --instance-count between 1 and 64")
-        if self.max_queue_delay_us < 0:
+        if not isinstance(cfg.max_batch_size, int) or not 1 <= cfg.max_batch_size <= 4096:
+            raise ConfigError(f"max batch size {cfg.max_batch_size!r} is out of range", hint="pass --max-batch-size between 1 and 4096")
+        if not isinstance(cfg.instance_count, int) or not 1 <= cfg.instance_count <= 64:
+            raise ConfigError(f"instance count {cfg.instance_count!r} is out of range", hint="pass --instance-count between 1 and 64")
+        if cfg.max_queue_delay_us < 0:
             raise ConfigError("max queue delay must be >= 0", hint="pass --max-queue-delay-us 0 or more")
-        if not 0 < self.parity_min_top1_agreement <= 1:
+        if not 0 < cfg.parity_min_top1_agreement <= 1:
             raise ConfigError("parity top-1 agreement must be in (0, 1]", hint="e.g. 0.99")
-        self.preprocessing  # validates input size, mean, std
-        self.image_serving  # validates the preprocessing model's limits
-        self.name = validate_model_name(self.name or self.arch)
-        return self
+        cfg.preprocessing  # validates input size, mean, std
+        cfg.image_serving  # validates the preprocessing model's limits
+        return replace(cfg, name=validate_model_name(cfg.name or cfg.arch))
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -200,6 +211,10 @@ class BuildConfig:
                 continue
             out[f.name] = str(value) if isinstance(value, Path) else (list(value) if isinstance(value, tuple) else value)
         return out
+
+
+def _path_or_none(value: Any) -> Path | None:
+    return None if value is None else Path(value)
 
 
 def load_build_spec(path: str | Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from importlib import metadata
 
 from sft_engine.errors import DependencyError
 
-__all__ = ["minor_of", "torchvision_for_torch", "torch_pair_problem", "check_torch_pair"]
+__all__ = ["minor_of", "require_minor", "torchvision_for_torch", "torch_pair_problem", "check_torch_pair"]
 
 #: torchvision minor = torch minor + this, for torch 2.x
 _TORCHVISION_MINOR_OFFSET = 15
@@ -28,6 +28,14 @@ def minor_of(version: str) -> tuple[int, int] | None:
     """``"2.8.0a0+5228986c39.nv25.06"`` → ``(2, 8)``; None when it is not a version."""
     match = re.match(r"\s*v?(\d+)\.(\d+)", str(version))
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def require_minor(version: str) -> tuple[int, int]:
+    """``minor_of`` for a version that must be one (``"2.13.0.dev20250101"`` → ``(2, 13)``); ValueError otherwise."""
+    found = minor_of(version)
+    if found is None:
+        raise ValueError(f"cannot read a version from {version!r}")
+    return found
 
 
 def torchvision_for_torch(torch_version: str) -> tuple[int, int] | None:

@@ -1,4 +1,6 @@
-"""One NGC release for both containers: build inside ``pytorch:YY.MM``, serve with ``tritonserver:YY.MM``.
+"""Everything about the NGC containers: which ``tritonserver`` tag serves a repository, and the ``docker`` commands.
+
+One NGC release for both containers: build inside ``pytorch:YY.MM``, serve with ``tritonserver:YY.MM``.
 
 A TensorRT plan loads only in the TensorRT that built it. NVIDIA's monthly containers of
 one release number ship the same TensorRT (and the same libtorch) in
@@ -12,6 +14,11 @@ container's torch, torchvision, Torch-TensorRT, TensorRT or numpy: their install
 versions become a pip constraints file, so pip keeps them or fails naming the conflict.
 Input paths are mounted read-only at the same absolute paths, the repository read-write,
 so the ``sft-engine build`` inside is the one given, minus ``--print-docker``.
+
+Serving: ``container_tag`` picks the tag a repository's GPU builds recorded (their
+TensorRT must match the container's), ``docker_command`` the ``docker run`` of that
+container, and ``docker_commands`` precedes it with an image build when Python-backend
+models need packages the stock container lacks.
 """
 
 from __future__ import annotations
@@ -22,15 +29,17 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sft_engine.engines.compat import TRITON_RELEASES, TritonRelease
 from sft_engine.errors import ConfigError
+from sft_engine.triton.releases import TRITON_RELEASES, TritonRelease
 
-__all__ = ["NgcCommands", "KEEP_PACKAGES", "release_for", "ngc_commands", "source_root"]
+__all__ = ["NgcCommands", "KEEP_PACKAGES", "DEFAULT_TRITON_TAG", "NGC_TRITON_IMAGE", "release_for", "ngc_commands", "source_root",
+           "current_uid_gid", "container_tag", "docker_command", "docker_commands"]
 
 #: what the PyTorch container brings and pip must not replace
 KEEP_PACKAGES = ("torch", "torchvision", "torch[-_]tensorrt", "tensorrt", "numpy")
-#: targets whose engine is tied to the container's TensorRT (plan) or libtorch (TorchScript)
-TARGETS = ("tensorrt", "torchscript-gpu")
+#: NGC container whose Triton matches the embedded server (2.51 = 24.10).
+DEFAULT_TRITON_TAG = "24.10"
+NGC_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver"
 _TAG = re.compile(r"^\d{2}\.\d{2}$")
 
 
@@ -70,8 +79,11 @@ def ngc_commands(target: str, build_args: list[str], inputs: list[Path], reposit
     ``inputs``: files or folders the build reads (mounted read-only); ``repository``: the
     model repository (mounted read-write, then handed back to ``uid_gid``).
     """
-    if target not in TARGETS:
-        raise ConfigError(f"--print-docker builds in an NGC container for --target {' or '.join(TARGETS)}, not {target}",
+    from sft_engine.engines.registry import TARGETS  # torch and the targets: only when a build command is wanted
+
+    tied = [t.name for t in TARGETS.values() if t.ngc_container]  # the engine is tied to the container's TensorRT or libtorch
+    if target not in tied:
+        raise ConfigError(f"--print-docker builds in an NGC container for --target {' or '.join(tied)}, not {target}",
                           hint="pass --target tensorrt (or torchscript-gpu)")
     release, row = release_for(tag)
     notes: list[str] = []
@@ -112,11 +124,71 @@ def ngc_commands(target: str, build_args: list[str], inputs: list[Path], reposit
         "docker", "run", "--rm", "--gpus=all", "--shm-size=1g", *(shlex.quote(v) for v in volumes),
         f"nvcr.io/nvidia/pytorch:{release}-py3", "bash", "-c", shlex.quote("; ".join(steps[:1]) + "; " + " && ".join(steps[1:])),
     ])
-    from sft_engine.server import docker_command
-
     return NgcCommands(release, build, docker_command(repository, tag=release), notes)
 
 
 def current_uid_gid() -> tuple[int, int] | None:
     """The caller's uid/gid, so files the container writes as root are handed back (None where unsupported)."""
     return (os.getuid(), os.getgid()) if hasattr(os, "getuid") else None
+
+
+def _has_gpu_engines(repository: Path) -> bool:
+    return any(repository.glob("*/*/model.plan")) or any(repository.glob("*/*/model.pt"))
+
+
+def _tag_from_manifests(repository: Path) -> str | None:
+    """The NGC tag a GPU build recorded (its TensorRT must match the container's)."""
+    from sft_engine.repository.manifest import MANIFEST_NAME, find_manifest
+
+    tags = set()
+    for path in repository.glob(f"*/*/{MANIFEST_NAME}"):
+        manifest = find_manifest(path.parent)
+        if manifest is not None and manifest.triton_container_tag:
+            tags.add(manifest.triton_container_tag)
+    return sorted(tags)[-1] if tags else None
+
+
+def container_tag(repository: Path, given: str | None = None) -> tuple[str, str | None]:
+    """The NGC container tag to serve ``repository`` in, and a warning when it is a guess.
+
+    ``given`` wins; else the newest tag a build manifest recorded; else the default,
+    with a warning when GPU engines are present (their TensorRT may not match it).
+    """
+    repository = Path(repository)
+    tag = given or _tag_from_manifests(repository)
+    if tag is not None:
+        return tag, None
+    warning = None
+    if _has_gpu_engines(repository):
+        warning = (f"no build manifest names an NGC container whose TensorRT matches; using {DEFAULT_TRITON_TAG} "
+                   "(pass --triton-tag; see docs/gpu.md)")
+    return DEFAULT_TRITON_TAG, warning
+
+
+def docker_command(repository: Path, tag: str = DEFAULT_TRITON_TAG, gpus: bool = True, image: str | None = None) -> str:
+    """The equivalent ``docker run`` of the NGC Triton container (or ``image`` built on it) for a GPU host."""
+    repo = Path(repository).resolve()
+    parts = ["docker", "run", "--rm"]
+    if gpus:
+        parts += ["--gpus=all"]
+    parts += [
+        "--shm-size=1g", "-p", "127.0.0.1:8000:8000", "-p", "127.0.0.1:8001:8001", "-p", "127.0.0.1:8002:8002",
+        "-v", f"{repo}:/models:ro",
+        image or f"{NGC_TRITON_IMAGE}:{tag}-py3",
+        "tritonserver", "--model-repository=/models",
+    ]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def docker_commands(repository: Path, tag: str, gpus: bool = True, dockerfile: str | None = None) -> str:
+    """``serve --print-docker``: the NGC container command, preceded by an image build when ``dockerfile`` is given.
+
+    The stock container has no Pillow (the preprocessing model's decoder) and no CPU
+    engine runtimes, so a repository with Python-backend models gets an image built
+    from its ``dockerfile`` (from stdin, no files needed) and run instead of the stock one.
+    """
+    if dockerfile is None:
+        return docker_command(Path(repository), tag=tag, gpus=gpus)
+    image = f"{Path(repository).resolve().name.replace('_', '-').lower()}-triton:{tag}"
+    build = f"docker build -t {image} - <<'EOF'\n{dockerfile}EOF"
+    return build + "\n" + docker_command(Path(repository), tag=tag, gpus=gpus, image=image)

@@ -37,12 +37,10 @@ from sft_engine.triton.address import Address, is_loopback
 from sft_engine.triton.control import HttpControl
 from sft_engine.triton.security import ServerTls, redact, restricted_api_args
 
-__all__ = ["ServerConfig", "TritonServer", "find_tritonserver", "free_port", "docker_command", "DEFAULT_TRITON_TAG"]
+__all__ = ["ServerConfig", "TritonServer", "find_tritonserver", "free_port"]
 
 LOGGER = logging.getLogger(__name__)
 
-#: NGC container whose Triton matches the embedded server (2.51 = 24.10).
-DEFAULT_TRITON_TAG = "24.10"
 LOOPBACK = "127.0.0.1"
 
 
@@ -351,18 +349,3 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def docker_command(repository: Path, tag: str = DEFAULT_TRITON_TAG, gpus: bool = True, image: str | None = None) -> str:
-    """The equivalent ``docker run`` of the NGC Triton container (or ``image`` built on it) for a GPU host."""
-    repo = Path(repository).resolve()
-    parts = ["docker", "run", "--rm"]
-    if gpus:
-        parts += ["--gpus=all"]
-    parts += [
-        "--shm-size=1g", "-p", "127.0.0.1:8000:8000", "-p", "127.0.0.1:8001:8001", "-p", "127.0.0.1:8002:8002",
-        "-v", f"{repo}:/models:ro",
-        image or f"nvcr.io/nvidia/tritonserver:{tag}-py3",
-        "tritonserver", "--model-repository=/models",
-    ]
-    return " ".join(shlex.quote(p) for p in parts)

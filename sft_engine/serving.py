@@ -2,8 +2,8 @@
 
 ``serve_until_stopped`` finishes a publish a killed build left half-done, starts the
 embedded tritonserver, reports its endpoints, and keeps it up until SIGINT/SIGTERM or
-until the server dies; ``container_tag`` picks the NGC container for the equivalent
-``docker run`` from what the builds recorded. The command line only parses and prints.
+until the server dies; ``docker_commands_for`` prints the equivalent ``docker run``
+(the NGC container is ``ngc``'s). The command line only parses and prints.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from sft_engine.server import DEFAULT_TRITON_TAG, ServerConfig, TritonServer
+from sft_engine.server import ServerConfig, TritonServer
 
-__all__ = ["serve_until_stopped", "container_tag", "model_names", "docker_commands_for"]
+__all__ = ["serve_until_stopped", "model_names", "docker_commands_for"]
 
 Report = Callable[[str], None]
 
@@ -25,44 +25,21 @@ def model_names(repository: Path) -> list[str]:
     return sorted(p.name for p in Path(repository).iterdir() if (p / "config.pbtxt").is_file())
 
 
-def _has_gpu_engines(repository: Path) -> bool:
-    return any(repository.glob("*/*/model.plan")) or any(repository.glob("*/*/model.pt"))
-
-
-def _tag_from_manifests(repository: Path) -> str | None:
-    """The NGC tag a GPU build recorded (its TensorRT must match the container's)."""
-    from sft_engine.repository.manifest import MANIFEST_NAME, find_manifest
-
-    tags = set()
-    for path in repository.glob(f"*/*/{MANIFEST_NAME}"):
-        manifest = find_manifest(path.parent)
-        if manifest is not None and manifest.triton_container_tag:
-            tags.add(manifest.triton_container_tag)
-    return sorted(tags)[-1] if tags else None
-
-
-def container_tag(repository: Path, given: str | None = None) -> tuple[str, str | None]:
-    """The NGC container tag to serve ``repository`` in, and a warning when it is a guess.
-
-    ``given`` wins; else the newest tag a build manifest recorded; else the default,
-    with a warning when GPU engines are present (their TensorRT may not match it).
-    """
-    repository = Path(repository)
-    tag = given or _tag_from_manifests(repository)
-    if tag is not None:
-        return tag, None
-    warning = None
-    if _has_gpu_engines(repository):
-        warning = (f"no build manifest names an NGC container whose TensorRT matches; using {DEFAULT_TRITON_TAG} "
-                   "(pass --triton-tag; see docs/gpu.md)")
-    return DEFAULT_TRITON_TAG, warning
-
-
 def docker_commands_for(repository: Path, tag: str) -> str:
-    """The container image build and ``docker run`` lines that serve ``repository`` on a GPU host."""
-    from sft_engine.ops.deploy.spec import docker_commands
+    """The container image build and ``docker run`` lines that serve ``repository`` on a GPU host.
 
-    return docker_commands(Path(repository), tag=tag)
+    The repository is read for the Python packages its models need (``ops``' scan);
+    ``ngc.docker_commands`` writes the commands.
+    """
+    from sft_engine.errors import RepositoryError
+    from sft_engine.ngc import docker_commands
+    from sft_engine.ops.deploy.spec import dockerfile, scan_repository
+
+    try:
+        info = scan_repository(Path(repository))
+    except RepositoryError:  # nothing servable yet: the plain command still says how
+        return docker_commands(Path(repository), tag=tag)
+    return docker_commands(Path(repository), tag=tag, dockerfile=dockerfile(info, tag) if info.requirements else None)
 
 
 def _finish_interrupted_publish(repository: Path, report: Report, warn: Report) -> None:

@@ -24,7 +24,7 @@ from sft_engine.preprocess import Preprocessing
 __all__ = [
     "Runner", "Check", "ParityReport", "ParityData", "Tolerance", "check_parity", "run_checks", "parity_inputs", "class_indices",
     "eager_logits", "CALIBRATION_SUFFIXES", "CHECK_BATCH", "FP16_TOLERANCE", "BF16_TOLERANCE", "INT8_TOLERANCE", "FP8_TOLERANCE",
-    "PRECISION_GATES", "gate_for", "fp16_tolerance", "bf16_tolerance", "int8_tolerance",
+    "keeping_user_values",
 ]
 
 #: in-process runner: NCHW float32 batch → logits (float32)
@@ -68,10 +68,6 @@ INT8_TOLERANCE = Tolerance(atol=0.0, rtol=1.0, min_top1_agreement=0.99, max_accu
 #: FP8 (E4M3, TensorRT on Ada/Hopper) is quantized like INT8, per tensor: the same decision gate
 FP8_TOLERANCE = INT8_TOLERANCE
 
-#: precision → the gate an engine computing in it must pass. FP32 engines are judged by
-#: the build's tolerance as given; a new reduced precision is one entry here.
-PRECISION_GATES: dict[str, Tolerance] = {"fp16": FP16_TOLERANCE, "bf16": BF16_TOLERANCE, "int8": INT8_TOLERANCE, "fp8": FP8_TOLERANCE}
-
 # BuildConfig field (as recorded in ``cfg.source``) → Tolerance field
 _TOLERANCE_FIELDS = {
     "parity_atol": "atol",
@@ -81,31 +77,16 @@ _TOLERANCE_FIELDS = {
 }
 
 
-def gate_for(precision: str, given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
-    """The gate of an engine computing in ``precision``: its precision's gate, keeping each value the user set.
+def keeping_user_values(gate: Tolerance | None, given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
+    """``gate`` (a precision's default gate), keeping each value the user set; ``given`` itself when there is no gate.
 
     ``given`` is the build's tolerance; ``source`` (``BuildConfig.source``) names the
-    settings the user gave, which win over the reduced-precision defaults.
+    settings the user gave, which win over the reduced-precision defaults. Which gate a
+    precision has is its record's (``engines.precision.PRECISIONS``).
     """
-    base = PRECISION_GATES.get(precision)
-    if base is None:
+    if gate is None:
         return given
-    return replace(base, **{name: getattr(given, name) for key, name in _TOLERANCE_FIELDS.items() if key in source})
-
-
-def fp16_tolerance(given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
-    """FP16 parity tolerance (GPU engines), keeping each value the user set."""
-    return gate_for("fp16", given, source)
-
-
-def bf16_tolerance(given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
-    """bf16 parity tolerance (CPU engines), keeping each value the user set."""
-    return gate_for("bf16", given, source)
-
-
-def int8_tolerance(given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
-    """INT8 gate (CPU engines), keeping each value the user set."""
-    return gate_for("int8", given, source)
+    return replace(gate, **{name: getattr(given, name) for key, name in _TOLERANCE_FIELDS.items() if key in source})
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sft_engine.server import DEFAULT_TRITON_TAG, ServerConfig
+from sft_engine.ngc import DEFAULT_TRITON_TAG
+from sft_engine.server import ServerConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sft_engine.serving import container_tag, docker_commands_for, serve_until_stopped
+    from sft_engine.ngc import container_tag
+    from sft_engine.serving import docker_commands_for, serve_until_stopped
 
     repository = Path(args.repository)
     if args.print_docker:

@@ -17,11 +17,12 @@ from typing import Any, Callable, Literal
 import numpy as np
 from torch import nn
 
+from sft_engine.errors import ConfigError
 from sft_engine.repository.config import DynamicBatchingSpec, InstanceGroupSpec, ModelConfigSpec, TensorSpec
 from sft_engine.verify import Check, ParityData
 
 __all__ = ["ExportSettings", "EngineCandidate", "ExportContext", "EngineConfig", "EngineArtifact", "Target", "serving_config",
-           "warmup_batches"]
+           "warmup_batches", "no_engine_choice"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,12 @@ def _always_available(settings: ExportSettings) -> None:
     return None
 
 
+def no_engine_choice(engine: str, precision: str) -> None:
+    """``check_choice`` of a target with one engine: ``--engine`` chooses among the CPU target's engines only."""
+    if engine != "auto":
+        raise ConfigError(f"--engine {engine} chooses a CPU engine, not one of this target", hint="drop --engine, or use --target cpu")
+
+
 @dataclass(frozen=True)
 class Target:
     """One build target: the candidates it plans and how it exports one.
@@ -186,12 +193,24 @@ class Target:
     candidate, records each one's figures and keeps the fastest that passes its gate
     (an export that fails is recorded, not raised); otherwise its one candidate must
     export and pass. ``label`` and ``export_hint`` word the error when none survives.
+
+    ``precisions``: the names (of ``precision.PRECISIONS``) ``--precision`` may choose
+    with this target, empty when it builds one precision and takes no ``--precision``;
+    ``check_choice(engine, precision)`` refuses an ``--engine`` / ``--precision`` pair
+    the target cannot build (a precision outside ``precisions`` never reaches it).
+    ``ngc_container``: its engine is tied to the NGC container's TensorRT or libtorch,
+    so ``--print-docker`` builds it inside one.
     """
 
     name: str
     plan: Callable[[ExportSettings], list[EngineCandidate]]
     export: Callable[[ExportContext, EngineCandidate], EngineArtifact]
+    precisions: tuple[str, ...] = ()
+    check_choice: Callable[[str, str], None] = no_engine_choice
     check_available: Callable[[ExportSettings], None] = _always_available
+    ngc_container: bool = False
+    #: ``instance_group`` on GPUs: ``--serve-gpus`` places it
+    serves_on_gpus: bool = True
     selects: bool = False
     label: str = ""
     export_hint: str = ""

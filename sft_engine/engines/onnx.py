@@ -25,8 +25,9 @@ import logging
 import torch
 
 from sft_engine.engines.base import EngineArtifact, EngineCandidate, EngineConfig, ExportContext, ExportSettings, Target, serving_config
-from sft_engine.engines.cpu import INPUT_NAME, OUTPUT_NAME, default_threads, engine_json, export_onnx
-from sft_engine.engines.serving_model import EngineRunner
+from sft_engine.engines.cpu.serving_model import EngineRunner
+from sft_engine.engines.cpu.target import default_threads, engine_json
+from sft_engine.engines.export.onnx import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
 from sft_engine.errors import ExportError, TargetUnavailable
 from sft_engine.repository.config import ModelConfigSpec, TensorSpec
 from sft_engine.verify import Check
@@ -36,8 +37,6 @@ __all__ = ["TARGET", "export", "check_available", "onnx_config", "onnx_engine_co
 LOGGER = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
-#: the opset ``cpu.export_onnx`` writes (ONNX Runtime ≥ 1.12 reads it)
-OPSET = 17
 #: the one candidate: the FP32 graph, verified with ONNX Runtime on CPU
 CANDIDATE = EngineCandidate("onnxruntime")
 

@@ -1,127 +1,83 @@
-"""How to ask Torch-TensorRT for FP16, per version (the gates by precision are in ``sft_engine.verify``).
+"""Every precision an engine may compute in, by name: the one table a new precision is added to.
 
-Torch-TensorRT's FP16 switch moved three times, and the wrong form fails silently:
-
-* up to 2.9: ``enabled_precisions={torch.half}`` lets TensorRT pick FP16 kernels
-  (weak typing: ``use_explicit_typing``, added in 2.6, defaults to False up to 2.9);
-* 2.10 to 2.12: explicit (strong) typing is the default, and passing any
-  ``enabled_precisions`` other than FP32 raises. Precision follows the dtypes of the
-  PyTorch graph: a ``model.half()`` with half inputs, or, in ``dynamo.compile``,
-  ``enable_autocast=True, autocast_low_precision_type=torch.float16``;
-* from 2.13: ``enabled_precisions`` is gone from the dynamo path;
-  ``torch_tensorrt.compile(..., enabled_precisions=...)`` still accepts it and drops it,
-  so the engine comes out FP32. FP16 comes from the half model (or autocast, in
-  ``compile`` only: ``convert_exported_program_to_serialized_trt_engine`` has no
-  autocast argument in any version).
-
-``fp16_recipe`` encodes that table as data, tested without torch_tensorrt by passing a
-version string. The serialized-engine path always compiles the half model with half
-inputs (the one form every version honours); ≤ 2.9 additionally needs the FP16 builder
-flag, because under weak typing TensorRT may otherwise run half tensors in FP32 kernels.
+A precision is data, as torchvision's weights enums carry their transforms: the gate
+an engine computing in it must pass (``verify``'s tolerances; FP32 engines are judged
+by the build's tolerance as given), whether it needs labelled images (a quantizer
+calibrates on part of them, the gate judges on the rest), the hint when no engine of
+it survives, and the key of ``engine_details`` under which a build records its
+calibration (what a later rollout check reads back to gate on the same images).
+Targets list the precisions they build (``Target.precisions``); nothing else branches
+on a precision's name.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Mapping
 
-import torch
+from sft_engine.errors import ConfigError
+from sft_engine.verify import BF16_TOLERANCE, FP8_TOLERANCE, FP16_TOLERANCE, INT8_TOLERANCE, Tolerance, keeping_user_values
 
-from sft_engine.errors import TargetUnavailable
-
-__all__ = [
-    "MIN_TORCH_TENSORRT",
-    "Fp16Recipe",
-    "parse_version",
-    "fp16_recipe",
-]
-
-#: first release with ``dynamo.convert_exported_program_to_serialized_trt_engine``
-MIN_TORCH_TENSORRT = (2, 5)
-
-Entry = Literal["serialized_engine", "compile"]
+__all__ = ["Precision", "PRECISIONS", "register_precision", "get_precision", "gate_for", "record_keys", "quantized"]
 
 
 @dataclass(frozen=True)
-class Fp16Recipe:
-    """What to do to the model, the inputs and the compile call to get an FP16 engine.
+class Precision:
+    """One precision: its gate, whether it needs labelled images, its failure hint, its manifest record key.
 
-    ``half_model``: cast the weights with ``.half()`` before tracing; ``input_dtype``: the
-    dtype of ``torch_tensorrt.Input`` (and of the engine's input binding);
-    ``compile_kwargs``: extra keyword arguments for the compile call (copy before use).
+    ``gate`` None: the build's own tolerance (FP32). ``failure_hint``: what to build
+    instead when no engine of this precision exports or passes its gate (empty: the
+    target's own hint). ``record_key``: the ``engine_details`` entry holding the
+    calibration/gate split of a quantized engine (None when it has none).
     """
 
-    version: tuple[int, int]
-    api: str
-    half_model: bool
-    input_dtype: torch.dtype
-    compile_kwargs: dict[str, Any] = field(default_factory=dict)
-    note: str = ""
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready, for the build manifest."""
-        return {
-            "torch_tensorrt": ".".join(map(str, self.version)),
-            "api": self.api,
-            "half_model": self.half_model,
-            "input_dtype": str(self.input_dtype).replace("torch.", ""),
-            "compile_kwargs": {k: _jsonable(v) for k, v in sorted(self.compile_kwargs.items())},
-            "note": self.note,
-        }
+    name: str
+    gate: Tolerance | None = None
+    needs_labelled_images: bool = False
+    failure_hint: str = ""
+    record_key: str | None = None
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (set, frozenset, tuple, list)):
-        return sorted(_jsonable(v) for v in value)
-    if isinstance(value, torch.dtype):
-        return str(value).replace("torch.", "")
-    return value
+#: precision name → Precision
+PRECISIONS: dict[str, Precision] = {p.name: p for p in (
+    Precision("fp32"),
+    Precision("bf16", BF16_TOLERANCE),
+    Precision("fp16", FP16_TOLERANCE),
+    Precision("int8", INT8_TOLERANCE, needs_labelled_images=True, failure_hint="build with --precision bf16 or fp32", record_key="int8"),
+    Precision("fp8", FP8_TOLERANCE, needs_labelled_images=True, failure_hint="build with --precision int8 or fp16", record_key="fp8"),
+)}
 
 
-def parse_version(text: str) -> tuple[int, int]:
-    """``"2.5.0+cu124"``, ``"2.13.0.dev20250101"``, ``"2.10.0a0"`` → ``(major, minor)``."""
-    match = re.match(r"\s*v?(\d+)\.(\d+)", str(text))
-    if not match:
-        raise ValueError(f"cannot read a version from {text!r}")
-    return int(match.group(1)), int(match.group(2))
+def register_precision(precision: Precision) -> Precision:
+    """Add ``precision`` to the table (a duplicate name is refused); returns it, for a module-level line."""
+    if precision.name in PRECISIONS or precision.name == "auto":
+        raise ValueError(f"precision {precision.name!r} is already registered")
+    PRECISIONS[precision.name] = precision
+    return precision
 
 
-def fp16_recipe(version: str, entry: Entry = "serialized_engine", autocast: bool = False) -> Fp16Recipe:
-    """The FP16 compile arguments for Torch-TensorRT ``version``.
+def get_precision(name: str) -> Precision:
+    precision = PRECISIONS.get(name)
+    if precision is None:
+        raise ConfigError(f"unknown precision {name!r}", hint=f"choose one of: auto, {', '.join(PRECISIONS)}")
+    return precision
 
-    ``entry``: ``serialized_engine`` (``dynamo.convert_exported_program_to_serialized_trt_engine``,
-    what the ``tensorrt`` target uses) or ``compile`` (``dynamo.compile``). ``autocast``
-    asks for the FP32-model + autocast form, which only ``compile`` ≥ 2.10 offers.
+
+def gate_for(precision: str, given: Tolerance, source: Mapping[str, Any]) -> Tolerance:
+    """The gate of an engine computing in ``precision``: its precision's gate, keeping each value the user set.
+
+    ``given`` is the build's tolerance; ``source`` (``BuildConfig.source``) names the
+    settings the user gave, which win over the reduced-precision defaults.
     """
-    ver = parse_version(version)
-    if ver < MIN_TORCH_TENSORRT:
-        raise TargetUnavailable(
-            f"torch_tensorrt {version} is older than {MIN_TORCH_TENSORRT[0]}.{MIN_TORCH_TENSORRT[1]}, the first release that serializes dynamo engines",
-            hint="install the torch-tensorrt release built for the installed torch",
-        )
-    if autocast:
-        if entry != "compile":
-            raise ValueError("autocast FP16 exists only for dynamo.compile, not for serialized engines")
-        if ver < (2, 10):
-            raise ValueError(f"torch_tensorrt {version} has no enable_autocast (added in 2.10)")
-        return Fp16Recipe(
-            ver, "autocast", half_model=False, input_dtype=torch.float32,
-            compile_kwargs={"enable_autocast": True, "autocast_low_precision_type": torch.float16},
-            note="FP32 model and inputs; Torch-TensorRT inserts the casts (explicit typing is switched on by autocast)",
-        )
-    if ver < (2, 10):
-        return Fp16Recipe(
-            ver, "enabled_precisions", half_model=True, input_dtype=torch.float16,
-            compile_kwargs={"enabled_precisions": {torch.float16}},
-            note="weak typing: the FP16 builder flag lets TensorRT choose FP16 kernels; the half model keeps weights and inputs FP16",
-        )
-    if ver < (2, 13):
-        return Fp16Recipe(
-            ver, "explicit_typing", half_model=True, input_dtype=torch.float16,
-            note="explicit typing is the default and enabled_precisions must not be passed; precision follows the half model's dtypes",
-        )
-    return Fp16Recipe(
-        ver, "half_model", half_model=True, input_dtype=torch.float16,
-        note="enabled_precisions no longer exists (torch_tensorrt.compile would drop it silently); precision follows the half model's dtypes",
-    )
+    record = PRECISIONS.get(precision)
+    return keeping_user_values(record.gate if record is not None else None, given, source)
+
+
+def record_keys() -> tuple[str, ...]:
+    """The ``engine_details`` keys under which quantized builds record their calibration and gate images."""
+    return tuple(p.record_key for p in PRECISIONS.values() if p.record_key)
+
+
+def quantized(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of ``names`` that are calibrated on labelled images (INT8, FP8)."""
+    return tuple(n for n in names if n in PRECISIONS and PRECISIONS[n].needs_labelled_images)

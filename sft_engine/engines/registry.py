@@ -1,31 +1,44 @@
 """Every build target, by name: the one place a new target is added.
 
-To add a target: write ``engines/<name>.py`` with a ``TARGET`` (see ``base.Target``:
-``plan``, ``export``, ``check_available``) and add it to ``TARGETS`` below. To add a
-candidate of an existing target (an engine × precision), add it to that target's
-plan (the CPU target: a row of ``cpu.CANDIDATES``); a new precision also needs its gate
-in ``verify.PRECISION_GATES``.
+To add a target: write a module with a ``TARGET`` (see ``base.Target``: ``plan``,
+``export``, the ``precisions`` it takes and its ``check_choice``) and add it to
+``TARGETS`` below (or ``register_target`` it). To add a candidate of an existing target
+(an engine × precision), add it to that target's plan (the CPU target: a row of
+``cpu.target.CANDIDATES``); a new precision is one record of ``precision.PRECISIONS``.
 """
 
 from __future__ import annotations
 
 import logging
 
-from sft_engine.engines import cpu, onnx, tensorrt, torchscript_gpu
+from sft_engine.engines import onnx
 from sft_engine.engines.base import Target
+from sft_engine.engines.cpu import target as cpu
+from sft_engine.engines.gpu import torchscript as torchscript_gpu
+from sft_engine.engines.tensorrt import target as tensorrt
 from sft_engine.errors import ConfigError
 
-__all__ = ["TARGETS", "target_names", "resolve_target", "get_target", "check_choice"]
+__all__ = ["TARGETS", "AUTO_CHECKED", "target_names", "register_target", "resolve_target", "get_target", "check_choice"]
 
 LOGGER = logging.getLogger(__name__)
 
 #: target name → Target
 TARGETS: dict[str, Target] = {t.name: t for t in (cpu.TARGET, tensorrt.TARGET, torchscript_gpu.TARGET, onnx.TARGET)}
+#: the target ``--target auto`` choices are checked against before the host is probed: every host builds it
+AUTO_CHECKED = cpu.TARGET.name
 
 
 def target_names() -> tuple[str, ...]:
     """What ``--target`` accepts: ``auto`` and every registered target."""
     return ("auto", *TARGETS)
+
+
+def register_target(target: Target) -> Target:
+    """Add ``target`` (a duplicate name is refused); returns it, for a module-level line."""
+    if target.name in TARGETS or target.name == "auto":
+        raise ValueError(f"target {target.name!r} is already registered")
+    TARGETS[target.name] = target
+    return target
 
 
 def resolve_target(target: str) -> str:
@@ -37,7 +50,7 @@ def resolve_target(target: str) -> str:
     """
     if target != "auto":
         return target
-    from sft_engine.engines.compat import probe_auto_target
+    from sft_engine.engines.gpu.probes import probe_auto_target
 
     chosen, why = probe_auto_target()
     if chosen == "torchscript-gpu":
@@ -54,22 +67,26 @@ def get_target(name: str) -> Target:
     return target
 
 
+def _owners(precision: str) -> list[str]:
+    return [t.name for t in TARGETS.values() if precision in t.precisions]
+
+
 def check_choice(target: str, engine: str, precision: str) -> None:
     """ConfigError unless ``--target`` / ``--engine`` / ``--precision`` go together.
 
-    ``--engine`` chooses among the CPU target's candidates, ``--precision`` among the
-    CPU target's (fp32, bf16, int8) or the tensorrt target's (fp16, int8, fp8); the
-    other GPU targets build FP16 only.
+    ``auto`` (not yet probed) is checked as ``AUTO_CHECKED``, naming the target a
+    precision needs when that one lacks it; a target that takes no ``--precision``
+    names those that do; the rest is the target's own ``check_choice``.
     """
-    if target != "auto":
-        get_target(target)
-    if target == "tensorrt":
-        tensorrt.check_precision(precision)
-        if engine != "auto":
-            raise ConfigError(f"--engine {engine} chooses a CPU engine, not a tensorrt one", hint="drop --engine, or use --target cpu")
-        return
-    if target == "auto" and precision in ("fp16", "fp8"):
-        raise ConfigError(f"--precision {precision} needs --target tensorrt", hint=f"pass --target tensorrt --precision {precision}")
-    cpu.check_choice(engine, precision)
-    if precision != "auto" and target not in ("cpu", "auto"):
-        raise ConfigError(f"--precision applies to --target cpu or tensorrt, not {target}", hint="GPU targets build FP16; drop --precision")
+    if target == "auto":
+        checked = get_target(AUTO_CHECKED)
+        owners = _owners(precision)
+        if precision != "auto" and precision not in checked.precisions and owners:
+            raise ConfigError(f"--precision {precision} needs --target {' or '.join(owners)}",
+                              hint=f"pass --target {owners[0]} --precision {precision}")
+    else:
+        checked = get_target(target)
+        if precision != "auto" and not checked.precisions:
+            raise ConfigError(f"--precision applies to --target {' or '.join(t.name for t in TARGETS.values() if t.precisions)}, not {target}",
+                              hint="GPU targets build FP16; drop --precision")
+    checked.check_choice(engine, precision)

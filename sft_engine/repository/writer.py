@@ -42,7 +42,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -68,7 +68,8 @@ LOGGER = logging.getLogger(__name__)
 #: beside the manifest: the config a version was built and gated with (Triton reads only <model>/config.pbtxt)
 BUILT_CONFIG_NAME = "config.pbtxt.built"
 
-ManifestWriter = Callable[[Path, int], None]
+#: ``(version_dir, version, unit)``: ``unit`` maps every model of the published unit to its new version
+ManifestWriter = Callable[[Path, int, Mapping[str, int]], None]
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,10 @@ class PublishedVersion:
 class ModelRelease:
     """One model's new version: its config, labels, files (copied) and manifest writer.
 
-    ``manifest_writer(version_dir, version)`` writes the manifest into the staged
-    version directory, after every other file is there, before anything is visible.
+    ``manifest_writer(version_dir, version, unit)`` writes the manifest into the staged
+    version directory, after every file of the unit is there, before anything is
+    visible; ``unit`` maps each model published with it to its new version (the image
+    models' manifests name the engine version they serve).
     """
 
     name: str
@@ -154,6 +157,7 @@ class _Plan:
     model_dir: Path
     version: int
     steps: list[Step]
+    staged_version: Path
 
 
 def _plan(repository: Path, stage: Path, release: ModelRelease) -> _Plan:
@@ -171,11 +175,10 @@ def _plan(repository: Path, stage: Path, release: ModelRelease) -> _Plan:
     for target_name, source in release.files.items():
         shutil.copyfile(source, staged_version / target_name)
     (staged_version / BUILT_CONFIG_NAME).write_text(release.config_text)
-    release.manifest_writer(staged_version, version)
     if not model_dir.exists():
         (staged_model / "config.pbtxt").write_text(release.config_text)
         (staged_model / "labels.txt").write_text(labels_text)
-        return _Plan(release, model_dir, version, [Step(str(staged_model), str(model_dir))])
+        return _Plan(release, model_dir, version, [Step(str(staged_model), str(model_dir))], staged_version)
 
     current_path = model_dir / "config.pbtxt"
     if not current_path.is_file():
@@ -197,7 +200,7 @@ def _plan(repository: Path, stage: Path, release: ModelRelease) -> _Plan:
     version_step = Step(str(staged_version), str(model_dir / str(version)))
     if current_text == release.config_text:
         # Nothing changes for the versions served now; the new one is served with its own config.
-        return _Plan(release, model_dir, version, steps + [version_step])
+        return _Plan(release, model_dir, version, steps + [version_step], staged_version)
 
     target = _without_policy(new_cfg)
     for old in live_versions(new_cfg, versions + [version]):
@@ -219,7 +222,7 @@ def _plan(repository: Path, stage: Path, release: ModelRelease) -> _Plan:
         steps.append(Step(str(staged_model / "config.pbtxt.pinned"), str(current_path), replace=True))
     (staged_model / "config.pbtxt").write_text(release.config_text)
     steps += [version_step, Step(str(staged_model / "config.pbtxt"), str(current_path), replace=True)]
-    return _Plan(release, model_dir, version, steps)
+    return _Plan(release, model_dir, version, steps, staged_version)
 
 
 def _render(cfg: mc.ModelConfig) -> str:
@@ -250,6 +253,9 @@ def publish_models(repository: Path, releases: Sequence[ModelRelease]) -> list[P
         committed = False
         try:
             plans = [_plan(repository.resolve(), stage, release) for release in releases]
+            unit = {plan.release.name: plan.version for plan in plans}
+            for plan in plans:
+                plan.release.manifest_writer(plan.staged_version, plan.version, unit)
             _fsync_tree(stage)
             steps = [step for plan in plans for step in plan.steps]
             pause_point(0, "staged")
@@ -274,10 +280,16 @@ def publish(
     config_text: str,
     labels: list[str],
     files: dict[str, Path],
-    manifest_writer: ManifestWriter,
+    manifest_writer: Callable[[Path, int], None],
 ) -> PublishedVersion:
-    """Add the next version of ``name`` to ``repository`` atomically (see the module docstring)."""
-    return publish_models(repository, [ModelRelease(name, config_text, tuple(labels), dict(files), manifest_writer)])[0]
+    """Add the next version of ``name`` to ``repository`` atomically (see the module docstring).
+
+    A unit of one model: its ``manifest_writer(version_dir, version)`` needs no other version.
+    """
+    def writer(version_dir: Path, version: int, unit: Mapping[str, int]) -> None:
+        manifest_writer(version_dir, version)
+
+    return publish_models(repository, [ModelRelease(name, config_text, tuple(labels), dict(files), writer)])[0]
 
 
 def recover(repository: Path) -> list[str]:

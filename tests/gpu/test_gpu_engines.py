@@ -75,8 +75,8 @@ def test_torchscript_gpu_build(classifier, tmp_path):
 def test_torch_export_of_the_half_model(classifier):
     """What the tensorrt target hands TensorRT, checked on CUDA without TensorRT: dynamic batch 1..max,
     the config's input name, one FP32 output, ep.module() within FP16 tolerance at batch 1 and max."""
-    from sft_engine.engines.export_check import check_half_export
-    from sft_engine.engines.tensorrt import INPUT_NAME
+    from sft_engine.engines.tensorrt.export_check import check_half_export
+    from sft_engine.engines.tensorrt.target import INPUT_NAME
     from sft_engine.models import build_model, load_weights
 
     model = load_weights(build_model("resnet18", len(classifier.labels)), classifier.weights).eval()
@@ -98,7 +98,7 @@ def test_fp16_tolerance_yields_to_user_flags(classifier, tmp_path):
 def _container_matches() -> bool:
     import tensorrt
 
-    from sft_engine.engines.compat import triton_tag_for_tensorrt
+    from sft_engine.triton.releases import triton_tag_for_tensorrt
 
     return triton_tag_for_tensorrt(tensorrt.__version__) is not None
 
@@ -136,9 +136,9 @@ def test_tensorrt_fp32_engine_is_caught(classifier):
     """Compile the FP32 model with no precision arguments: the FP16 check must refuse it."""
     import torch_tensorrt
 
-    from sft_engine.engines.fp16_check import assess_fp16
-    from sft_engine.engines.gpu_common import HalfPrecisionClassifier
-    from sft_engine.engines.trt_runtime import PlanRunner
+    from sft_engine.engines.tensorrt.verdict import assess_fp16
+    from sft_engine.engines.gpu.half import HalfPrecisionClassifier
+    from sft_engine.engines.tensorrt.runtime import PlanRunner
     from sft_engine.models import build_model, load_weights
 
     model = load_weights(build_model("resnet18", len(classifier.labels)), classifier.weights).eval()

@@ -19,7 +19,7 @@ import torch
 
 from sft_engine.build import build
 from sft_engine.build_config import BuildConfig
-from sft_engine.engines.tensorrt_quant import MIN_QUANTIZED_SHARE, fp8_unavailable_reason
+from sft_engine.engines.tensorrt.modelopt import MIN_QUANTIZED_SHARE, fp8_unavailable_reason
 from sft_engine.errors import ParityError
 from sft_engine.repository.config import read_config
 from sft_engine.repository.manifest import read_manifest
@@ -89,7 +89,7 @@ def test_a_tiny_calibration_set_under_a_strict_gate_publishes_nothing(quant_clas
 
 def test_the_plan_answers_like_the_in_process_check(quant_classifier, tmp_path):
     """The published bytes, deserialized again, give the gate's answers (what Triton's TensorRT backend loads)."""
-    from sft_engine.engines.trt_runtime import PlanRunner
+    from sft_engine.engines.tensorrt.runtime import PlanRunner
     from sft_engine.preprocess import Preprocessing
 
     result = _build(quant_classifier, tmp_path / "repo", "int8")

@@ -17,7 +17,8 @@ import torch
 from sft_engine.build import build
 from sft_engine.cli import main
 from sft_engine.build_config import BuildConfig
-from sft_engine.engines.int8 import cpu_int8_isa, files_sha256
+from sft_engine.engines.calibration import files_sha256
+from sft_engine.engines.cpu.isa import cpu_int8_isa
 from sft_engine.errors import ExportError
 from sft_engine.models import build_model, load_weights
 from sft_engine.preprocess import Preprocessing
@@ -209,7 +210,7 @@ def test_bad_calibration_input_is_one_line_exit_2(classifier, tmp_path, capsys, 
 
 def test_a_quantizer_failing_inside_the_library_is_recorded_and_the_build_goes_on(classifier, tmp_path, monkeypatch, capsys):
     """Calibration batches of the wrong shape make NNCF fail for real; auto publishes FP32, int8 stops in one line."""
-    from sft_engine.engines import quantize
+    from sft_engine.engines.cpu import quantize
 
     monkeypatch.setattr(quantize, "_batches", lambda images, batch=16: [np.zeros((1, 1, 8, 8), np.float32)])
     result = build(_cfg(classifier, tmp_path / "repo", engine="openvino", precision="auto"))
@@ -246,7 +247,7 @@ def test_without_labelled_images_auto_does_not_plan_int8(classifier, tmp_path):
 
 
 def test_a_cpu_without_int8_instructions_refuses_int8_unless_told_to_build_it_for_other_hosts(classifier, tmp_path, capsys, monkeypatch):
-    from sft_engine.engines import cpu
+    from sft_engine.engines.cpu import target as cpu
 
     monkeypatch.setattr(cpu, "cpu_int8_isa", lambda cpuinfo=None: None)  # as on a CPU without AVX2, VNNI or AMX-INT8
     argv = [a for a in _argv(classifier, tmp_path / "repo", "--engine", "onnxruntime", "--precision", "int8") if a != "--allow-emulated-int8"]

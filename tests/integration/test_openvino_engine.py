@@ -8,7 +8,7 @@ import torch
 
 from sft_engine.build import build
 from sft_engine.build_config import BuildConfig
-from sft_engine.engines.cpu import cpu_has_native_bf16
+from sft_engine.engines.cpu.isa import cpu_has_native_bf16
 from sft_engine.errors import ParityError
 from sft_engine.models import build_model, load_weights
 from sft_engine.repository.manifest import read_manifest

@@ -16,7 +16,7 @@ import torch
 from sft_engine.build import build
 from sft_engine.cli import main
 from sft_engine.build_config import BuildConfig
-from sft_engine.engines.cpu import cpu_has_native_bf16
+from sft_engine.engines.cpu.isa import cpu_has_native_bf16
 from sft_engine.errors import ParityError, RepositoryError
 from sft_engine.models import build_model, save_state_dict, sha256_file
 from sft_engine.repository.config import read_config

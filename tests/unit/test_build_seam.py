@@ -65,7 +65,7 @@ def test_selecting_target_records_every_candidate_and_keeps_a_survivor(tmp_path)
     exact = _exact(ctx.model)
     target = _target({"good": exact, "also": exact, "broken": lambda b: np.zeros((len(b), 4), np.float32), "missing": RuntimeError("no such lib")})
     chosen = select(target, target.plan(ctx.settings), ctx, Tolerance(), {}, budget_s=0.2)
-    rows = {c["candidate"]: c for c in chosen.candidates}
+    rows = {c.candidate.name: c.to_dict() for c in chosen.candidates}
     assert rows["missing"] == {"engine": "missing", "precision": "fp32", "candidate": "missing", "exported": False, "error": "RuntimeError: no such lib"}
     assert rows["broken"]["exported"] and not rows["broken"]["parity"]["passed"] and "latency" not in rows["broken"]
     assert {"latency" in rows["good"], "latency" in rows["also"]} == {True} and rows["good"]["extra"] == "good"
@@ -99,7 +99,7 @@ def test_the_gate_follows_the_candidates_precision(tmp_path):
     nudged = lambda b: exact(b) + 0.02  # noqa: E731 - beyond FP32's 1e-3, within bf16's 5e-2
     target = _target({"ov-bf16": nudged, "ov": nudged})
     chosen = select(target, target.plan(ctx.settings), ctx, Tolerance(), {}, budget_s=0.2)
-    rows = {c["candidate"]: c for c in chosen.candidates}
+    rows = {c.candidate.name: c.to_dict() for c in chosen.candidates}
     assert rows["ov-bf16"]["parity"]["passed"] and not rows["ov"]["parity"]["passed"]
     assert rows["ov-bf16"]["parity"]["tolerance"]["atol"] == BF16_TOLERANCE.atol
     assert chosen.artifact.candidate == EngineCandidate("ov", "bf16") and chosen.details["selection"] == "fastest passing its gate"

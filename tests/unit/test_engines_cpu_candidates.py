@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from sft_engine.engines.base import EngineCandidate
-from sft_engine.engines.cpu import engine_json, plan_candidates
+from sft_engine.engines.cpu.target import engine_json, plan_candidates
 from sft_engine.errors import TargetUnavailable
-from sft_engine.verify import BF16_TOLERANCE, Tolerance, bf16_tolerance
+from sft_engine.engines.precision import gate_for
+from sft_engine.verify import BF16_TOLERANCE, Tolerance
 
 
 def _names(plan):
@@ -47,8 +48,8 @@ def test_engine_json_settings():
 
 def test_bf16_gate_keeps_what_the_user_set():
     given = Tolerance(atol=1e-6, rtol=0.0, min_top1_agreement=0.9, max_accuracy_drop=1.0)
-    assert bf16_tolerance(given, {}) == BF16_TOLERANCE
-    mixed = bf16_tolerance(given, {"parity_atol": "flags", "accuracy_max_drop": "flags"})
+    assert gate_for("bf16", given, {}) == BF16_TOLERANCE
+    mixed = gate_for("bf16", given, {"parity_atol": "flags", "accuracy_max_drop": "flags"})
     assert (mixed.atol, mixed.rtol, mixed.max_accuracy_drop) == (1e-6, BF16_TOLERANCE.rtol, 1.0)
     assert BF16_TOLERANCE.min_top1_agreement >= 0.995
 

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from sft_engine.engines.int8 import MIN_GATE_IMAGES, cpu_int8_isa, files_sha256, require_int8_isa, split_for_int8
-from sft_engine.verify import INT8_TOLERANCE, int8_tolerance
+from sft_engine.engines.calibration import MIN_GATE_IMAGES, files_sha256, split_for_int8
+from sft_engine.engines.cpu.isa import cpu_int8_isa, require_int8_isa
+from sft_engine.engines.precision import gate_for
+from sft_engine.verify import INT8_TOLERANCE
 from sft_engine.errors import ConfigError, ExportError, TargetUnavailable
 from sft_engine.preprocess import Preprocessing
 from sft_engine.verify import ParityData, Tolerance, check_parity, parity_inputs
@@ -99,8 +101,8 @@ def test_unreadable_calibration_dir_is_one_line(tmp_path: Path):
 def test_int8_gate_judges_decisions_and_records_distance():
     assert INT8_TOLERANCE.min_top1_agreement == 0.99 and INT8_TOLERANCE.max_accuracy_drop == 0.5
     given = Tolerance(atol=1e-6, rtol=0.0, min_top1_agreement=0.5, max_accuracy_drop=9.0)
-    assert int8_tolerance(given, {}) == INT8_TOLERANCE
-    strict = int8_tolerance(given, {"parity_min_top1_agreement": "flags"})
+    assert gate_for("int8", given, {}) == INT8_TOLERANCE
+    strict = gate_for("int8", given, {"parity_min_top1_agreement": "flags"})
     assert strict.min_top1_agreement == 0.5 and strict.max_accuracy_drop == 0.5
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((400, 4)).astype(np.float32) * 5
@@ -120,7 +122,7 @@ def test_int8_gate_judges_decisions_and_records_distance():
 
 @pytest.fixture(scope="module")
 def small_onnx(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
-    from sft_engine.engines.cpu import export_onnx
+    from sft_engine.engines.export.onnx import export_onnx
     from sft_engine.models import build_model
 
     torch.manual_seed(0)
@@ -139,7 +141,7 @@ def test_onnxruntime_qdq_quantization_is_int8_and_close(small_onnx, tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from sft_engine.engines.quantize import quantize_onnx
+    from sft_engine.engines.cpu.quantize import quantize_onnx
 
     src, model = small_onnx
     out = tmp_path / "model.onnx"
@@ -159,7 +161,7 @@ def test_nncf_quantization_runs_int8_kernels(small_onnx, tmp_path):
     import nncf
     import openvino as ov
 
-    from sft_engine.engines.quantize import quantize_openvino
+    from sft_engine.engines.cpu.quantize import quantize_openvino
 
     src, _ = small_onnx
     ir = tmp_path / "fp32.xml"
@@ -178,7 +180,7 @@ def test_nncf_quantization_runs_int8_kernels(small_onnx, tmp_path):
 
 
 def test_a_failure_inside_the_library_carries_its_message(tmp_path):
-    from sft_engine.engines.quantize import QuantizationError, quantize_onnx, quantize_openvino
+    from sft_engine.engines.cpu.quantize import QuantizationError, quantize_onnx, quantize_openvino
 
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from sft_engine.engines import tensorrt
+from sft_engine.engines.tensorrt import target as tensorrt
 from sft_engine.engines.base import EngineCandidate, ExportSettings
 from sft_engine.engines.registry import check_choice
-from sft_engine.engines.tensorrt_quant import (
+from sft_engine.engines.tensorrt.modelopt import (
     assess_quantized, fp8_unavailable_reason, modelopt_quantize_kwargs, quantize_with_modelopt, require_quantization_stack,
     tensorrt_build_flags,
 )
 from sft_engine.errors import ConfigError, ExportError, TargetUnavailable
-from sft_engine.verify import INT8_TOLERANCE, PRECISION_GATES
+from sft_engine.engines.precision import PRECISIONS
+from sft_engine.verify import INT8_TOLERANCE
 
 CAL = np.zeros((3, 3, 8, 8), np.float32)
 
@@ -108,7 +109,7 @@ needs_modelopt = pytest.mark.skipif(not HAS_MODELOPT, reason="needs nvidia-model
 @pytest.fixture(scope="module")
 def fp32_onnx(tmp_path_factory):
     """A seeded resnet18 @ 32 exported as the tensorrt target exports it for ModelOpt, and the model itself."""
-    from sft_engine.engines.cpu import export_onnx
+    from sft_engine.engines.export.onnx import export_onnx
     from sft_engine.models import build_model
 
     torch.manual_seed(0)
@@ -219,7 +220,7 @@ def test_the_quantized_stack_is_refused_in_one_line_naming_what_is_missing():
 
 
 def test_fp8_has_the_int8_gate():
-    assert PRECISION_GATES["fp8"] == INT8_TOLERANCE
+    assert PRECISIONS["fp8"].gate == INT8_TOLERANCE
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error path of a host without CUDA")

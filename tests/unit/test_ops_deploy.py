@@ -191,7 +191,8 @@ def test_deploy_cli_writes_files_and_rejects_bad_input(repo, tmp_path, capsys):
 def test_image_models_are_deployed_with_pillow_on_cpu_instances_beside_a_gpu_engine(tmp_path):
     """The build's <name>_preprocess and <name>_image go everywhere the engine goes; preprocessing stays on CPU."""
     from sft_engine.build import publish_image_models
-    from sft_engine.ops.deploy.spec import docker_commands, triton_args
+    from sft_engine.ops.deploy.spec import triton_args
+    from sft_engine.serving import docker_commands_for as docker_commands
     from sft_engine.preprocess import Preprocessing
     from sft_engine.repository.image_models import ImageServing
 

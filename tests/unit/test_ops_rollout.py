@@ -123,7 +123,7 @@ def test_cli_check_modes_match_the_gate():
 @pytest.mark.parametrize("mode", ["int8", "fp8"])
 def test_a_quantized_version_is_checked_on_its_recorded_gate_images_only(mode):
     """The rollout check of an INT8 or FP8 version splits the labelled images again and keeps only its gate images."""
-    from sft_engine.engines.int8 import split_for_int8
+    from sft_engine.engines.calibration import split_for_int8
     from sft_engine.ops.rollout.check import _int8_gate
     from sft_engine.repository.manifest import BuildManifest
     from sft_engine.verify import ParityData

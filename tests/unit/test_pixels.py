@@ -19,7 +19,7 @@ from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sft_engine.build import publish_image_models
-from sft_engine.engines.cpu import cpu_config
+from sft_engine.engines.cpu.target import cpu_config
 from sft_engine.errors import ConfigError, RepositoryError
 from sft_engine.pixels import ImageError, PixelPipeline
 from sft_engine.preprocess import Preprocessing
@@ -161,21 +161,20 @@ def test_the_engine_and_its_image_models_publish_as_one_unit(tmp_path):
     repo = tmp_path / "repo"
     engine = _engine_spec()
     (tmp_path / "model.onnx").write_bytes(b"engine bytes")
-    seen: dict[str, int] = {}
 
-    def engine_manifest(version_dir, version):
-        seen["version"] = version
+    def engine_manifest(version_dir, version, unit):
+        pass
 
     def releases():
         return [ModelRelease("demo", to_pbtxt(engine), ("a", "b", "c", "d"), {"model.onnx": tmp_path / "model.onnx"}, engine_manifest),
-                *image_releases(engine, ["a", "b", "c", "d"], ImageServing(), lambda: seen.get("version"))]
+                *image_releases(engine, ["a", "b", "c", "d"], ImageServing())]
 
     publish_models(repo, releases())
     before = tree_digest(repo)
     assert {p.name for p in repo.iterdir()} == {"demo", "demo_preprocess", "demo_image"}
     assert json.loads((repo / "demo_image" / "1" / "build_manifest.json").read_text())["engine_details"]["serves"] == {"model": "demo", "version": 1}
 
-    def broken(version_dir, version):
+    def broken(version_dir, version, unit):
         raise OSError(28, "No space left on device")
 
     failing = releases()

@@ -47,13 +47,15 @@ def test_the_default_command_line() -> None:
         "--log-verbose=0",
         "--allow-gpu-metrics=false",
         "--allow-cpu-metrics=true",
+        "--disable-auto-complete-config",  # every config the build writes is complete: none is guessed at load
     ]
     assert LOOPBACK == "127.0.0.1"  # served on loopback unless the config says otherwise
 
 
 def test_each_setting_reaches_its_own_flag_once() -> None:
     got = flags(argv(host="0.0.0.0", http_port=9100, grpc_port=9101, metrics_port=9102, model_control_mode="poll",
-                     strict_readiness=False, exit_timeout_s=3, log_verbose=2))
+                     strict_readiness=False, exit_timeout_s=3, log_verbose=2, admin_key="k"))
+    restricted = "model-repository,shared-memory,statistics,trace,logging:sft-engine-admin-key=k"
     assert got == {
         "--model-repository": ["/srv/model_repository"], "--backend-directory": ["/cache/backends"],
         "--http-address": ["0.0.0.0"], "--http-port": ["9100"],
@@ -62,6 +64,9 @@ def test_each_setting_reaches_its_own_flag_once() -> None:
         "--model-control-mode": ["poll"], "--strict-readiness": ["false"],
         "--exit-timeout-secs": ["3"], "--log-verbose": ["2"],
         "--allow-gpu-metrics": ["false"], "--allow-cpu-metrics": ["true"],
+        "--disable-auto-complete-config": [""],
+        # dynamic model control on a non-loopback address: the control plane only for the key's holders
+        "--http-restricted-api": [restricted], "--grpc-restricted-protocol": [restricted],
     }
 
 

@@ -32,12 +32,12 @@ from sft_engine.errors import ConfigError, RepositoryError
 from sft_engine.repository.config import read_config
 from sft_engine.repository.manifest import find_manifest, read_manifest, MANIFEST_NAME
 from sft_engine.repository.writer import list_versions
-from sft_engine.server import DEFAULT_TRITON_TAG
+from sft_engine.ngc import DEFAULT_TRITON_TAG
 from sft_engine.triton.security import ServerTls, restricted_api_args
 
 __all__ = [
     "DeployedModel", "DeployedRepository", "DeployOptions", "scan_repository", "check_gpus", "image_for", "triton_args",
-    "dockerfile", "docker_commands", "dump_yaml", "NGC_IMAGE", "TLS_MOUNT",
+    "dockerfile", "dump_yaml", "NGC_IMAGE", "TLS_MOUNT",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -258,26 +258,6 @@ def dockerfile(info: DeployedRepository, tag: str) -> str:
         f"FROM {NGC_IMAGE}:{tag}-py3\n"
         f"RUN python3 -m pip install --no-cache-dir {reqs}\n"
     )
-
-
-def docker_commands(repository: Path, tag: str, gpus: bool = True) -> str:
-    """``serve --print-docker``: the NGC container command, preceded by an image build when Python models need packages.
-
-    The stock container has no Pillow (the preprocessing model's decoder) and no CPU
-    engine runtimes, so a repository with Python-backend models gets an image built
-    from ``dockerfile`` (from stdin, no files needed) and run instead of the stock one.
-    """
-    from sft_engine.server import docker_command
-
-    try:
-        info = scan_repository(Path(repository))
-    except RepositoryError:  # nothing servable yet: the plain command still says how
-        return docker_command(Path(repository), tag=tag, gpus=gpus)
-    if not info.requirements:
-        return docker_command(Path(repository), tag=tag, gpus=gpus)
-    image = f"{Path(repository).resolve().name.replace('_', '-').lower()}-triton:{tag}"
-    build = f"docker build -t {image} - <<'EOF'\n{dockerfile(info, tag)}EOF"
-    return build + "\n" + docker_command(Path(repository), tag=tag, gpus=gpus, image=image)
 
 
 def image_for(info: DeployedRepository, options: DeployOptions) -> tuple[str, bool]:

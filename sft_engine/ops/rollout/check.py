@@ -169,11 +169,12 @@ def gate_inputs(cfg: mc.ModelConfig, manifest: BuildManifest | None, spec: Check
 
 def _int8_gate(data: Any, *manifests: BuildManifest | None) -> Any:
     """For an INT8 / FP8 version (new or previous), only the images its build gated it on, never its calibration images."""
-    from sft_engine.engines.int8 import recorded_gate
+    from sft_engine.engines.calibration import recorded_gate
+    from sft_engine.engines.precision import record_keys
 
     for manifest in manifests:
         details = manifest.engine_details if manifest is not None else {}
-        for record in (details.get("int8"), details.get("fp8")):
+        for record in (details.get(key) for key in record_keys()):
             if not isinstance(record, dict):
                 continue
             gate = recorded_gate(data, record)

@@ -1,6 +1,6 @@
 """Target ``torchscript-gpu``: FP16 TorchScript on CUDA, for Triton's PyTorch (libtorch) backend.
 
-The half-precision module (FP16 in, FP32 logits out; see ``gpu_common``) is traced on
+The half-precision module (FP16 in, FP32 logits out; see ``gpu.half``) is traced on
 the GPU with a half example batch and frozen, so weights become FP16 constants of the
 graph and the batch dimension stays dynamic. It needs no TensorRT anywhere: the
 fallback GPU path when torch_tensorrt is missing or cannot convert the model.
@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from sft_engine.engines.base import EngineArtifact, EngineCandidate, EngineConfig, ExportContext, ExportSettings, Target, serving_config
-from sft_engine.engines.compat import GpuInfo, compatibility_manifest, list_gpus, require_cuda, select_gpus
-from sft_engine.engines.gpu_common import FP16, DeviceRunner, cuda_device, half_module
+from sft_engine.engines.gpu.compatibility import compatibility_manifest
+from sft_engine.engines.gpu.devices import GpuInfo, list_gpus, select_gpus
+from sft_engine.engines.gpu.half import FP16, DeviceRunner, cuda_device, half_module
+from sft_engine.engines.gpu.probes import require_cuda
 from sft_engine.errors import ExportError
 from sft_engine.repository.config import ModelConfigSpec, TensorSpec
 from sft_engine.verify import Check
@@ -141,4 +143,4 @@ def plan(settings: ExportSettings) -> list[EngineCandidate]:
     return [CANDIDATE]
 
 
-TARGET = Target(name="torchscript-gpu", plan=plan, export=export, check_available=check_available)
+TARGET = Target(name="torchscript-gpu", plan=plan, export=export, check_available=check_available, ngc_container=True)

@@ -1,4 +1,4 @@
-"""INT8 on CPU: which instruction set runs it, and which images calibrate and which gate it.
+"""Which labelled images calibrate a quantized engine (INT8, FP8) and which gate it.
 
 Why a separate gate set: post-training quantization picks its scales from the
 calibration images, so agreement measured on those same images flatters the engine.
@@ -6,21 +6,12 @@ The labelled images (the fine-tune's holdout, or ``--calibration DIR`` in class 
 are split once, deterministically: up to ``calibration_images`` calibrate, the rest
 (at least ``MIN_GATE_IMAGES``) gate. Both counts and a hash of each file list go into
 the build manifest, so a later check can tell which images judged the engine.
-
-INT8 is worth building only where the CPU has integer dot-product instructions:
-AMX-INT8, AVX512-VNNI or AVX-VNNI (one instruction per 4-way u8·s8 dot product), or
-AVX2, whose VPMADDUBSW + VPMADDWD pair does the same in two (oneDNN's and ONNX Runtime's
-pre-VNNI INT8 kernels; measured 1.9-2.9x the FP32 engine on an AVX2-only AMD EPYC, see
-docs/performance.md). Without even AVX2 an INT8 engine runs emulated and loses the
-timing, so ``auto`` leaves it out and ``--precision int8`` is refused unless
-``--allow-emulated-int8`` builds it for other hosts.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -29,47 +20,15 @@ from sft_engine.errors import TargetUnavailable
 from sft_engine.verify import ParityData
 
 __all__ = [
-    "INT8_ISAS", "MIN_GATE_IMAGES", "MIN_CALIBRATION_IMAGES", "DEFAULT_CALIBRATION_IMAGES",
-    "cpu_int8_isa", "require_int8_isa", "Int8Split", "split_for_int8", "files_sha256", "recorded_gate",
+    "MIN_GATE_IMAGES", "MIN_CALIBRATION_IMAGES", "DEFAULT_CALIBRATION_IMAGES", "Int8Split", "split_for_int8", "files_sha256",
+    "recorded_gate",
 ]
 
-#: /proc/cpuinfo flag → name, best first
-INT8_ISAS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2"))
 #: fewer gate images than this cannot resolve a 1 % agreement threshold (one image is 0.5 %)
 MIN_GATE_IMAGES = 200
 #: below this a quantizer's activation ranges are noise (unless the user asked for fewer)
 MIN_CALIBRATION_IMAGES = 32
 DEFAULT_CALIBRATION_IMAGES = 300
-
-
-def cpu_int8_isa(cpuinfo: str | None = None) -> str | None:
-    """The best INT8 dot-product instruction set of this CPU (``AMX-INT8``, ...), or None.
-
-    ``cpuinfo``: the text of /proc/cpuinfo (read when not given; None off Linux).
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-    for flag, name in INT8_ISAS:
-        if flag in flags:
-            return name
-    return None
-
-
-def require_int8_isa(isa: str | None) -> str:
-    """``isa`` itself; refuses (one line naming what is missing) when there is none."""
-    if isa is None:
-        raise TargetUnavailable(
-            "this CPU has no INT8 dot-product instructions (AMX-INT8, AVX512-VNNI, AVX-VNNI or AVX2): an INT8 engine would run emulated",
-            hint="build with --precision bf16 or fp32, or on a CPU of the serving hosts' kind (or here for them: --allow-emulated-int8)",
-        )
-    return isa
 
 
 def files_sha256(files: Iterable[str]) -> str:

@@ -3,13 +3,13 @@
 The pipeline, per GPU architecture of the build host:
 
 1. the eager model, as a half-precision module (FP16 in, FP32 logits out; see
-   ``gpu_common``), traced by ``torch_tensorrt.dynamo.trace`` with a dynamic batch
+   ``gpu.half``), traced by ``torch_tensorrt.dynamo.trace`` with a dynamic batch
    dimension (profile min 1 / opt / max = max_batch_size);
 2. ``dynamo.convert_exported_program_to_serialized_trt_engine`` with the FP16 arguments
-   of the installed Torch-TensorRT version (``precision.fp16_recipe``): one whole-graph
+   of the installed Torch-TensorRT version (``fp16_recipe``): one whole-graph
    engine, no PyTorch fallback, exactly what ``platform: "tensorrt_plan"`` loads;
 3. the plan is deserialized with TensorRT and checked: a silently FP32 engine fails the
-   build (``fp16_check``); the plan itself is then handed to the build's parity and
+   build (``verdict``); the plan itself is then handed to the build's parity and
    accuracy gate (FP16 tolerances), one check per architecture.
 
 Plans are tied to the GPU architecture, so a host with several architectures gets one
@@ -17,10 +17,10 @@ plan per compute capability and a ``cc_model_filenames`` map; and to the TensorR
 version, so the compatibility manifest names the NGC Triton container to serve with.
 
 ``--precision int8`` / ``fp8``: one Q/DQ ONNX model by ModelOpt post-training
-quantization, calibrated on the build's labelled images (``int8.split_for_int8``: the
+quantization, calibrated on the build's labelled images (``calibration.split_for_int8``: the
 rest gate it), built into a plan per architecture by TensorRT's ONNX parser, checked
 with the inspector (most convolutions really run in INT8 / FP8) and gated like the CPU
-INT8 engines (``tensorrt_quant``). FP16 stays the default: it needs no labelled images.
+INT8 engines (``modelopt``). FP16 stays the default: it needs no labelled images.
 
 Config: ``optimization { cuda { graphs: true } }`` (the TensorRT backend captures CUDA
 graphs; with dynamic batching and no preferred sizes it captures batch 1 and
@@ -39,23 +39,27 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from sft_engine.engines.base import EngineArtifact, EngineCandidate, EngineConfig, ExportContext, ExportSettings, Target, serving_config
-from sft_engine.engines.compat import GpuInfo, check_plan_servable, compatibility_manifest, list_gpus, require_torch_tensorrt, select_gpus
-from sft_engine.engines.cpu import export_onnx
-from sft_engine.engines.cpu import INPUT_NAME as ONNX_INPUT_NAME
-from sft_engine.engines.fp16_check import assess_fp16
-from sft_engine.engines.gpu_common import FP16, half_module
-from sft_engine.engines.int8 import split_for_int8
-from sft_engine.engines.precision import Fp16Recipe, fp16_recipe
-from sft_engine.engines.tensorrt_quant import (
+from sft_engine.engines.base import (
+    EngineArtifact, EngineCandidate, EngineConfig, ExportContext, ExportSettings, Target, serving_config,
+)
+from sft_engine.engines.calibration import split_for_int8
+from sft_engine.engines.export.onnx import INPUT_NAME as ONNX_INPUT_NAME
+from sft_engine.engines.export.onnx import export_onnx
+from sft_engine.engines.gpu.compatibility import check_plan_servable, compatibility_manifest
+from sft_engine.engines.gpu.devices import GpuInfo, list_gpus, select_gpus
+from sft_engine.engines.gpu.half import FP16, half_module
+from sft_engine.engines.gpu.probes import require_torch_tensorrt
+from sft_engine.engines.tensorrt.fp16_recipe import Fp16Recipe, fp16_recipe
+from sft_engine.engines.tensorrt.modelopt import (
     QUANT_MODES, assess_quantized, build_plan, fp8_unavailable_reason, quantize_with_modelopt, require_quantization_stack,
     tensorrt_build_flags,
 )
+from sft_engine.engines.tensorrt.verdict import assess_fp16
 from sft_engine.errors import ConfigError, ExportError, TargetUnavailable
 from sft_engine.repository.config import ModelConfigSpec, TensorSpec
 from sft_engine.verify import Check
 
-__all__ = ["TARGET", "PRECISIONS", "export", "check_available", "check_precision", "tensorrt_config", "tensorrt_engine_config", "batch_profile", "plan_filenames",
+__all__ = ["TARGET", "PRECISIONS", "export", "check_available", "check_choice", "tensorrt_config", "tensorrt_engine_config", "batch_profile", "plan_filenames",
            "compile_plan", "detailed_profiling", "DEBUGGER_SINCE", "INPUT_NAME", "OUTPUT_NAME"]
 
 LOGGER = logging.getLogger(__name__)
@@ -67,15 +71,17 @@ OUTPUT_NAME = "output0"
 
 #: the default candidate: an FP16 plan per GPU architecture
 CANDIDATE = EngineCandidate("tensorrt", FP16)
-#: what ``--precision`` accepts with ``--target tensorrt`` (``auto`` = ``fp16``)
+#: what ``--precision`` accepts with ``--target tensorrt`` (``auto`` = ``fp16``): FP16 and ModelOpt's quantized modes
 PRECISIONS = ("auto", FP16, *QUANT_MODES)
 
 
-def check_precision(precision: str) -> None:
-    """ConfigError unless ``--precision`` is one the tensorrt target builds."""
+def check_choice(engine: str, precision: str) -> None:
+    """ConfigError unless ``--precision`` is one the tensorrt target builds, and no CPU ``--engine`` is named."""
     if precision not in PRECISIONS:
         raise ConfigError(f"--target tensorrt has no {precision} mode",
                           hint=f"use --precision {', '.join(PRECISIONS[1:])} (auto = fp16), or --target cpu for bf16")
+    if engine != "auto":
+        raise ConfigError(f"--engine {engine} chooses a CPU engine, not a tensorrt one", hint="drop --engine, or use --target cpu")
 
 
 def check_available(settings: ExportSettings | None = None) -> None:
@@ -233,7 +239,7 @@ def compile_plan(module: nn.Module, recipe: Fp16Recipe, gpu: GpuInfo, shape: tup
 
 def _compile_one(ctx: ExportContext, recipe: Fp16Recipe, gpu: GpuInfo, path: Path) -> dict[str, Any]:
     """Build and check FP16, for one architecture. Returns the runner and what the manifest records."""
-    from sft_engine.engines.trt_runtime import PlanRunner
+    from sft_engine.engines.tensorrt.runtime import PlanRunner
 
     s = ctx.settings
     device = torch.device("cuda", gpu.index)
@@ -316,7 +322,7 @@ def _export_quantized(ctx: ExportContext, candidate: EngineCandidate) -> EngineA
     """
     import tensorrt as trt
 
-    from sft_engine.engines.trt_runtime import PlanRunner
+    from sft_engine.engines.tensorrt.runtime import PlanRunner
 
     s, mode = ctx.settings, candidate.precision
     require_quantization_stack(mode)
@@ -379,4 +385,5 @@ def plan(settings: ExportSettings) -> list[EngineCandidate]:
     return [CANDIDATE]
 
 
-TARGET = Target(name="tensorrt", plan=plan, export=export, check_available=check_available)
+TARGET = Target(name="tensorrt", plan=plan, export=export, precisions=PRECISIONS[1:], check_choice=check_choice,
+                check_available=check_available, ngc_container=True)

@@ -9,7 +9,7 @@ included:
 * the half-precision serving module exports with a dynamic batch dimension whose range
   is exactly 1 … ``max_batch_size`` (the plan's optimization profile);
 * its one input is named after ``forward``'s argument, which becomes the engine's input
-  binding and so must be the config's input name (``tensorrt.INPUT_NAME``), FP16;
+  binding and so must be the config's input name (``tensorrt.target.INPUT_NAME``), FP16;
 * it has exactly one output, FP32 (Triton's classification extension needs it);
 * ``ep.module()`` agrees with eager FP32 at batch 1 and at ``max_batch_size`` within the
   FP16 tolerance.
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sft_engine.engines.gpu_common import half_module
+from sft_engine.engines.gpu.half import half_module
 from sft_engine.verify import FP16_TOLERANCE
 
 __all__ = ["ExportCheck", "export_half_module", "check_half_export"]

@@ -18,8 +18,9 @@ that the build gates (``verify.INT8_TOLERANCE``) on the other part, which the qu
 never saw (``EngineArtifact.gate_data``). Too few images: the INT8 candidates are
 recorded as not exported, with the reason.
 
-A new candidate is a row of ``CANDIDATES`` (and an exporter in ``_EXPORTERS`` for a
-new engine kind); a new precision also needs its gate in ``verify.PRECISION_GATES``.
+A new candidate is a row of ``CANDIDATES`` (and an exporter of ``engines.export`` in
+``_EXPORTERS`` for a new engine kind); a new precision is also a record of
+``engines.precision.PRECISIONS`` (its gate, whether it needs labelled images).
 """
 
 from __future__ import annotations
@@ -29,28 +30,28 @@ import json
 import logging
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from sft_engine.engines import serving_model
 from sft_engine.engines.base import EngineArtifact, EngineCandidate, EngineConfig, ExportContext, ExportSettings, Target, serving_config
-from sft_engine.engines.int8 import cpu_int8_isa, require_int8_isa, split_for_int8
-from sft_engine.engines.quantize import quantize_onnx, quantize_openvino
+from sft_engine.engines.calibration import split_for_int8
+from sft_engine.engines.cpu import serving_model
+from sft_engine.engines.cpu.isa import cpu_has_native_bf16, cpu_int8_isa, require_int8_isa
+from sft_engine.engines.cpu.quantize import quantize_onnx, quantize_openvino
+from sft_engine.engines.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
+from sft_engine.engines.export.openvino import export_openvino
+from sft_engine.engines.export.torchscript import export_torchscript
 from sft_engine.errors import ConfigError, TargetUnavailable
 from sft_engine.repository.config import ModelConfigSpec, TensorSpec
 from sft_engine.verify import Check
 
-__all__ = ["TARGET", "cpu_config", "cpu_engine_config", "plan_candidates", "engine_json", "check_choice", "cpu_has_native_bf16",
+__all__ = ["TARGET", "cpu_config", "cpu_engine_config", "plan_candidates", "engine_json", "check_choice",
            "CANDIDATES", "ENGINES", "PRECISIONS", "INPUT_NAME", "OUTPUT_NAME", "ENGINE_FILES", "INT8_PACKAGES"]
 
 LOGGER = logging.getLogger(__name__)
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 #: the files of each engine kind; the first is the one the runtime opens
 ENGINE_FILES = {"onnxruntime": ("model.onnx",), "torchscript": ("model.ts",), "openvino": ("model.xml", "model.bin")}
 #: the pip package each engine kind needs at build and serving time
@@ -70,46 +71,6 @@ INT8_PACKAGES = {"openvino": "nncf", "onnxruntime": "onnxruntime"}
 ENGINES = ("auto", *ENGINE_FILES)
 PRECISIONS = ("auto", *dict.fromkeys(c.precision for c in CANDIDATES))
 SERVING_MODEL = Path(serving_model.__file__)
-
-
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """ONNX with a dynamic batch axis (TorchScript-based exporter: fast and stable for CNNs)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=17,
-            do_constant_folding=True, dynamo=False,
-        )
-
-
-def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Traced and frozen TorchScript.
-
-    ``optimize_for_inference`` rewrites to ops that cannot be serialized, so it runs at
-    load time in the serving model instead (``engine.json``: ``optimize_for_inference``).
-    """
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, example, check_trace=False)
-        frozen = torch.jit.freeze(traced.eval())
-    frozen.save(str(path))
-
-
-def export_openvino(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """OpenVINO IR (``model.xml`` + ``model.bin``) converted from the ONNX export, dynamic batch kept.
-
-    Weights stay FP32 on disk (``compress_to_fp16=False``): the precision is chosen when
-    the model is compiled, from ``engine.json``, so one IR serves FP32 and bf16.
-    """
-    import openvino as ov
-
-    onnx_path = path.with_suffix(".onnx")
-    export_onnx(model, example, onnx_path)
-    try:
-        ov.save_model(ov.convert_model(str(onnx_path)), str(path), compress_to_fp16=False)
-    finally:
-        onnx_path.unlink(missing_ok=True)
 
 
 _EXPORTERS = {"onnxruntime": export_onnx, "torchscript": export_torchscript, "openvino": export_openvino}
@@ -143,15 +104,6 @@ def check_choice(engine: str, precision: str) -> None:
         able = [c.engine for c in CANDIDATES if c.precision == precision]
         raise ConfigError(f"engine {engine} has no {precision} mode",
                           hint=f"use --engine {' or '.join(able)} (or auto) with --precision {precision}, or --precision fp32")
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether OpenVINO reports bf16 arithmetic on this CPU (AVX512-BF16 or AMX)."""
-    if importlib.util.find_spec("openvino") is None:
-        return False
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def plan_candidates(engine: str, precision: str, native_bf16: bool, int8_isa: str | None = None,
@@ -264,5 +216,6 @@ def export(ctx: ExportContext, candidate: EngineCandidate) -> EngineArtifact:
     )
 
 
-TARGET = Target(name="cpu", plan=plan, export=export, check_available=check_available, selects=True, label="CPU",
-                export_hint="try --engine torchscript or --engine onnxruntime")
+TARGET = Target(name="cpu", plan=plan, export=export, precisions=PRECISIONS[1:], check_choice=check_choice,
+                check_available=check_available, selects=True, label="CPU", export_hint="try --engine torchscript or --engine onnxruntime",
+                serves_on_gpus=False)

@@ -1,6 +1,6 @@
 """INT8 / FP8 TensorRT plans by NVIDIA ModelOpt post-training quantization: the pieces of that path.
 
-``--target tensorrt --precision int8|fp8`` (``tensorrt.export`` chains these pieces,
+``--target tensorrt --precision int8|fp8`` (``tensorrt.target.export`` chains these pieces,
 with the calibration/gate split of the CPU INT8 engines and the gate
 ``verify.INT8_TOLERANCE`` / ``FP8_TOLERANCE``). The quantizer call, the plan build and the
 checks below are written against ModelOpt's and TensorRT's APIs; their
@@ -43,8 +43,9 @@ from typing import Any, Collection, Iterable
 
 import numpy as np
 
-from sft_engine.engines.fp16_check import layer_precision_counts
-from sft_engine.engines.precision import parse_version
+from sft_engine.deps import require_minor
+from sft_engine.engines.precision import PRECISIONS
+from sft_engine.engines.tensorrt.verdict import layer_precision_counts
 from sft_engine.errors import ExportError, TargetUnavailable
 
 __all__ = [
@@ -55,7 +56,6 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-QUANT_MODES = ("int8", "fp8")
 #: first nvidia-modelopt with ``modelopt.onnx.quantization.quantize(quantize_mode=..., calibration_data=...)`` for int8 and fp8
 MIN_MODELOPT = (0, 11)
 #: explicit-quantization ONNX (Q/DQ) builds from TensorRT 8.6 on
@@ -64,6 +64,8 @@ MIN_TENSORRT = (8, 6)
 MIN_QUANTIZED_SHARE = 0.5
 #: calibration method per mode (ModelOpt's recommendations: entropy for INT8, max for FP8)
 CALIBRATION_METHOD = {"int8": "entropy", "fp8": "max"}
+#: the precisions ModelOpt quantizes to: those of the table calibrated on labelled images that it has a method for
+QUANT_MODES = tuple(mode for mode in CALIBRATION_METHOD if PRECISIONS[mode].needs_labelled_images)
 _INSPECTOR_NAME = {"int8": "INT8", "fp8": "FP8"}
 
 
@@ -124,7 +126,7 @@ class TrtBuildFlags:
 
 def tensorrt_build_flags(version: str, mode: str) -> TrtBuildFlags:
     """Network-creation and builder flags (names in ``trt.NetworkDefinitionCreationFlag`` / ``trt.BuilderFlag``)."""
-    ver = parse_version(version)
+    ver = require_minor(version)
     if ver < MIN_TENSORRT:
         raise TargetUnavailable(f"TensorRT {version} cannot build explicitly quantized (Q/DQ) networks",
                                 hint=f"install TensorRT >= {MIN_TENSORRT[0]}.{MIN_TENSORRT[1]}")
@@ -186,7 +188,7 @@ def require_modelopt() -> tuple[Any, str]:
         raise TargetUnavailable(f"--target tensorrt --precision int8/fp8 needs nvidia-modelopt's ONNX quantizer ({type(exc).__name__}: {exc})"[:300],
                                 hint="pip install 'nvidia-modelopt[onnx]', or build --precision fp16 (the default)") from None
     version = str(getattr(modelopt, "__version__", "0"))
-    if parse_version(version) < MIN_MODELOPT:
+    if require_minor(version) < MIN_MODELOPT:
         raise TargetUnavailable(f"nvidia-modelopt {version} is older than {MIN_MODELOPT[0]}.{MIN_MODELOPT[1]}",
                                 hint="pip install -U 'nvidia-modelopt[onnx]'")
     return module.quantize, version

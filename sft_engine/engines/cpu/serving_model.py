@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-#: /proc/cpuinfo flags of integer dot-product instructions (as ``sft_engine.engines.int8``; this file stands alone)
+#: /proc/cpuinfo flags of integer dot-product instructions (as ``sft_engine.engines.cpu.isa``; this file stands alone)
 _INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx2")
 
 

@@ -1,0 +1,28 @@
+"""OpenVINO IR converted from the ONNX export (the CPU target's ``openvino`` engine, FP32 and bf16)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sft_engine.engines.export.onnx import export_onnx
+
+__all__ = ["export_openvino"]
+
+
+def export_openvino(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """OpenVINO IR (``model.xml`` + ``model.bin``) converted from the ONNX export, dynamic batch kept.
+
+    Weights stay FP32 on disk (``compress_to_fp16=False``): the precision is chosen when
+    the model is compiled, from ``engine.json``, so one IR serves FP32 and bf16.
+    """
+    import openvino as ov
+
+    onnx_path = path.with_suffix(".onnx")
+    export_onnx(model, example, onnx_path)
+    try:
+        ov.save_model(ov.convert_model(str(onnx_path)), str(path), compress_to_fp16=False)
+    finally:
+        onnx_path.unlink(missing_ok=True)
