@@ -20,12 +20,13 @@ from sft_engine.models.registry import (  # noqa: E402
     build_model,
     canonical_arch,
     get_arch,
+    get_source,
     head_prefix,
     list_archs,
     register_arch,
     source_preprocessing,
 )
-from sft_engine.models.source import ModelInfo, ModelSource, get_source, split_name  # noqa: E402
+from sft_engine.models.source import ModelInfo, ModelSource, split_name  # noqa: E402
 
 __all__ = [
     "ArchSpec",

@@ -20,9 +20,9 @@ from torch import nn
 
 from sft_engine.errors import ModelError
 from sft_engine.models.heads import replace_head
-from sft_engine.models.source import get_source, split_name
+from sft_engine.models.source import SOURCES, ModelSource, split_name
 
-__all__ = ["ArchSpec", "register_arch", "get_arch", "list_archs", "build_model", "head_prefix", "canonical_arch", "source_preprocessing"]
+__all__ = ["ArchSpec", "register_arch", "get_arch", "list_archs", "build_model", "head_prefix", "canonical_arch", "source_preprocessing", "get_source"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -81,6 +81,19 @@ for _spec in (
 def list_archs() -> list[str]:
     """Names of every registered architecture, sorted."""
     return sorted(_REGISTRY)
+
+
+def get_source(name: str) -> ModelSource:
+    """The source called ``name`` (imported on first use: timm is only loaded for ``timm:`` names)."""
+    if name == "torchvision":
+        from sft_engine.models.torchvision_source import TORCHVISION
+
+        return TORCHVISION
+    if name == "timm":
+        from sft_engine.models.timm_source import TIMM
+
+        return TIMM
+    raise ModelError(f"unknown model source {name!r}", hint=f"use one of: {', '.join(SOURCES)}")
 
 
 def canonical_arch(name: str) -> str:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from sft_engine.preprocess import Preprocessing
 
-__all__ = ["ModelSource", "ModelInfo", "split_name", "get_source", "SOURCES"]
+__all__ = ["ModelSource", "ModelInfo", "split_name", "SOURCES"]
 
 #: sources by prefix; a bare name is torchvision's
 SOURCES = ("torchvision", "timm")
@@ -83,16 +83,3 @@ def split_name(arch: str) -> tuple[str, str]:
     if prefix not in SOURCES or not model:
         raise ModelError(f"unknown model source {prefix!r} in {arch!r}", hint=f"use one of {', '.join(p + ':NAME' for p in SOURCES)}, or a bare torchvision name")
     return prefix, model
-
-
-def get_source(name: str) -> ModelSource:
-    """The source called ``name`` (imported on first use: timm is only loaded for ``timm:`` names)."""
-    if name == "torchvision":
-        from sft_engine.models.torchvision_source import TORCHVISION
-
-        return TORCHVISION
-    if name == "timm":
-        from sft_engine.models.timm_source import TIMM
-
-        return TIMM
-    raise ModelError(f"unknown model source {name!r}", hint=f"use one of: {', '.join(SOURCES)}")
