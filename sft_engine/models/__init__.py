@@ -9,6 +9,7 @@ check_torch_pair()
 
 from sft_engine.models.checkpoint import (  # noqa: E402
     KeyReport,
+    align_keys,
     apply_state_dict,
     load_state_dict_file,
     load_weights,
@@ -31,6 +32,7 @@ from sft_engine.models.source import ModelInfo, ModelSource, split_name  # noqa:
 __all__ = [
     "ArchSpec",
     "KeyReport",
+    "align_keys",
     "ModelInfo",
     "ModelSource",
     "apply_state_dict",
