@@ -25,6 +25,9 @@ __all__ = [
     "REGULARIZERS",
     "AMP_MODES",
     "DEFAULT_LAMBDA",
+    "DEFAULT_LAYER_DECAY",
+    "LAYER_DECAY_FAMILIES",
+    "default_layer_decay",
     "load_finetune_toml",
 ]
 
@@ -36,6 +39,18 @@ SYNTHETIC_VARIANTS = ("a", "b")
 
 #: λ used when ``reg_lambda`` is not given; chosen from benchmarks/finetune_l2sp_experiment.py
 DEFAULT_LAMBDA = {"none": 0.0, "l2sp": 0.1, "distill": 1.0}
+
+
+#: families fine-tuned with layer-wise learning-rate decay in their papers (BEiT, MAE, DeiT III, Swin
+#: fine-tuning recipes); ``layer_decay = "auto"`` gives them ``DEFAULT_LAYER_DECAY``, the others none
+LAYER_DECAY_FAMILIES = ("vit", "deit", "beit", "eva", "swin", "cait", "xcit", "flexivit")
+DEFAULT_LAYER_DECAY = 0.75
+
+
+def default_layer_decay(arch: str) -> float:
+    """``DEFAULT_LAYER_DECAY`` for a transformer family (``vit_b_16``, ``timm:deit_small_patch16_224``), else 1.0."""
+    model = arch.rpartition(":")[2]
+    return DEFAULT_LAYER_DECAY if model.startswith(LAYER_DECAY_FAMILIES) else 1.0
 
 
 @dataclass
@@ -167,8 +182,6 @@ class FinetuneConfig:
             _float(c, "head_lr", 0.0, low_open=True, hint="pass --head-lr greater than 0 or leave it out to use --lr")
         _float(c, "momentum", 0.0, 1.0, high_open=True, hint="e.g. --momentum 0.9")
         if c.layer_decay == "auto":
-            from sft_engine.finetune.optim import default_layer_decay
-
             c.layer_decay = default_layer_decay(c.arch) if c.optimizer == "adamw" else 1.0
         _float(c, "layer_decay", 0.0, 1.0, low_open=True, hint="pass a layer decay in (0, 1], e.g. 0.75, or 1 for none")
         _float(c, "weight_decay", 0.0, hint="pass --weight-decay 0 or more")

@@ -16,20 +16,10 @@ from torch import nn
 from sft_engine.errors import ConfigError
 from sft_engine.finetune.config import FinetuneConfig
 
-__all__ = ["param_groups", "make_optimizer", "resolve_amp", "layer_ids", "default_layer_decay", "LAYER_DECAY_FAMILIES"]
+__all__ = ["param_groups", "make_optimizer", "resolve_amp", "layer_ids"]
 
-#: families fine-tuned with layer-wise learning-rate decay in their papers (BEiT, MAE, DeiT III, Swin
-#: fine-tuning recipes); ``layer_decay = "auto"`` gives them ``DEFAULT_LAYER_DECAY``, the others none
-LAYER_DECAY_FAMILIES = ("vit", "deit", "beit", "eva", "swin", "cait", "xcit", "flexivit")
-DEFAULT_LAYER_DECAY = 0.75
 #: a numbered block: ``3`` (nn.Sequential), ``encoder_layer_3`` (torchvision ViT), ``layer3``, ``block_3``, ``stage3``
 _NUMBERED = re.compile(r"^(\d+|(encoder_)?layers?_?\d+|blocks?_?\d+|stages?_?\d+)$")
-
-
-def default_layer_decay(arch: str) -> float:
-    """``DEFAULT_LAYER_DECAY`` for a transformer family (``vit_b_16``, ``timm:deit_small_patch16_224``), else 1.0."""
-    model = arch.rpartition(":")[2]
-    return DEFAULT_LAYER_DECAY if model.startswith(LAYER_DECAY_FAMILIES) else 1.0
 
 
 def _block_key(name: str) -> str | None:

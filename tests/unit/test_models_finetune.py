@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from sft_engine.finetune.config import FinetuneConfig
+from sft_engine.finetune.config import FinetuneConfig, default_layer_decay
 from sft_engine.finetune.objective import L2SP
-from sft_engine.finetune.optim import default_layer_decay, layer_ids, param_groups
+from sft_engine.finetune.optim import layer_ids, param_groups
 from sft_engine.models import build_model, head_prefix
 
 pytest.importorskip("timm")
