@@ -20,6 +20,7 @@ __all__ = ["main", "build_parser"]
 COMMANDS = (
     "sft_engine.commands.finetune",
     "sft_engine.commands.build",
+    "sft_engine.commands.models",
     "sft_engine.commands.serve",
     "sft_engine.commands.classify",
     "sft_engine.commands.loadtest",

@@ -10,10 +10,25 @@ repository loads in the stock NGC Triton container.
 
 Steps, in order: decode (PNG, JPEG or WebP; the size is checked against
 ``max_image_pixels`` from the header, before any pixel is decoded); convert to RGB;
-resize to ``input_size``×``input_size`` (Pillow bilinear, antialiased; no crop);
-multiply by ``scale``; subtract ``mean`` and divide by ``std`` per channel; lay out
-CHW float32. The parameters are the ``preprocess_*`` entries the build records in
-the engine's ``config.pbtxt``; the preprocessing model carries the same entries.
+resize and crop to ``input_size``×``input_size`` by ``crop_mode`` (below); scale to
+[0, 1] (divide by 255, as torchvision's ``to_tensor`` / ``convert_image_dtype`` do);
+subtract ``mean`` and divide by ``std`` per channel; lay out CHW float32. The
+parameters are the ``preprocess_*`` entries the build records in the engine's
+``config.pbtxt``; the preprocessing model carries the same entries.
+
+Resize and crop follow timm's ``transforms_imagenet_eval`` and torchvision's
+``ImageClassification`` on PIL images to the pixel (same integer arithmetic, same
+Python rounding, Pillow's antialiased filters, which is what both use on PIL images).
+``R`` is ``resize_size`` (timm: ``floor(input_size / crop_pct)``; absent: ``input_size``):
+
+* ``squash`` - resize to R×R (aspect ratio not kept), centre-crop ``input_size``; with
+  R = ``input_size`` this is the plain resize every build before crop modes recorded;
+* ``center`` - resize the shorter edge to R, the longer to ``int(R * long / short)``
+  (torchvision ``Resize(int)``), centre-crop ``input_size`` at
+  ``int(round((edge - input_size) / 2))``;
+* ``border`` - resize the longer edge to R (each edge ``round(edge * R / longest)``,
+  timm ``ResizeKeepRatio(longest=1)``), centre-crop or pad to ``input_size`` with the
+  colour ``round(255 * mean)`` (timm ``CenterCropOrPad``).
 
 Decoder: Pillow. simplejpeg decodes JPEG to the same pixels but was not clearly
 faster here, where resizing, not decoding, dominates (benchmarks/bench_decoders.py,
@@ -29,6 +44,9 @@ import numpy as np
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 FORMATS = ("PNG", "JPEG", "WEBP")
 PARAMETER_PREFIX = "preprocess_"
+CROP_MODES = ("squash", "center", "border")
+#: Pillow's filters, by timm's / torchvision's names (Pillow antialiases all but nearest)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 
 
 class ImageError(ValueError):
@@ -38,11 +56,23 @@ class ImageError(ValueError):
 class PixelPipeline:
     """Turns decoded images (or their encoded bytes) into normalized CHW float32 arrays."""
 
-    def __init__(self, input_size, mean, std, scale=1.0 / 255.0, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    def __init__(self, input_size, mean, std, scale=1.0 / 255.0, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+                 resize_size=None, crop_mode="squash", interpolation="bilinear"):
+        if crop_mode not in CROP_MODES:
+            raise ValueError("unsupported preprocessing crop_mode %r (this pipeline does %s)" % (crop_mode, ", ".join(CROP_MODES)))
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError("unsupported preprocessing resize %r (this pipeline does %s)" % (interpolation, ", ".join(INTERPOLATIONS)))
         self.input_size = int(input_size)
+        self.resize_size = int(resize_size) if resize_size else self.input_size
+        self.crop_mode = crop_mode
+        self.interpolation = interpolation
         self.scale = np.float32(scale)
+        # 1/255 is applied as a division by 255, as torchvision and timm do: bit-identical tensors
+        inverse = 1.0 / float(scale)
+        self._divisor = np.float32(round(inverse)) if abs(inverse - round(inverse)) < 1e-6 else None
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
+        self._fill = tuple(int(round(255 * float(v))) for v in mean)
         self.max_image_pixels = int(max_image_pixels)
 
     @classmethod
@@ -54,7 +84,7 @@ class PixelPipeline:
                 raise KeyError("model config has no parameter " + PARAMETER_PREFIX + key)
             return str(value)
 
-        for key, supported in (("layout", "NCHW"), ("color", "RGB"), ("resize", "bilinear")):
+        for key, supported in (("layout", "NCHW"), ("color", "RGB"), ("antialias", "true")):
             if get(key, supported) != supported:
                 raise ValueError("unsupported preprocessing %s %r (this pipeline does %s)" % (key, get(key), supported))
         return cls(
@@ -63,6 +93,9 @@ class PixelPipeline:
             std=[float(v) for v in get("std").split(",")],
             scale=float(get("scale")),
             max_image_pixels=int(get("max_image_pixels", str(DEFAULT_MAX_IMAGE_PIXELS))),
+            resize_size=int(get("resize_size", "0")) or None,  # absent: the plain resize of older builds
+            crop_mode=get("crop_mode", "squash"),
+            interpolation=get("resize", "bilinear"),
         )
 
     # -- bytes → image -----------------------------------------------------------------
@@ -95,12 +128,32 @@ class PixelPipeline:
         """A PIL image → CHW float32, exactly the build's preprocessing."""
         from PIL import Image
 
-        image = image.convert("RGB")
-        if image.size != (self.input_size, self.input_size):
-            image = image.resize((self.input_size, self.input_size), Image.BILINEAR)
-        arr = np.asarray(image, dtype=np.float32) * self.scale
+        image = self.resize_and_crop(image.convert("RGB"))
+        arr = np.asarray(image, dtype=np.float32)
+        arr = arr / self._divisor if self._divisor is not None else arr * self.scale
         arr = (arr - self.mean) / self.std
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def resized_size(self, width, height):
+        """(width, height) after the resize step, before the crop (the arithmetic of timm / torchvision)."""
+        size = self.resize_size
+        if self.crop_mode == "squash":
+            return size, size
+        if self.crop_mode == "center":  # torchvision F.resize(img, [size]): the shorter edge to size, the longer truncated
+            short, long = (width, height) if width <= height else (height, width)
+            new_short, new_long = size, int(size * long / short)
+            return (new_short, new_long) if width <= height else (new_long, new_short)
+        ratio = max(height / size, width / size)  # timm ResizeKeepRatio(longest=1.0)
+        return round(width / ratio), round(height / ratio)
+
+    def resize_and_crop(self, image):
+        """An RGB PIL image → ``input_size``×``input_size`` RGB PIL image, by ``crop_mode``."""
+        from PIL import Image
+
+        target = self.resized_size(*image.size)
+        if image.size != target:
+            image = image.resize(target, _pil_filter(Image, self.interpolation))
+        return _center_crop_or_pad(image, self.input_size, self._fill if self.crop_mode == "border" else (0, 0, 0))
 
     def bytes_to_array(self, data):
         return self.image_to_array(self.decode(data))
@@ -120,6 +173,33 @@ class PixelPipeline:
         if executor is None or len(items) < 2:
             return [self._outcome(data) for data in items]
         return list(executor.map(self._outcome, items))
+
+
+def _pil_filter(image_module, name):
+    return getattr(image_module.Resampling, name.upper())
+
+
+def _center_crop_or_pad(image, size, fill):
+    """torchvision ``center_crop`` / timm ``center_crop_or_pad`` on a PIL image: pad with ``fill`` where smaller, then crop."""
+    from PIL import Image
+
+    width, height = image.size
+    if size > width or size > height:
+        left = (size - width) // 2 if size > width else 0
+        top = (size - height) // 2 if size > height else 0
+        right = (size - width + 1) // 2 if size > width else 0
+        bottom = (size - height + 1) // 2 if size > height else 0
+        padded = Image.new(image.mode, (width + left + right, height + top + bottom), fill)
+        padded.paste(image, (left, top))
+        image = padded
+        width, height = image.size
+        if width == size and height == size:
+            return image
+    if width == size and height == size:
+        return image
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
 
 
 def _first_line(exc):

@@ -14,9 +14,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from sft_engine.errors import ConfigError
-from sft_engine.pixels import DEFAULT_MAX_IMAGE_PIXELS, PixelPipeline
+from sft_engine.pixels import CROP_MODES, DEFAULT_MAX_IMAGE_PIXELS, INTERPOLATIONS, PixelPipeline
 
-__all__ = ["Preprocessing", "IMAGENET_MEAN", "IMAGENET_STD", "load_image"]
+__all__ = ["Preprocessing", "IMAGENET_MEAN", "IMAGENET_STD", "load_image", "resize_size_for"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,11 +27,19 @@ _PREFIX = "preprocess_"
 class Preprocessing:
     """How an RGB image becomes the model's input tensor.
 
-    Steps, in order: convert to RGB; resize to ``input_size``×``input_size`` with
-    bilinear interpolation (PIL, antialiased); scale to [0, 1]; subtract ``mean``,
-    divide by ``std`` per channel; lay out as ``layout`` (NCHW) float32. The steps
-    themselves live in ``sft_engine.pixels``, the file the served preprocessing model
-    runs; this class validates and records the parameters.
+    Steps, in order: convert to RGB; resize with ``resize`` (the interpolation:
+    bilinear, bicubic ...; Pillow, antialiased as timm and torchvision are on PIL
+    images) to ``resize_size`` by ``crop_mode`` (``squash``, ``center``, ``border``)
+    and crop (or pad) to ``input_size``×``input_size``; scale to [0, 1]; subtract
+    ``mean``, divide by ``std`` per channel; lay out as ``layout`` (NCHW) float32.
+
+    ``resize_size`` ``None`` means ``input_size``: with ``squash`` that is the plain
+    resize every build made before crop modes were recorded, and what a config
+    without ``preprocess_crop_mode`` / ``preprocess_resize_size`` still means. timm's
+    ``crop_pct`` becomes ``resize_size_for(input_size, crop_pct)`` (its own floor),
+    torchvision's ``resize_size`` is taken as it is. The steps themselves live in
+    ``sft_engine.pixels``, the file the served preprocessing model runs; this class
+    validates and records the parameters.
     """
 
     input_size: int = 224
@@ -41,6 +49,9 @@ class Preprocessing:
     color: str = "RGB"
     resize: str = "bilinear"
     scale: float = 1.0 / 255.0
+    resize_size: int | None = None
+    crop_mode: str = "squash"
+    antialias: bool = True
     channels: int = field(default=3, init=False)
 
     def __post_init__(self) -> None:
@@ -53,8 +64,27 @@ class Preprocessing:
             object.__setattr__(self, name, values)
         if any(v <= 0 for v in self.std):
             raise ConfigError(f"--std values must be > 0, got {self.std}", hint="e.g. --std 0.229,0.224,0.225")
-        if self.layout != "NCHW" or self.color != "RGB" or self.resize != "bilinear":
-            raise ConfigError(f"unsupported preprocessing {self.layout}/{self.color}/{self.resize}", hint="use NCHW, RGB, bilinear")
+        if self.layout != "NCHW" or self.color != "RGB":
+            raise ConfigError(f"unsupported preprocessing {self.layout}/{self.color}", hint="use NCHW, RGB")
+        if self.resize not in INTERPOLATIONS:
+            raise ConfigError(f"unsupported interpolation {self.resize!r}", hint=f"use one of: {', '.join(INTERPOLATIONS)}")
+        if self.crop_mode not in CROP_MODES:
+            raise ConfigError(f"unsupported crop mode {self.crop_mode!r}", hint=f"use one of: {', '.join(CROP_MODES)}")
+        if self.resize_size is not None and (not isinstance(self.resize_size, int) or not 8 <= self.resize_size <= 8192):
+            raise ConfigError(f"resize size {self.resize_size!r} is out of range", hint="pass a resize size between 8 and 8192, or none")
+        if self.antialias is not True:
+            raise ConfigError("unantialiased resizing is not supported", hint="Pillow antialiases as timm and torchvision do on PIL images; use antialias=True")
+
+    @property
+    def crop_pct(self) -> float:
+        """timm's name for ``input_size / resize_size``."""
+        return self.input_size / (self.resize_size or self.input_size)
+
+    def describe(self) -> str:
+        """One line: ``224 <- center 256, bicubic, mean 0.5,0.5,0.5 std 0.5,0.5,0.5``."""
+        resize = f"{self.crop_mode} {self.resize_size or self.input_size}"
+        fmt = lambda values: ",".join(f"{v:g}" for v in values)  # noqa: E731
+        return f"{self.input_size} <- {resize}, {self.resize}, mean {fmt(self.mean)} std {fmt(self.std)}"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -71,14 +101,17 @@ class Preprocessing:
             _PREFIX + "color": self.color,
             _PREFIX + "resize": self.resize,
             _PREFIX + "scale": repr(self.scale),
+            # written only where they differ from the plain resize, so those configs stay as they were
+            **({_PREFIX + "crop_mode": self.crop_mode} if self.crop_mode != "squash" else {}),
+            **({_PREFIX + "resize_size": str(self.resize_size)} if self.resize_size not in (None, self.input_size) else {}),
         }
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, Any]) -> "Preprocessing":
         """Read back from a config's ``parameters`` (protobuf or JSON form)."""
 
-        def get(key: str) -> str:
-            value = params.get(_PREFIX + key)
+        def get(key: str, default: str | None = None) -> str:
+            value = params.get(_PREFIX + key, default)
             if value is None:
                 raise ConfigError(f"model config has no parameter {_PREFIX + key}", hint="rebuild the model with sft-engine build")
             if isinstance(value, Mapping):
@@ -95,6 +128,9 @@ class Preprocessing:
             color=get("color"),
             resize=get("resize"),
             scale=float(get("scale")),
+            resize_size=int(get("resize_size", "0")) or None,
+            crop_mode=get("crop_mode", "squash"),
+            antialias=get("antialias", "true").lower() == "true",
         )
 
     # -- applying it -----------------------------------------------------------------
@@ -118,7 +154,8 @@ class Preprocessing:
         The same file runs as the ``<name>_preprocess`` model, so a client-side and
         a server-side ``classify`` of one image see the same tensor.
         """
-        return PixelPipeline(self.input_size, self.mean, self.std, self.scale, max_image_pixels)
+        return PixelPipeline(self.input_size, self.mean, self.std, self.scale, max_image_pixels,
+                             resize_size=self.resize_size, crop_mode=self.crop_mode, interpolation=self.resize)
 
     def batch(self, images: Iterable[Any]) -> np.ndarray:
         """Many images → NCHW float32 batch."""
@@ -132,6 +169,15 @@ class Preprocessing:
         mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
         std = np.asarray(self.std, np.float32).reshape(1, 3, 1, 1)
         return ((images01.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+def resize_size_for(input_size: int, crop_pct: float) -> int:
+    """timm's resize size for ``crop_pct``: ``floor(input_size / crop_pct)`` (``transforms_imagenet_eval``)."""
+    import math
+
+    if not 0.05 <= float(crop_pct) <= 4.0:
+        raise ConfigError(f"crop_pct {crop_pct!r} is out of range", hint="pass a crop_pct such as 0.875, 0.95 or 1.0")
+    return math.floor(input_size / float(crop_pct))
 
 
 def load_image(path: str | Path) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sft_engine.errors import ConfigError
-from sft_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from sft_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from sft_engine.settings import load_toml, resolve_relative, section, strict_updates
 
 __all__ = [
@@ -25,6 +25,9 @@ __all__ = [
     "REGULARIZERS",
     "AMP_MODES",
     "DEFAULT_LAMBDA",
+    "DEFAULT_LAYER_DECAY",
+    "LAYER_DECAY_FAMILIES",
+    "default_layer_decay",
     "load_finetune_toml",
 ]
 
@@ -36,6 +39,18 @@ SYNTHETIC_VARIANTS = ("a", "b")
 
 #: λ used when ``reg_lambda`` is not given; chosen from benchmarks/finetune_l2sp_experiment.py
 DEFAULT_LAMBDA = {"none": 0.0, "l2sp": 0.1, "distill": 1.0}
+
+
+#: families fine-tuned with layer-wise learning-rate decay in their papers (BEiT, MAE, DeiT III, Swin
+#: fine-tuning recipes); ``layer_decay = "auto"`` gives them ``DEFAULT_LAYER_DECAY``, the others none
+LAYER_DECAY_FAMILIES = ("vit", "deit", "beit", "eva", "swin", "cait", "xcit", "flexivit")
+DEFAULT_LAYER_DECAY = 0.75
+
+
+def default_layer_decay(arch: str) -> float:
+    """``DEFAULT_LAYER_DECAY`` for a transformer family (``vit_b_16``, ``timm:deit_small_patch16_224``), else 1.0."""
+    model = arch.rpartition(":")[2]
+    return DEFAULT_LAYER_DECAY if model.startswith(LAYER_DECAY_FAMILIES) else 1.0
 
 
 @dataclass
@@ -56,6 +71,13 @@ class FinetuneConfig:
     input_size: int | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    #: ``plain`` (resize to the input size, today's recipe) or ``source``: the arch's own
+    #: eval transform (timm's pretrained_cfg, torchvision's weights.transforms()), which
+    #: then sets input_size, resize_size, crop_mode, interpolation, mean and std
+    preprocess: str = "plain"
+    resize_size: int | None = None
+    crop_mode: str = "squash"
+    interpolation: str = "bilinear"
     augment: bool = True
     val_fraction: float = 0.1
     check_images: bool = True
@@ -67,6 +89,10 @@ class FinetuneConfig:
     optimizer: str = "adamw"
     lr: float = 1e-3
     head_lr: float | None = None
+    #: layer-wise learning-rate decay (AdamW): layer i of L gets lr * layer_decay ** (L - i);
+    #: ``auto``: 0.75 for transformer families (ViT, DeiT, BEiT, EVA, Swin: BEiT's and MAE's
+    #: fine-tuning recipe), off (1.0) for the others
+    layer_decay: float | str = "auto"
     momentum: float = 0.9
     weight_decay: float = 0.05
     warmup_epochs: float | None = None
@@ -91,6 +117,12 @@ class FinetuneConfig:
     channels_last: bool | None = None
     num_workers: int | None = None
     progress: bool = True
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The run's preprocessing record (validated config): what it trains and evaluates with, and what is served."""
+        return Preprocessing(input_size=int(self.input_size or 224), mean=tuple(self.mean), std=tuple(self.std),  # type: ignore[arg-type]
+                             resize_size=self.resize_size, crop_mode=self.crop_mode, resize=self.interpolation)
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -122,6 +154,14 @@ class FinetuneConfig:
             _bool(c, "channels_last")
         if c.num_classes is not None:
             _int(c, "num_classes", 2, hint="pass --num-classes N with N >= 2, or leave it out to infer it from the dataset")
+        if c.preprocess not in ("plain", "source"):
+            raise ConfigError(f"unknown preprocess {c.preprocess!r}", hint="choose plain or source")
+        if c.preprocess == "source":
+            from sft_engine.models import source_preprocessing
+
+            src = source_preprocessing(c.arch)
+            c.input_size, c.resize_size, c.crop_mode, c.interpolation = src.input_size, src.resize_size, src.crop_mode, src.resize
+            c.mean, c.std = src.mean, src.std  # type: ignore[assignment]
         c.input_size = spec.default_input_size if c.input_size is None else c.input_size
         _int(c, "input_size", 16, 4096, hint="pass --input-size between 16 and 4096")
         c.mean = _triple(c.mean, "mean")
@@ -141,6 +181,9 @@ class FinetuneConfig:
         if c.head_lr is not None:
             _float(c, "head_lr", 0.0, low_open=True, hint="pass --head-lr greater than 0 or leave it out to use --lr")
         _float(c, "momentum", 0.0, 1.0, high_open=True, hint="e.g. --momentum 0.9")
+        if c.layer_decay == "auto":
+            c.layer_decay = default_layer_decay(c.arch) if c.optimizer == "adamw" else 1.0
+        _float(c, "layer_decay", 0.0, 1.0, low_open=True, hint="pass a layer decay in (0, 1], e.g. 0.75, or 1 for none")
         _float(c, "weight_decay", 0.0, hint="pass --weight-decay 0 or more")
         if c.warmup_epochs is None:  # one epoch, but never more than a fifth of the run
             c.warmup_epochs = min(1.0, c.epochs / 5)

@@ -67,10 +67,10 @@ class DataBundle:
 class InputTransform:
     """PIL image → normalized CHW float tensor, the served preprocessing (+ optional flip)."""
 
-    def __init__(self, input_size: int, mean: Sequence[float], std: Sequence[float], flip: bool = False) -> None:
+    def __init__(self, input_size: int, mean: Sequence[float], std: Sequence[float], flip: bool = False, preprocessing: Any = None) -> None:
         from sft_engine.preprocess import Preprocessing
 
-        self.pre = Preprocessing(input_size=int(input_size), mean=tuple(mean), std=tuple(std))  # type: ignore[arg-type]
+        self.pre = preprocessing or Preprocessing(input_size=int(input_size), mean=tuple(mean), std=tuple(std))  # type: ignore[arg-type]
         self.flip = flip
 
     def __call__(self, image: Any) -> torch.Tensor:
@@ -313,8 +313,9 @@ def _synthetic(config: FinetuneConfig, train_tf: Callable, val_tf: Callable) -> 
 def build_datasets(config: FinetuneConfig, rank: int = 0) -> DataBundle:
     """The training and validation sets of a validated ``config``; all checks happen here."""
     assert config.input_size is not None
-    train_tf = InputTransform(config.input_size, config.mean, config.std, flip=config.augment)
-    val_tf = InputTransform(config.input_size, config.mean, config.std, flip=False)
+    prep = config.preprocessing  # the record the run trains and evaluates with, and that is served
+    train_tf = InputTransform(config.input_size, config.mean, config.std, flip=config.augment, preprocessing=prep)
+    val_tf = InputTransform(config.input_size, config.mean, config.std, flip=False, preprocessing=prep)
     if config.dataset == "synthetic":
         bundle = _synthetic(config, train_tf, val_tf)
     elif config.dataset == "cifar10":

@@ -45,7 +45,7 @@ def _looks_like_path(value: str) -> bool:
 def resolve_pretrained(arch: str, value: str | None) -> PretrainedSource:
     """Classify ``value`` (enum name, checkpoint path, fine-tune directory, or None)."""
     from sft_engine.finetune.writer import read_metadata
-    from sft_engine.models import get_arch
+    from sft_engine.models import canonical_arch, get_arch
 
     if value is None:
         return PretrainedSource("none")
@@ -56,7 +56,7 @@ def resolve_pretrained(arch: str, value: str | None) -> PretrainedSource:
     path = Path(value)
     if path.is_dir():
         meta = read_metadata(path)
-        if meta["arch"] != arch:
+        if canonical_arch(meta["arch"]) != canonical_arch(arch):
             raise ConfigError(f"--pretrained {path} is a fine-tuned {meta['arch']}, but --arch is {arch}", hint=f"pass --arch {meta['arch']}")
         path = path / meta["weights"]
     if not path.is_file():
@@ -68,20 +68,20 @@ def _head_classes(state: dict[str, torch.Tensor], arch: str) -> int | None:
     from sft_engine.models import head_prefix
 
     weight = state.get(head_prefix(arch) + "weight")
-    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim in (2, 4) else None  # Linear, or a 1x1 Conv2d head
 
 
 def build_student(arch: str, num_classes: int, source: PretrainedSource) -> tuple[nn.Module, str]:
     """The model to fine-tune and a phrase saying what it was initialised from."""
-    from sft_engine.models import apply_state_dict, build_model, head_prefix, load_state_dict_file
+    from sft_engine.models import align_keys, apply_state_dict, build_model, get_arch, head_prefix, load_state_dict_file
 
     if source.kind == "none":
         return build_model(arch, num_classes), "random initial weights"
-    if source.kind == "torchvision":
-        return build_model(arch, num_classes, pretrained=source.name), f"torchvision weights {source.name} (backbone; new head)"
+    if source.kind == "torchvision":  # a weights name of the arch's source (torchvision enum, timm tag)
+        return build_model(arch, num_classes, pretrained=source.name), f"{get_arch(arch).source} weights {source.name} (backbone; new head)"
     assert source.path is not None
     model = build_model(arch, num_classes)
-    state = load_state_dict_file(source.path)
+    state = align_keys(model, load_state_dict_file(source.path))
     classes = _head_classes(state, arch)
     if classes == num_classes:
         apply_state_dict(model, state, source=f"pretrained checkpoint {source.path.name}")
@@ -93,7 +93,7 @@ def build_student(arch: str, num_classes: int, source: PretrainedSource) -> tupl
 
 def build_teacher(arch: str, source: PretrainedSource) -> nn.Module:
     """The pretrained model with its own head, for ``distill`` (frozen, eval mode)."""
-    from sft_engine.models import apply_state_dict, build_model, get_arch, load_state_dict_file
+    from sft_engine.models import align_keys, apply_state_dict, build_model, get_arch, load_state_dict_file
 
     if source.kind == "torchvision":
         try:
@@ -104,6 +104,9 @@ def build_teacher(arch: str, source: PretrainedSource) -> nn.Module:
         assert source.path is not None
         state = load_state_dict_file(source.path)
         classes = _head_classes(state, arch)
+        if classes is None:  # perhaps under a trainer's prefix (Lightning's model., ...)
+            state = align_keys(build_model(arch, 2), state)
+            classes = _head_classes(state, arch)
         if classes is None:
             raise ConfigError(
                 f"--reg distill needs the pretrained model's head, but {source.path.name} has none",

@@ -217,7 +217,9 @@ def make_metadata(
         "seed": int(config.seed),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
-        "training": training,
+        # the whole preprocessing record (crop mode, resize size, interpolation too) under
+        # training.preprocessing: outputs of earlier versions lack it and build with the plain resize
+        "training": {**training, "preprocessing": config.preprocessing.to_parameters()},
         "holdout": holdout,
     }
 

@@ -5,6 +5,14 @@ Only tensors are ever read: ``.safetensors`` files, or ``.pt``/``.pth`` files th
 timm's ``_helpers.py`` does it). Wrapper keys (``state_dict``, ``model``) and the
 ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) prefixes are removed, and a
 mismatch names every missing, unexpected and mis-shaped key.
+
+Checkpoints fine-tuned elsewhere: timm's ``train.py`` (``{"state_dict", "args",
+...}``; ``args`` is an ``argparse.Namespace``, the one non-tensor class allowed, as it
+only holds values), Hugging Face (``model.safetensors`` / ``pytorch_model.bin``, a
+``timm_model.`` prefix from transformers' timm wrapper) and Lightning (``state_dict``
+with the module's attribute as prefix, ``model.``, beside loss or metric buffers).
+A wrapper prefix is removed only where the model's own keys do not start with it and
+removing it makes the keys fit (``align_keys``).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from torch import nn
 
 from sft_engine.errors import ModelError
 
-__all__ = ["load_state_dict_file", "apply_state_dict", "load_weights", "save_state_dict", "sha256_file", "KeyReport"]
+__all__ = ["load_state_dict_file", "align_keys", "apply_state_dict", "load_weights", "save_state_dict", "sha256_file", "KeyReport"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -49,6 +57,12 @@ def _strip(key: str) -> str:
     return key
 
 
+def _safe_globals() -> list[object]:
+    import argparse
+
+    return [argparse.Namespace]
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``path`` without unpickling arbitrary objects."""
     path = Path(path)
@@ -62,7 +76,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
             raw: object = load_file(str(path), device="cpu")
         else:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(_safe_globals()):
+                raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
@@ -125,16 +140,42 @@ def compare_keys(model: nn.Module, state: dict[str, torch.Tensor], skip_prefix: 
     return report
 
 
+def align_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with a trainer's wrapper prefix (``model.``, ``timm_model.``, ``net.``) removed where that makes it fit.
+
+    Kept as it is when its keys already name the model's (at least half of them); else
+    the first dotted component shared by the most keys that, removed, fit the model
+    best is taken, and the keys outside it (a loss's or a metric's buffers) dropped.
+    """
+    expected = set(model.state_dict())
+    if not expected or sum(k in expected for k in state) * 2 >= len(expected):
+        return state
+    best, best_hits = None, 0
+    for prefix in sorted({k.split(".", 1)[0] + "." for k in state if "." in k}):
+        if any(k.startswith(prefix) for k in expected):
+            continue
+        hits = sum(k[len(prefix):] in expected for k in state if k.startswith(prefix))
+        if hits > best_hits:
+            best, best_hits = prefix, hits
+    if best is None or best_hits * 2 < len(expected):
+        return state
+    dropped = [k for k in state if not k.startswith(best)]
+    if dropped:
+        LOGGER.info("checkpoint: took the %r sub-tree; left out %d other keys (%s)", best, len(dropped), ", ".join(dropped[:4]))
+    return {k[len(best):]: v for k, v in state.items() if k.startswith(best)}
+
+
 def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint", skip_prefix: str | None = None) -> nn.Module:
     """Load ``state`` into ``model`` strictly; on any difference raise a ModelError listing it.
 
     ``skip_prefix`` leaves one sub-tree (the head) out on both sides: used to start
     fine-tuning from a backbone trained for another number of classes.
     """
+    state = align_keys(model, state)
     report = compare_keys(model, state, skip_prefix)
     if not report.ok:
         hint = "check --arch and --num-classes against the checkpoint"
-        if any(k.startswith(("fc.", "classifier.")) for k in report.mismatched):
+        if any(k.startswith(("fc.", "classifier.", "head.", "heads.")) for k in report.mismatched):
             hint = "the head has another number of classes: pass the --num-classes it was trained with"
         raise ModelError(f"{source} does not fit the model: {report.describe()}", hint=hint)
     subset = {k: v for k, v in state.items() if not (skip_prefix and k.startswith(skip_prefix))}

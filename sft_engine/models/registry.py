@@ -1,22 +1,28 @@
-"""Registry of the torchvision classifiers sft-engine can fine-tune, build and serve.
+"""Every classifier sft-engine can fine-tune, build and serve, by ``--arch`` name.
 
-Modelled on torchvision's own ``register_model``/``get_model``: one table, names
-refused twice, and each entry knows where its classification head lives so the
-head can be replaced for N classes (and excluded from L2-SP).
+Modelled on torchvision's own ``register_model``/``get_model``: a table of the
+architectures the whole path is gated for (names refused twice), and behind it the
+model sources (``sft_engine.models.source``): any other torchvision classifier by its
+bare name (or ``torchvision:NAME``), any timm model as ``timm:NAME``. Each spec knows
+where its classification head lives, so the head can be replaced for N classes (and
+excluded from L2-SP, and left trainable by ``--freeze-backbone``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from sft_engine.errors import ModelError
+from sft_engine.models.heads import replace_head
+from sft_engine.models.source import SOURCES, ModelSource, split_name
 
-__all__ = ["ArchSpec", "register_arch", "get_arch", "list_archs", "build_model", "head_prefix"]
+__all__ = ["ArchSpec", "register_arch", "get_arch", "list_archs", "build_model", "head_prefix", "canonical_arch", "source_preprocessing", "get_source"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -35,18 +41,19 @@ class ArchSpec:
     default_weights: str
     default_input_size: int = 224
     factory: Callable[..., nn.Module] | None = None
+    source: str = "torchvision"
+    #: the name inside its source (``convnext_tiny`` of ``timm:convnext_tiny``)
+    model: str = ""
 
     def construct(self, weights: str | None = None) -> nn.Module:
-        """Build the torchvision model with its original head (and optional torchvision weights)."""
-        import torchvision
-
-        if weights is not None:
-            from sft_engine.models.hub import ensure_torchvision_weights
-
-            ensure_torchvision_weights(weights, self.name)  # one-line error, not a traceback, when it cannot be had
+        """Build the model with its original head (and optional weights of its source)."""
         if self.factory is not None:
+            if weights is not None:
+                from sft_engine.models.hub import ensure_torchvision_weights
+
+                ensure_torchvision_weights(weights, self.name)  # one-line error, not a traceback, when it cannot be had
             return self.factory(weights=weights)
-        return torchvision.models.get_model(self.name, weights=weights)
+        return get_source(self.source).construct(self.model or self.name, weights)
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -76,15 +83,44 @@ def list_archs() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def get_source(name: str) -> ModelSource:
+    """The source called ``name`` (imported on first use: timm is only loaded for ``timm:`` names)."""
+    if name == "torchvision":
+        from sft_engine.models.torchvision_source import TORCHVISION
+
+        return TORCHVISION
+    if name == "timm":
+        from sft_engine.models.timm_source import TIMM
+
+        return TIMM
+    raise ModelError(f"unknown model source {name!r}", hint=f"use one of: {', '.join(SOURCES)}")
+
+
+def canonical_arch(name: str) -> str:
+    """The name a spec, a fine-tune's metadata and a manifest record: ``torchvision:x`` is ``x``."""
+    source, model = split_name(name)
+    return model if source == "torchvision" else f"{source}:{model}"
+
+
 def get_arch(name: str) -> ArchSpec:
-    """The spec of ``name``, or a ModelError listing the known ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ModelError(
-            f"unknown architecture {name!r}",
-            hint=f"choose one of: {', '.join(list_archs())}",
-        ) from None
+    """The spec of ``name`` (registered, or from its model source), or a ModelError saying what exists."""
+    canonical = canonical_arch(name)
+    if canonical in _REGISTRY:
+        return _REGISTRY[canonical]
+    return _source_spec(canonical)
+
+
+@functools.lru_cache(maxsize=None)
+def _source_spec(canonical: str) -> ArchSpec:
+    source, model = split_name(canonical)
+    info = get_source(source).info(model)
+    return ArchSpec(canonical, info.head, info.default_weights, info.default_input_size, source=source, model=model)
+
+
+def source_preprocessing(name: str) -> Any:
+    """The preprocessing ``name``'s source trained it with (a ``Preprocessing``; nothing is built)."""
+    source, model = split_name(name)
+    return get_source(source).preprocessing(model)
 
 
 def head_prefix(arch: str) -> str:
@@ -92,30 +128,21 @@ def head_prefix(arch: str) -> str:
     return get_arch(arch).head + "."
 
 
-def _replace_head(model: nn.Module, path: str, num_classes: int) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    old = getattr(parent, leaf) if not leaf.isdigit() else parent[int(leaf)]
-    if not isinstance(old, nn.Linear):
-        raise ModelError(f"head {path!r} is a {type(old).__name__}, not nn.Linear", hint="fix the registry entry")
-    new = nn.Linear(old.in_features, num_classes)
-    if leaf.isdigit():
-        parent[int(leaf)] = new
-    else:
-        setattr(parent, leaf, new)
-
-
 def build_model(arch: str, num_classes: int, pretrained: str | None = None) -> nn.Module:
     """Build ``arch`` with a fresh ``num_classes`` head, in eval mode.
 
-    ``pretrained`` is a torchvision weights-enum name (``ResNet18_Weights.IMAGENET1K_V1``,
-    or ``DEFAULT`` for the entry's default), downloaded by torchvision on a user's
-    machine. Checkpoint files are loaded separately (``load_weights``) so that the
-    safe-loading rules live in one place.
+    ``pretrained`` is a weights name of the arch's source: a torchvision weights enum
+    (``ResNet18_Weights.IMAGENET1K_V1``), a timm pretrained tag (``in1k``), or
+    ``DEFAULT`` for the entry's default, downloaded on a user's machine. Checkpoint
+    files are loaded separately (``load_weights``) so that the safe-loading rules
+    live in one place.
     """
     spec = get_arch(arch)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ModelError(f"num_classes must be an integer >= 2, got {num_classes!r}", hint="pass --num-classes N")
+    if spec.source != "torchvision":
+        LOGGER.info("building %s with %s weights %s", arch, spec.source, pretrained)
+        return get_source(spec.source).build(spec.model, num_classes, pretrained or None).eval()
     weights = None
     if pretrained:
         weights = spec.default_weights if pretrained.upper() == "DEFAULT" else pretrained
@@ -124,5 +151,5 @@ def build_model(arch: str, num_classes: int, pretrained: str | None = None) -> n
         model = spec.construct(weights=weights)
     except (ValueError, KeyError) as exc:
         raise ModelError(f"cannot build {arch} with weights {weights!r}: {exc}", hint="use a weights enum name such as " + spec.default_weights) from exc
-    _replace_head(model, spec.head, num_classes)
+    replace_head(model, spec.head, num_classes)
     return model.eval()
