@@ -27,13 +27,13 @@ from sft_engine.models.registry import (  # noqa: E402
     register_arch,
     source_preprocessing,
 )
-from sft_engine.models.source import ModelInfo, ModelSource, split_name  # noqa: E402
+from sft_engine.models.source import ArchInfo, ModelSource, split_name  # noqa: E402
 
 __all__ = [
     "ArchSpec",
     "KeyReport",
     "align_keys",
-    "ModelInfo",
+    "ArchInfo",
     "ModelSource",
     "apply_state_dict",
     "build_model",

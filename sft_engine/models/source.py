@@ -25,14 +25,14 @@ if TYPE_CHECKING:
 
     from sft_engine.preprocess import Preprocessing
 
-__all__ = ["ModelSource", "ModelInfo", "split_name", "SOURCES"]
+__all__ = ["ModelSource", "ArchInfo", "split_name", "SOURCES"]
 
 #: sources by prefix; a bare name is torchvision's
 SOURCES = ("torchvision", "timm")
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class ArchInfo:
     """What a source says about one architecture (cheap: nothing is downloaded).
 
     ``name`` is the canonical ``--arch`` (torchvision's bare, timm's prefixed);
@@ -60,7 +60,7 @@ class ModelSource(Protocol):
     def names(self) -> Iterator[str]:
         """Every model name it can build (without the prefix)."""
 
-    def info(self, model: str) -> ModelInfo:
+    def info(self, model: str) -> ArchInfo:
         """Head, default weights and preprocessing of ``model``; ModelError if unknown."""
 
     def preprocessing(self, model: str) -> "Preprocessing":

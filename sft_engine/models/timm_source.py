@@ -20,7 +20,7 @@ from torch import nn
 
 from sft_engine.errors import ModelError
 from sft_engine.models.heads import module_path
-from sft_engine.models.source import ModelInfo
+from sft_engine.models.source import ArchInfo
 
 __all__ = ["TimmSource", "TIMM", "preprocessing_of_data_config"]
 
@@ -67,7 +67,7 @@ class TimmSource:
         cfg = timm.models.get_pretrained_cfg(model)
         return preprocessing_of_data_config(timm.data.resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg else {}), f"timm:{model}")
 
-    def info(self, model: str) -> ModelInfo:
+    def info(self, model: str) -> ArchInfo:
         self._check(model)
         return _info(model)
 
@@ -103,7 +103,7 @@ class TimmSource:
 
 
 @functools.lru_cache(maxsize=None)
-def _info(model: str) -> ModelInfo:
+def _info(model: str) -> ArchInfo:
     timm = _timm()
     try:
         with torch.device("meta"):
@@ -117,7 +117,7 @@ def _info(model: str) -> ModelInfo:
         raise ModelError(f"timm:{model}'s classifier is a {type(head).__name__}, not a layer sft-engine can re-head", hint="pick another model")
     data = timm.data.resolve_data_config({}, model=net)
     tags = timm.models.get_pretrained_cfg(model)
-    return ModelInfo(name=f"timm:{model}", source="timm", model=model, head=module_path(net, head, f"timm:{model}"),
+    return ArchInfo(name=f"timm:{model}", source="timm", model=model, head=module_path(net, head, f"timm:{model}"),
                      default_weights="DEFAULT" if tags is not None else "", preprocessing=preprocessing_of_data_config(data, f"timm:{model}"))
 
 

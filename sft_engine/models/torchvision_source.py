@@ -19,7 +19,7 @@ from torch import nn
 
 from sft_engine.errors import ModelError
 from sft_engine.models.heads import find_head, replace_head
-from sft_engine.models.source import ModelInfo
+from sft_engine.models.source import ArchInfo
 
 __all__ = ["TorchvisionSource", "TORCHVISION", "preprocessing_of_weights"]
 
@@ -62,7 +62,7 @@ class TorchvisionSource:
                      "'sft-engine models --source torchvision', or timm:NAME",
             )
 
-    def info(self, model: str) -> ModelInfo:
+    def info(self, model: str) -> ArchInfo:
         self._check(model)
         return _info(model)
 
@@ -94,7 +94,7 @@ def _default_weights(model: str) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _info(model: str) -> ModelInfo:
+def _info(model: str) -> ArchInfo:
     import torchvision
 
     default = _default_weights(model)
@@ -104,7 +104,7 @@ def _info(model: str) -> ModelInfo:
     except NotImplementedError:  # RegNet computes its widths with tensors while building
         net = torchvision.models.get_model(model, **_KWARGS.get(model, {}))
     head = find_head(net, len(default.meta["categories"]), model)
-    return ModelInfo(name=model, source="torchvision", model=model, head=head, default_weights=str(default),
+    return ArchInfo(name=model, source="torchvision", model=model, head=head, default_weights=str(default),
                      preprocessing=preprocessing_of_weights(default))
 
 

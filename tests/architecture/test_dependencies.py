@@ -102,7 +102,8 @@ def test_pip_keeps_an_ngc_torch_when_resolving_the_requirements(tmp_path):
     site = next((env / "lib").glob("python3*/site-packages"))
     installed = {"torch": "2.8.0a0+5228986c39.nv25.6", "torchvision": "0.23.0a0+28e8a7b3", "torch-tensorrt": "2.8.0a0",
                  "numpy": "1.26.4", "tritonclient": "2.60.0", "protobuf": "4.24.4", "prometheus-client": "0.21.1",
-                 "safetensors": "0.5.3", "pillow": "11.2.1", "pyyaml": "6.0.2", "tqdm": "4.67.1", "tensorrt": "10.11.0.33"}
+                 "safetensors": "0.5.3", "pillow": "11.2.1", "pyyaml": "6.0.2", "tqdm": "4.67.1", "tensorrt": "10.11.0.33",
+                 "timm": "1.0.31"}
     for name, version in installed.items():
         info = site / f"{name.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
