@@ -16,6 +16,7 @@ import asyncio
 import collections
 import logging
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import numpy as np
@@ -30,8 +31,9 @@ from sft_engine.client.retry import RetryPolicy, acall_with_retry
 from sft_engine.client.server_side import check_image_model, encode_images, image_model, missing_image_model, pinned_version, send_files_async
 from sft_engine.client.settings import ClientSettings, SettingsView, check_transport
 from sft_engine.client.shm import ShmPool, ShmSlot, aunregister_all
-from sft_engine.client.transport import make_async_transport
+from sft_engine.client.transport import async_transport_for
 from sft_engine.client.wire import InferTarget
+from sft_engine.triton.security import GrpcTls
 
 __all__ = ["AsyncClient"]
 
@@ -51,12 +53,15 @@ class AsyncClient(SettingsView):
 
     def __init__(self, url: str = "127.0.0.1:8001", *, protocol: str = "grpc", model: str, version: int | str | None = None,
                  timeout: float = 30.0, retries: int | RetryPolicy | None = 2, shared_memory: bool = False, metrics: Any = None,
-                 concurrency: int = 4, labels: Sequence[str] | None = None, transport: AsyncTransport | None = None) -> None:
+                 concurrency: int = 4, labels: Sequence[str] | None = None, transport: AsyncTransport | None = None,
+                 ssl: bool | GrpcTls = False, root_certificates: str | Path | None = None, private_key: str | Path | None = None,
+                 certificate_chain: str | Path | None = None, admin_key: str | None = None) -> None:
         self.settings = ClientSettings.create(url, protocol=protocol, model=model, version=version, timeout=timeout, retries=retries,
-                                              shared_memory=shared_memory, concurrency=concurrency, labels=labels)
+                                              shared_memory=shared_memory, concurrency=concurrency, labels=labels, ssl=ssl,
+                                              root_certificates=root_certificates, private_key=private_key,
+                                              certificate_chain=certificate_chain, admin_key=admin_key)
         self._metrics = resolve_metrics(metrics)
-        self._transport: AsyncTransport = check_transport(transport, AsyncTransport, "AsyncClient") or make_async_transport(
-            self.settings.url, self.settings.protocol, self.settings.timeout_s)
+        self._transport: AsyncTransport = check_transport(transport, AsyncTransport, "AsyncClient") or async_transport_for(self.settings)
         self._lock = asyncio.Lock()
         self._info: ModelInfo | None = None
         self._image_info: ModelInfo | None = None

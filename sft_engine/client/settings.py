@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 from sft_engine.client.retry import RetryPolicy
 from sft_engine.errors import ConfigError
 from sft_engine.triton.address import PROTOCOLS, normalize_url
+from sft_engine.triton.security import GrpcTls
 
 __all__ = ["ClientSettings", "SettingsView", "check_transport"]
 
@@ -28,10 +30,16 @@ class ClientSettings:
     shared_memory: bool
     concurrency: int
     labels: tuple[str, ...] | None
+    #: gRPC over TLS (None: plaintext)
+    tls: GrpcTls | None = None
+    #: the server's admin key, for the restricted calls a client makes (shared memory, the repository index)
+    admin_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, url: str, *, protocol: str, model: str, version: int | str | None, timeout: float,
-               retries: int | RetryPolicy | None, shared_memory: bool, concurrency: int, labels: Sequence[str] | None) -> "ClientSettings":
+               retries: int | RetryPolicy | None, shared_memory: bool, concurrency: int, labels: Sequence[str] | None,
+               ssl: bool | GrpcTls = False, root_certificates: str | Path | None = None, private_key: str | Path | None = None,
+               certificate_chain: str | Path | None = None, admin_key: str | None = None) -> "ClientSettings":
         if protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {protocol!r}", hint="use protocol='grpc' or 'http'")
         if not isinstance(model, str) or not model:
@@ -50,7 +58,32 @@ class ClientSettings:
             url=normalize_url(url, protocol), protocol=protocol, model=model, version=version_text, timeout_s=float(timeout),
             retry=RetryPolicy.of(retries), shared_memory=bool(shared_memory), concurrency=concurrency,
             labels=tuple(str(x) for x in labels) if labels is not None else None,
+            tls=tls_of(protocol, ssl, root_certificates, private_key, certificate_chain), admin_key=admin_key or None,
         )
+
+
+def tls_of(protocol: str, ssl: bool | GrpcTls, root_certificates: str | Path | None, private_key: str | Path | None,
+           certificate_chain: str | Path | None) -> GrpcTls | None:
+    """tritonclient's ``ssl`` / ``root_certificates`` / ``private_key`` / ``certificate_chain`` → one checked ``GrpcTls``.
+
+    Any certificate argument implies ``ssl``; Triton serves TLS on gRPC only, so HTTP with
+    TLS is refused rather than silently sent in clear.
+    """
+    paths = (root_certificates, private_key, certificate_chain)
+    if isinstance(ssl, GrpcTls):
+        if any(p is not None for p in paths):
+            raise ConfigError("ssl=GrpcTls(...) already names the certificates", hint="pass either ssl=GrpcTls(...) or the certificate arguments")
+        tls: GrpcTls | None = ssl
+    elif ssl or any(p is not None for p in paths):
+        as_path = lambda p: None if p is None else Path(p)  # noqa: E731
+        tls = GrpcTls(root_certificates=as_path(root_certificates), certificate_chain=as_path(certificate_chain),
+                      private_key=as_path(private_key))
+    else:
+        return None
+    if protocol != "grpc":
+        raise ConfigError("TLS is served on gRPC only", hint="use protocol='grpc' with ssl=True, or drop the certificates")
+    tls.validate()
+    return tls
 
 
 def check_transport(transport: Any, kind: type[T], client: str) -> T | None:

@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -37,8 +38,9 @@ from sft_engine.client.retry import RetryPolicy, call_with_retry
 from sft_engine.client.server_side import check_image_model, encode_images, image_model, missing_image_model, pinned_version, send_files
 from sft_engine.client.settings import ClientSettings, SettingsView, check_transport
 from sft_engine.client.shm import ShmPool, ShmSlot, unregister_all
-from sft_engine.client.transport import make_transport
+from sft_engine.client.transport import transport_for
 from sft_engine.client.wire import InferTarget
+from sft_engine.triton.security import GrpcTls
 
 __all__ = ["Client"]
 
@@ -60,17 +62,21 @@ class Client(SettingsView):
     (gRPC sends asynchronously without threads), shared-memory slots, and the least
     number of chunks per preparation window. ``labels`` skips reading them.
     ``transport``: a ``Transport`` to talk through instead of tritonclient's for
-    ``url`` and ``protocol`` (a fake in tests, a proxy); the client closes it.
+    ``url`` and ``protocol`` (a fake in tests, a proxy); the client closes it. ``ssl`` and the
+    certificates: gRPC over (mutual) TLS, as tritonclient takes them; ``admin_key``: see serve.
     """
 
     def __init__(self, url: str = "127.0.0.1:8001", *, protocol: str = "grpc", model: str, version: int | str | None = None,
                  timeout: float = 30.0, retries: int | RetryPolicy | None = 2, shared_memory: bool = False, metrics: Any = None,
-                 concurrency: int = 4, labels: Sequence[str] | None = None, transport: Transport | None = None) -> None:
-        self.settings = ClientSettings.create(url, protocol=protocol, model=model, version=version, timeout=timeout, retries=retries,
-                                              shared_memory=shared_memory, concurrency=concurrency, labels=labels)
+                 concurrency: int = 4, labels: Sequence[str] | None = None, transport: Transport | None = None,
+                 ssl: bool | GrpcTls = False, root_certificates: str | Path | None = None, private_key: str | Path | None = None,
+                 certificate_chain: str | Path | None = None, admin_key: str | None = None) -> None:
+        self.settings = ClientSettings.create(
+            url, protocol=protocol, model=model, version=version, timeout=timeout, retries=retries, shared_memory=shared_memory,
+            concurrency=concurrency, labels=labels, ssl=ssl, root_certificates=root_certificates, private_key=private_key,
+            certificate_chain=certificate_chain, admin_key=admin_key)
         self._metrics = resolve_metrics(metrics)
-        self._transport: Transport = check_transport(transport, Transport, "Client") or make_transport(
-            self.settings.url, self.settings.protocol, self.settings.timeout_s, self.settings.concurrency)
+        self._transport: Transport = check_transport(transport, Transport, "Client") or transport_for(self.settings)
         self._lock = threading.RLock()
         self._info: ModelInfo | None = None
         self._image_info: ModelInfo | None = None

@@ -30,6 +30,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from sft_engine.client.base import AsyncTransport, Transport
+from sft_engine.client.settings import ClientSettings
 from sft_engine.client.shm import ShmSlot
 from sft_engine.client.wire import InferTarget, _Base, _GrpcWire, _HttpWire, _Translating
 from sft_engine.triton.address import parse_address
@@ -45,6 +46,8 @@ __all__ = [
     "AioHttpTransport",
     "make_transport",
     "make_async_transport",
+    "transport_for",
+    "async_transport_for",
 ]
 
 T = TypeVar("T")
@@ -352,3 +355,14 @@ def make_async_transport(url: str, protocol: str, timeout_s: float, *, tls: Grpc
     address = parse_address(url, protocol)
     cls = AioGrpcTransport if address.protocol == "grpc" else AioHttpTransport
     return cls(address.url, timeout_s, tls=tls, admin_key=admin_key)
+
+
+def transport_for(settings: ClientSettings) -> TritonTransport:
+    """The tritonclient transport a ``Client`` with these settings talks through."""
+    return make_transport(settings.url, settings.protocol, settings.timeout_s, settings.concurrency, tls=settings.tls,
+                          admin_key=settings.admin_key)
+
+
+def async_transport_for(settings: ClientSettings) -> AsyncTritonTransport:
+    """The tritonclient transport an ``AsyncClient`` with these settings talks through."""
+    return make_async_transport(settings.url, settings.protocol, settings.timeout_s, tls=settings.tls, admin_key=settings.admin_key)

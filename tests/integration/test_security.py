@@ -9,7 +9,7 @@ the build writes serves with auto-completion of configs turned off.
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import stat
 import subprocess
 import threading
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from sft_engine.cli import main
-from sft_engine.client import Client
-from sft_engine.errors import ServerError
+from sft_engine.client import AsyncClient, Client
+from sft_engine.errors import ConfigError, ServerError
 from sft_engine.ops.model_control import ModelControl
 from sft_engine.server import ServerConfig, TritonServer
 from sft_engine.triton.control import ControlError, make_control
@@ -210,37 +210,40 @@ def mutual_server(repo, certs):
         yield srv
 
 
-def _tls_client(monkeypatch, tls: GrpcTls | None):
-    """Client and AsyncClient build their transport with make_transport; hand it the TLS settings."""
-    import sft_engine.client.sync as sync
-    from sft_engine.client.transport import make_transport
-
-    monkeypatch.setattr(sync, "make_transport", functools.partial(make_transport, tls=tls))
-
-
-def _labels_or_error(url: str) -> list[str] | Exception:
+def _labels_or_error(url: str, **tls: object) -> list[str] | Exception:
+    """The labels a Client reads over gRPC with these TLS arguments (tritonclient's names), or what refused it."""
     try:
-        with Client(url, model=MODEL, timeout=3.0, retries=0) as client:
+        with Client(url, model=MODEL, timeout=3.0, retries=0, **tls) as client:  # type: ignore[arg-type]
             return client.labels
     except Exception as exc:  # noqa: BLE001 - the refusal is what is tested
         return exc
 
 
-def test_grpc_tls_refuses_plaintext_and_answers_a_client_with_the_ca(tls_server, certs, monkeypatch):
+async def _async_labels(url: str, **tls: object) -> list[str]:
+    async with AsyncClient(url, model=MODEL, timeout=3.0, retries=0, **tls) as client:  # type: ignore[arg-type]
+        return await client.get_labels()
+
+
+def test_grpc_tls_refuses_plaintext_and_answers_a_client_with_the_ca(tls_server, certs):
     assert isinstance(_labels_or_error(tls_server.grpc_url), Exception)  # plaintext to a TLS port: refused
-    _tls_client(monkeypatch, GrpcTls(root_certificates=certs / "server.key"))  # not a CA: the handshake fails
-    assert isinstance(_labels_or_error(tls_server.grpc_url), Exception)
-    _tls_client(monkeypatch, GrpcTls(root_certificates=certs / "ca.crt"))
-    assert _labels_or_error(tls_server.grpc_url) == LABELS
+    assert isinstance(_labels_or_error(tls_server.grpc_url, root_certificates=certs / "server.key"), Exception)  # not a CA
+    assert _labels_or_error(tls_server.grpc_url, ssl=True, root_certificates=certs / "ca.crt") == LABELS
+    assert _labels_or_error(tls_server.grpc_url, ssl=GrpcTls(root_certificates=certs / "ca.crt")) == LABELS
+    assert asyncio.run(_async_labels(tls_server.grpc_url, ssl=True, root_certificates=certs / "ca.crt")) == LABELS
     with make_control(tls_server.grpc_url, "grpc", tls=GrpcTls(root_certificates=certs / "ca.crt")) as control:
         assert control.server_ready()
 
 
-def test_mutual_tls_refuses_a_client_without_a_certificate(mutual_server, certs, monkeypatch):
-    _tls_client(monkeypatch, GrpcTls(root_certificates=certs / "ca.crt"))
-    assert isinstance(_labels_or_error(mutual_server.grpc_url), Exception)
-    _tls_client(monkeypatch, GrpcTls(certs / "ca.crt", certificate_chain=certs / "client.crt", private_key=certs / "client.key"))
-    assert _labels_or_error(mutual_server.grpc_url) == LABELS
+def test_tls_over_http_is_refused_in_one_line(tls_server, certs):
+    with pytest.raises(ConfigError, match="TLS is served on gRPC only"):
+        Client(tls_server.http_url, protocol="http", model=MODEL, ssl=True)
+
+
+def test_mutual_tls_refuses_a_client_without_a_certificate(mutual_server, certs):
+    assert isinstance(_labels_or_error(mutual_server.grpc_url, ssl=True, root_certificates=certs / "ca.crt"), Exception)
+    mutual = {"root_certificates": certs / "ca.crt", "certificate_chain": certs / "client.crt", "private_key": certs / "client.key"}
+    assert _labels_or_error(mutual_server.grpc_url, **mutual) == LABELS
+    assert asyncio.run(_async_labels(mutual_server.grpc_url, **mutual)) == LABELS
 
 
 @pytest.mark.parametrize("transport", ["raw", "tritonclient"])
