@@ -79,7 +79,10 @@ for mod in ("torch_tensorrt", "tensorrt", "modelopt"):
     except Exception as exc:
         print(f"{mod}: not available ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); its tests are skipped")
 from sft_engine.engines.gpu.compatibility import driver_version
+from sft_engine.engines.tensorrt.modelopt import quantization_stack_problem
 print(f"driver {driver_version()}")
+problem = quantization_stack_problem(True)
+print("INT8/FP8 (TensorRT + modelopt.onnx.quantization): " + (f"not available, their tests are skipped: {problem}" if problem else "importable"))
 PYEOF
 
 progress "GPU-marked tests"

@@ -4,7 +4,9 @@ A GPU check that skipped everything must not look green. This reads the GPU test
 XML and says, per target, whether its test passed on the GPU, failed, or did not run (and
 why); the exit code is 0 only when something ran on the GPU and nothing failed:
 
-    0  every target that ran passed (and, with --require-tensorrt, the tensorrt target was one)
+    0  every target that ran passed (and, with --require-tensorrt, the tensorrt target was one);
+       a target whose optional stack is missing (INT8 / FP8 without ModelOpt's ONNX pieces) is
+       "not run", with the missing modules and how to install them, never a failure
     1  a test or the benchmark failed
     3  nothing ran on a GPU (no CUDA device, or every GPU test was skipped)
     4  --require-tensorrt, and the tensorrt target did not run
@@ -54,8 +56,8 @@ def verdict(results: dict[str, tuple[str, str]], tests_rc: int, bench_rc: int, r
             ran.append(target)
         elif status == "failed":
             failed.append(f"{target} ({message[:120]})")
-        else:
-            reason = message.replace("Skipped: ", "")[:120] or status
+        else:  # a skip's reason in full where it names what to install (ModelOpt's missing pieces)
+            reason = message.replace("Skipped: ", "")[:400] or status
             not_run.append(f"{target} ({reason})")
     other_failures = [t for t, (s, _) in results.items() if s == "failed" and t not in {test for _, test in TARGET_TESTS}]
     if tests_rc not in (0, 5) and not failed and not other_failures:

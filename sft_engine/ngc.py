@@ -1,13 +1,15 @@
 """Everything about the NGC containers: which ``tritonserver`` tag serves a repository, and the ``docker`` commands.
 
-One NGC release for both containers: build inside ``pytorch:YY.MM``, serve with ``tritonserver:YY.MM``.
+Build in the PyTorch container a Triton release is built from, serve with that release.
 
-A TensorRT plan loads only in the TensorRT that built it. NVIDIA's monthly containers of
-one release number ship the same TensorRT (and the same libtorch) in
-``nvcr.io/nvidia/pytorch:YY.MM-py3`` and ``nvcr.io/nvidia/tritonserver:YY.MM-py3``, so a
-plan built in the first loads in the second by construction. ``sft-engine build --target
-tensorrt --print-docker`` prints the two ``docker run`` commands of one release; it needs
-neither CUDA nor docker on the machine that prints them.
+A TensorRT plan loads only in the TensorRT that built it, and libtorch loads TorchScript
+of the same or an older torch. A ``tritonserver:<tag>-py3`` image takes both from its
+upstream container ``pytorch:<upstream>-py3`` (server ``build.py``; ``triton.releases``
+has the column), which is usually of the same number but not always (26.05 is built
+from 26.04, 26.06 from 26.05), so ``sft-engine build --target tensorrt --print-docker
+--ngc-release 26.05`` builds in ``pytorch:26.04-py3`` and serves with
+``tritonserver:26.05-py3``: the plan loads by construction. It needs neither CUDA nor
+docker on the machine that prints them.
 
 The build command installs sft-engine into the PyTorch container without replacing the
 container's torch, torchvision, Torch-TensorRT, TensorRT or numpy: their installed
@@ -17,8 +19,9 @@ so the ``sft-engine build`` inside is the one given, minus ``--print-docker``.
 
 Serving: ``container_tag`` picks the tag a repository's GPU builds recorded (their
 TensorRT must match the container's), ``docker_command`` the ``docker run`` of that
-container, and ``docker_commands`` precedes it with an image build when Python-backend
-models need packages the stock container lacks.
+container, and ``docker_commands`` precedes it with an image build: the stock container
+has no Pillow (server issue 6621), which the image models (``<name>_preprocess``'s
+``model.py`` is ``pixels.py``) import, so every printed serve command brings it.
 """
 
 from __future__ import annotations
@@ -30,16 +33,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft_engine.errors import ConfigError
-from sft_engine.triton.releases import TRITON_RELEASES, TritonRelease
+from sft_engine.triton.releases import DEFAULT_RELEASE, TritonRelease, release, unknown_tensorrt_releases
 
-__all__ = ["NgcCommands", "KEEP_PACKAGES", "DEFAULT_TRITON_TAG", "NGC_TRITON_IMAGE", "release_for", "ngc_commands", "source_root",
-           "current_uid_gid", "container_tag", "docker_command", "docker_commands"]
+__all__ = ["NgcCommands", "KEEP_PACKAGES", "DEFAULT_TRITON_TAG", "NGC_TRITON_IMAGE", "IMAGE_MODEL_REQUIREMENTS", "STOCK_MODULES",
+           "release_for", "build_container", "ngc_commands", "source_root", "current_uid_gid", "container_tag", "docker_command",
+           "image_models_dockerfile", "docker_commands"]
 
 #: what the PyTorch container brings and pip must not replace
 KEEP_PACKAGES = ("torch", "torchvision", "torch[-_]tensorrt", "tensorrt", "numpy")
 #: NGC container whose Triton matches the embedded server (2.51 = 24.10).
 DEFAULT_TRITON_TAG = "24.10"
 NGC_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver"
+NGC_PYTORCH_IMAGE = "nvcr.io/nvidia/pytorch"
+#: what the image models import beyond the stock container (pip names; the range of pyproject's dependency)
+IMAGE_MODEL_REQUIREMENTS = ("pillow>=10",)
+#: modules the stock tritonserver image provides to Python models: its build.py installs numpy<2,
+#: and the Python backend brings its utilities
+STOCK_MODULES = ("numpy", "triton_python_backend_utils")
 _TAG = re.compile(r"^\d{2}\.\d{2}$")
 
 
@@ -52,13 +62,26 @@ class NgcCommands:
 
 
 def release_for(tag: str | None) -> tuple[str, TritonRelease | None]:
-    """``YY.MM`` (the newest tabulated release by default) and its table row, None if untabulated."""
+    """``YY.MM`` (``DEFAULT_RELEASE``, the newest with a confirmed TensorRT, by default) and its table row, None if untabulated."""
     if tag is None:
-        newest = TRITON_RELEASES[-1]
-        return newest.tag, newest
+        return DEFAULT_RELEASE, release(DEFAULT_RELEASE)
     if not _TAG.match(tag):
-        raise ConfigError(f"NGC release {tag!r} is not of the form YY.MM", hint="e.g. --ngc-release 26.03")
-    return tag, next((r for r in TRITON_RELEASES if r.tag == tag), None)
+        raise ConfigError(f"NGC release {tag!r} is not of the form YY.MM", hint=f"e.g. --ngc-release {DEFAULT_RELEASE}")
+    return tag, release(tag)
+
+
+def build_container(tag: str, row: TritonRelease | None) -> str:
+    """The PyTorch container to build for ``tritonserver:<tag>-py3``: its upstream container, not the equal number."""
+    return f"{NGC_PYTORCH_IMAGE}:{row.upstream if row is not None else tag}-py3"
+
+
+def _quantized_refusal(release: str, row: TritonRelease | None, precision: str | None) -> None:
+    """INT8 / FP8 need ModelOpt's Q/DQ ONNX at opset 19 (0.42 on; FP8 with FP16 21 before), which TensorRT 8.6 was not checked to parse."""
+    if precision not in ("int8", "fp8") or row is None or row.tensorrt is None or int(row.tensorrt.split(".")[0]) >= 10:
+        return
+    raise ConfigError(f"--precision {precision} is not built for NGC release {release}: its TensorRT {row.tensorrt} parser is not known "
+                      "to take the opset 19 Q/DQ ONNX that ModelOpt writes",
+                      hint="use --ngc-release 24.05 or later (TensorRT 10), or --precision fp16 with this release")
 
 
 def source_root() -> Path | None:
@@ -72,8 +95,8 @@ def _mount_dir(path: Path) -> Path:
 
 
 def ngc_commands(target: str, build_args: list[str], inputs: list[Path], repository: Path, tag: str | None = None,
-                 source: Path | None = None, uid_gid: tuple[int, int] | None = None) -> NgcCommands:
-    """The build and serve commands of one NGC release.
+                 source: Path | None = None, uid_gid: tuple[int, int] | None = None, precision: str | None = None) -> NgcCommands:
+    """The build and serve commands of one NGC release: build in its upstream PyTorch container, serve with it.
 
     ``build_args``: the ``sft-engine build`` arguments to run inside (absolute paths);
     ``inputs``: files or folders the build reads (mounted read-only); ``repository``: the
@@ -86,15 +109,26 @@ def ngc_commands(target: str, build_args: list[str], inputs: list[Path], reposit
         raise ConfigError(f"--print-docker builds in an NGC container for --target {' or '.join(tied)}, not {target}",
                           hint="pass --target tensorrt (or torchscript-gpu)")
     release, row = release_for(tag)
+    _quantized_refusal(release, row, precision)
     notes: list[str] = []
     args = list(build_args)
-    if target == "tensorrt" and row is None:
-        notes.append(f"release {release} is not in sft-engine's container table, so the build inside would refuse its plan: "
-                     "the command passes --allow-unmatched-tensorrt (the serve container is of the same release)")
+    unmatched = None
+    if row is None:
+        unmatched = (f"release {release} is not in sft-engine's container table, so the build inside would refuse its engine: "
+                     f"the command builds in pytorch:{release}-py3 (the upstream container of most releases is of the same number; "
+                     "check the server's build.py) and passes --allow-unmatched-tensorrt")
+    elif target == "tensorrt" and row.tensorrt is None:
+        unmatched = (f"no source gives the TensorRT of release {release} ({', '.join(r.tag for r in unknown_tensorrt_releases())} are "
+                     f"unknown to sft-engine's table), so the build inside would refuse its plan: the command passes "
+                     f"--allow-unmatched-tensorrt; the plan still loads by construction (tritonserver:{release} is built from "
+                     f"pytorch:{row.upstream})")
+    elif target == "tensorrt" and not row.verified:
+        notes.append(f"release {release}: TensorRT {row.tensorrt} per sft-engine's table (unverified; the match holds because "
+                     f"tritonserver:{release} is built from pytorch:{row.upstream})")
+    if unmatched is not None:
+        notes.append(unmatched)
         if "--allow-unmatched-tensorrt" not in args:
             args.append("--allow-unmatched-tensorrt")
-    elif row is not None and not row.verified:
-        notes.append(f"release {release}: TensorRT {row.tensorrt} per sft-engine's table (unverified; the match holds by release number)")
     repository = repository.resolve()
     volumes: list[str] = []
     if source is not None:
@@ -122,9 +156,9 @@ def ngc_commands(target: str, build_args: list[str], inputs: list[Path], reposit
         steps.append(f"chown -R {uid_gid[0]}:{uid_gid[1]} {shlex.quote(str(repository))}")
     build = " ".join([
         "docker", "run", "--rm", "--gpus=all", "--shm-size=1g", *(shlex.quote(v) for v in volumes),
-        f"nvcr.io/nvidia/pytorch:{release}-py3", "bash", "-c", shlex.quote("; ".join(steps[:1]) + "; " + " && ".join(steps[1:])),
+        build_container(release, row), "bash", "-c", shlex.quote("; ".join(steps[:1]) + "; " + " && ".join(steps[1:])),
     ])
-    return NgcCommands(release, build, docker_command(repository, tag=release), notes)
+    return NgcCommands(release, build, docker_commands(repository, tag=release), notes)
 
 
 def current_uid_gid() -> tuple[int, int] | None:
@@ -180,15 +214,23 @@ def docker_command(repository: Path, tag: str = DEFAULT_TRITON_TAG, gpus: bool =
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def image_models_dockerfile(tag: str) -> str:
+    """The stock container plus what the image models import (Pillow), for a repository that recorded no versions yet."""
+    reqs = " ".join(f'"{r}"' for r in IMAGE_MODEL_REQUIREMENTS)
+    return (f"# Triton {tag} with Pillow, which the <name>_preprocess models decode with (the stock image has none).\n"
+            f"FROM {NGC_TRITON_IMAGE}:{tag}-py3\n"
+            f"RUN python3 -m pip install --no-cache-dir {reqs}\n")
+
+
 def docker_commands(repository: Path, tag: str, gpus: bool = True, dockerfile: str | None = None) -> str:
-    """``serve --print-docker``: the NGC container command, preceded by an image build when ``dockerfile`` is given.
+    """``--print-docker``'s serve lines: an image built from a Dockerfile on stdin (no files needed), then its ``docker run``.
 
     The stock container has no Pillow (the preprocessing model's decoder) and no CPU
-    engine runtimes, so a repository with Python-backend models gets an image built
-    from its ``dockerfile`` (from stdin, no files needed) and run instead of the stock one.
+    engine runtimes: ``dockerfile`` adds what the repository's Python-backend models
+    recorded; without one (nothing built yet, or no versions recorded), Pillow at
+    ``IMAGE_MODEL_REQUIREMENTS``.
     """
-    if dockerfile is None:
-        return docker_command(Path(repository), tag=tag, gpus=gpus)
+    dockerfile = dockerfile if dockerfile is not None else image_models_dockerfile(tag)
     image = f"{Path(repository).resolve().name.replace('_', '-').lower()}-triton:{tag}"
     build = f"docker build -t {image} - <<'EOF'\n{dockerfile}EOF"
     return build + "\n" + docker_command(Path(repository), tag=tag, gpus=gpus, image=image)

@@ -76,9 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     ngc = p.add_argument_group("NGC containers (GPU targets)")
     ngc.add_argument("--print-docker", action="store_true",
-                     help="print, without building, the two docker commands of one NGC release: this build inside "
-                          "nvcr.io/nvidia/pytorch:YY.MM-py3 and the serve with nvcr.io/nvidia/tritonserver:YY.MM-py3")
-    ngc.add_argument("--ngc-release", metavar="YY.MM", help="NGC release for --print-docker (default: the newest in sft-engine's table)")
+                     help="print, without building, the docker commands of one NGC release: this build inside the PyTorch "
+                          "container nvcr.io/nvidia/tritonserver:YY.MM-py3 is built from (nvcr.io/nvidia/pytorch:<upstream>-py3), "
+                          "and the serve with that tritonserver plus Pillow for the image models")
+    ngc.add_argument("--ngc-release", metavar="YY.MM",
+                     help="tritonserver release for --print-docker (default: the newest whose TensorRT sft-engine's table confirms)")
     p.set_defaults(func=run, build_parser=p)
 
 
@@ -126,7 +128,8 @@ def _print_docker(args: argparse.Namespace, cfg: BuildConfig) -> int:
     from sft_engine.ngc import current_uid_gid, ngc_commands, source_root
 
     build_args, inputs = _passed_on_args(args)
-    commands = ngc_commands(cfg.target, build_args, inputs, Path(cfg.repository), args.ngc_release, source_root(), current_uid_gid())
+    commands = ngc_commands(cfg.target, build_args, inputs, Path(cfg.repository), args.ngc_release, source_root(), current_uid_gid(),
+                            precision=cfg.precision)
     for note in commands.notes:
         print(f"note: {note}", file=sys.stderr)
     print(commands.build)

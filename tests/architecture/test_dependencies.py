@@ -93,32 +93,62 @@ def test_lock_matches_this_environment():
     assert lock_cpu.main(["--check"]) == 0
 
 
+#: NGC PyTorch containers as installed distributions (what pip sees inside them). 25.06 has NumPy 1;
+#: 25.12 ships numpy 2.1.0 (ai-dynamo/aiperf#539) and torch 2.10.0a0+b4e4ee81d3 (PyTorch release notes 25.12)
+#: pure-Python requirements the containers do not ship, which pip fetches from the index there;
+#: the dry run is offline, so they stand in as installed (their own requirements are not at issue here)
+PURE_PYTHON_FROM_THE_INDEX = {"timm": "1.0.31"}
+NGC_STACKS = {
+    "25.06": {"torch": "2.8.0a0+5228986c39.nv25.6", "torchvision": "0.23.0a0+28e8a7b3", "torch-tensorrt": "2.8.0a0",
+              "numpy": "1.26.4", "tritonclient": "2.60.0", "protobuf": "4.24.4", "prometheus-client": "0.21.1",
+              "safetensors": "0.5.3", "pillow": "11.2.1", "pyyaml": "6.0.2", "tqdm": "4.67.1", "tensorrt": "10.11.0.33",
+              **PURE_PYTHON_FROM_THE_INDEX},
+    "25.12": {"torch": "2.10.0a0+b4e4ee81d3.nv25.12", "torchvision": "0.25.0a0+6f5d8b3a", "torch-tensorrt": "2.10.0a0",
+              "numpy": "2.1.0", "tritonclient": "2.64.0", "protobuf": "5.29.4", "prometheus-client": "0.21.1",
+              "safetensors": "0.5.3", "pillow": "11.3.0", "pyyaml": "6.0.2", "tqdm": "4.67.1", "tensorrt": "10.14.1.48",
+              **PURE_PYTHON_FROM_THE_INDEX},
+}
+
+
+def test_core_numpy_requirement_takes_numpy_2_and_only_the_server_extra_bounds_it():
+    """The embedded server's stub needs NumPy 1 (its extra says so); nothing else may: NGC containers keep NumPy 2."""
+    assert _requirement("numpy").specifier.contains(Version("2.1.0")), str(_requirement("numpy").specifier)
+    assert _requirement("numpy").specifier.contains(Version("1.26.4"))
+    assert not _requirement("numpy", "server").specifier.contains(Version("2.1.0"))
+    optional = _project()["optional-dependencies"]
+    bounded = [extra for extra, texts in optional.items() if extra != "server"
+               for r in map(Requirement, texts) if r.name == "numpy" and not r.specifier.contains(Version("2.1.0"))]
+    assert not bounded, f"extras other than server bound numpy below 2: {bounded}"
+
+
 @pytest.mark.slow
-def test_pip_keeps_an_ngc_torch_when_resolving_the_requirements(tmp_path):
+@pytest.mark.parametrize("release", sorted(NGC_STACKS))
+def test_pip_keeps_an_ngc_torch_when_resolving_the_requirements(tmp_path, release):
     """Offline: a throwaway environment that holds an NGC container's torch stack (as
-    installed distributions) must satisfy every requirement without pip replacing one."""
+    installed distributions) must satisfy every requirement without pip replacing one.
+    The container's own versions are also constraints, as ``ngc``'s build command makes them."""
     env = tmp_path / "ngc"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=120)
     site = next((env / "lib").glob("python3*/site-packages"))
-    installed = {"torch": "2.8.0a0+5228986c39.nv25.6", "torchvision": "0.23.0a0+28e8a7b3", "torch-tensorrt": "2.8.0a0",
-                 "numpy": "1.26.4", "tritonclient": "2.60.0", "protobuf": "4.24.4", "prometheus-client": "0.21.1",
-                 "safetensors": "0.5.3", "pillow": "11.2.1", "pyyaml": "6.0.2", "tqdm": "4.67.1", "tensorrt": "10.11.0.33",
-                 "timm": "1.0.31"}
+    installed = NGC_STACKS[release]
     for name, version in installed.items():
         info = site / f"{name.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
         (info / "INSTALLER").write_text("pip\n")
+    keep = tmp_path / "ngc-keep.txt"
+    keep.write_text("".join(f"{n}=={installed[n]}\n" for n in ("torch", "torchvision", "torch-tensorrt", "tensorrt", "numpy")))
     requirements = [str(r) for r in lock_cpu.project_requirements(("tensorrt",))]
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "install", "--dry-run", "--no-index",
-         "--disable-pip-version-check", *requirements],
+         "--disable-pip-version-check", "-c", str(keep), *requirements],
         capture_output=True, text=True, timeout=300,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("PIP_")}, "PIP_CONFIG_FILE": os.devnull},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Would install" not in proc.stdout, proc.stdout
     assert "Requirement already satisfied: torch" in proc.stdout
+    assert "Requirement already satisfied: numpy" in proc.stdout
 
 
 # -- the torch / torchvision pair -----------------------------------------------------------

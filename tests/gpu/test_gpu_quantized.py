@@ -1,6 +1,7 @@
 """INT8 and FP8 TensorRT plans (ModelOpt post-training quantization) on a real GPU, through ``build()``.
 
-Skipped without CUDA, the TensorRT Python API or nvidia-modelopt's ONNX quantizer; run
+Skipped without CUDA, the TensorRT Python API or nvidia-modelopt's ONNX quantizer (probed by importing
+``modelopt.onnx.quantization``; the skip names each missing module and its pip name); run
 with ``scripts/gpu_check.sh``. Each build goes through the real INT8 gate on images the
 quantizer never saw (top-1 agreement ≥ 99 %, accuracy drop ≤ 0.5 points), and the
 engine inspector must show the convolutions really running in INT8 / FP8.
@@ -8,7 +9,6 @@ engine inspector must show the convolutions really running in INT8 / FP8.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -19,18 +19,20 @@ import torch
 
 from sft_engine.build import build
 from sft_engine.build_config import BuildConfig
-from sft_engine.engines.tensorrt.modelopt import MIN_QUANTIZED_SHARE, fp8_unavailable_reason
+from sft_engine.engines.tensorrt.modelopt import MIN_QUANTIZED_SHARE, fp8_unavailable_reason, quantization_stack_problem
 from sft_engine.errors import ParityError
 from sft_engine.repository.config import read_config
 from sft_engine.repository.manifest import read_manifest
 from tests.gpu.conftest import INPUT_SIZE
 
-HAS_STACK = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("modelopt") is not None
+#: why INT8 / FP8 cannot build here, from the real imports (``modelopt.onnx.quantization`` included: NGC images may
+#: ship ModelOpt without its [onnx] pieces), or None; the skip reason names what is missing and how to install it
+STACK_PROBLEM = quantization_stack_problem(torch.cuda.is_available())
 
 pytestmark = [
     pytest.mark.gpu, pytest.mark.tensorrt,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(not HAS_STACK, reason="needs the tensorrt Python package and nvidia-modelopt[onnx]"),
+    pytest.mark.skipif(STACK_PROBLEM is not None, reason=f"INT8/FP8 need TensorRT and ModelOpt's ONNX quantizer: {STACK_PROBLEM}"),
 ]
 
 

@@ -92,3 +92,23 @@ def test_tf32_switch_uses_one_api_and_the_table_names_both_baselines():
     text = bench_gpu.table([row])
     assert "eager FP32 (TF32 off)" in text and "eager FP32 (TF32 on, default)" in text
     assert "| 8 | 1,000 | 1.0% | 2,000 | 2.0% | 6,000 | 5.0% | 6.00x | 3.00x |" in text
+
+
+def test_a_modelopt_without_its_onnx_pieces_is_a_skip_with_its_reason_not_a_failure(tmp_path):
+    """The INT8/FP8 tests skip with the probe's reason; the verdict passes on the rest and repeats the reason whole."""
+    reason = ("INT8/FP8 need TensorRT and ModelOpt's ONNX quantizer: nvidia-modelopt 0.35.0 lacks its ONNX quantizer's dependencies: "
+              "missing onnx_graphsurgeon, onnxruntime (pip install onnx-graphsurgeon onnxruntime-gpu, or pip install 'nvidia-modelopt[onnx]')")
+    cases = "".join(f'<testcase classname="tests.gpu.test_gpu_quantized" name="{name}"><skipped type="pytest.skip" message="{reason}"/></testcase>'
+                    for name in ("test_tensorrt_int8_build", "test_tensorrt_fp8_build"))
+    cases += '<testcase classname="tests.gpu.test_gpu_engines" name="test_tensorrt_build"/>'
+    junit = tmp_path / "gpu_tests.xml"
+    junit.write_text(f'<?xml version="1.0"?><testsuites><testsuite name="pytest">{cases}</testsuite></testsuites>')
+    line, code = gpu_verdict.verdict(gpu_verdict.outcomes(junit), 0, 0, require_tensorrt=True)
+    assert code == 0 and line.startswith("gpu_check verdict: PASS"), line
+    assert "tensorrt int8 (ModelOpt) (INT8/FP8 need" in line and "pip install 'nvidia-modelopt[onnx]')" in line
+
+
+def test_the_quantized_gpu_tests_skip_on_the_real_import_probe():
+    source = (ROOT / "tests" / "gpu" / "test_gpu_quantized.py").read_text()
+    assert "quantization_stack_problem(" in source and "find_spec(\"modelopt\")" not in source
+    assert "reason=f\"INT8/FP8 need TensorRT and ModelOpt's ONNX quantizer: {STACK_PROBLEM}\"" in source

@@ -65,10 +65,60 @@ def test_tensorrt_10_and_later_build_strongly_typed(version):
     assert flags.describe()["version"] == ".".join(version.split(".")[:2])
 
 
-@pytest.mark.parametrize("version", ["8.6.1", "9.3.0"])
-def test_tensorrt_8_6_and_9_build_weakly_typed_with_int8_flags(version):
-    flags = tensorrt_build_flags(version, "int8")
+def test_tensorrt_9_builds_weakly_typed_with_int8_flags():
+    flags = tensorrt_build_flags("9.3.0", "int8")
     assert flags.network_flags == ("EXPLICIT_BATCH",) and flags.builder_flags == ("INT8", "FP16")
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+def test_the_tensorrt_8_6_releases_refuse_modelopts_opset_19(mode):
+    """ModelOpt >= 0.42 raises INT8/FP8 ONNX to opset 19; TensorRT 8.6's parser (NGC 24.01-24.04) was never checked to take it."""
+    with pytest.raises(TargetUnavailable) as err:
+        tensorrt_build_flags("8.6.1", mode)
+    line = err.value.one_line()
+    assert "TensorRT 8.6.1 (NGC 24.01–24.04)" in line and "opset 19" in line and "--ngc-release 24.05" in line and "\n" not in line
+
+
+class _FakeImports:
+    """import_module / find_spec of a host whose ModelOpt lacks some of its [onnx] pieces."""
+
+    def __init__(self, missing: set[str], modelopt: bool = True):
+        self.missing, self.modelopt = missing, modelopt
+
+    def import_module(self, name: str):
+        if name == "modelopt":
+            if not self.modelopt:
+                raise ModuleNotFoundError("No module named 'modelopt'", name="modelopt")
+            return type("M", (), {"__version__": "0.35.0"})
+        if name == "modelopt.onnx.quantization" and self.missing:
+            try:  # what modelopt/onnx/__init__.py does with the first missing one
+                raise ModuleNotFoundError(f"No module named {sorted(self.missing)[0]!r}", name=sorted(self.missing)[0])
+            except ImportError as exc:
+                raise ImportError("Please install optional ``[onnx]`` dependencies.") from exc
+        return object()
+
+    def find_spec(self, name: str):
+        return None if name in self.missing else object()
+
+
+def test_a_modelopt_without_its_onnx_pieces_names_each_missing_module_and_how_to_install_it():
+    from sft_engine.engines.tensorrt.modelopt import quantization_stack_problem, quantizer_problem
+
+    fake = _FakeImports({"onnx_graphsurgeon", "onnxruntime", "cupy_hidden_extra"})
+    reason = quantizer_problem(fake.import_module, fake.find_spec)
+    assert "nvidia-modelopt 0.35.0 lacks its ONNX quantizer's dependencies: missing onnx_graphsurgeon, onnxruntime" in reason
+    assert "pip install onnx-graphsurgeon onnxruntime-gpu" in reason and "nvidia-modelopt[onnx]" in reason
+    only_chain = _FakeImports({"onnxconverter_common"})  # an older release's import, known only from the exception
+    assert "missing onnxconverter_common (pip install onnxconverter-common" in quantizer_problem(only_chain.import_module, only_chain.find_spec)
+    absent = _FakeImports(set(), modelopt=False)
+    assert quantizer_problem(absent.import_module, absent.find_spec).startswith("nvidia-modelopt is not installed")
+    assert quantizer_problem(_FakeImports(set()).import_module, _FakeImports(set()).find_spec) is None
+    assert quantization_stack_problem(False) == "PyTorch sees no CUDA device"
+
+    def no_tensorrt(name):
+        raise ImportError("libnvinfer.so.10: cannot open shared object file")
+
+    assert "the TensorRT Python package does not import" in quantization_stack_problem(True, no_tensorrt)
 
 
 def test_tensorrt_refusals():

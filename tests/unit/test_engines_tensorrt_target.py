@@ -5,6 +5,8 @@ What needs CUDA or TensorRT lives in ``tests/gpu`` (run by ``scripts/gpu_check.s
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -69,3 +71,63 @@ def test_detailed_profiling_per_torch_tensorrt_version(version, mechanism, extra
 
 
 # -- the tensorrt target's torch.export, checked where TensorRT is absent -------------------
+
+
+class _Debugger:
+    """A stand-in for torch_tensorrt.dynamo.Debugger: 2.8's __enter__ calls get_logging_level() unguarded."""
+
+    entered = exited = 0
+    fail_enter = False
+
+    def __init__(self, **kwargs):
+        pass
+
+    def __enter__(self):
+        logging.getLogger().handlers.append(logging.NullHandler())  # what the Debugger does to the root logger, before failing
+        if _Debugger.fail_enter:
+            raise RuntimeError("No such operator tensorrt::get_logging_level")
+        _Debugger.entered += 1
+        return self
+
+    def __exit__(self, *exc):
+        _Debugger.exited += 1
+        return False
+
+
+@pytest.fixture
+def fake_debugger(monkeypatch):
+    import sys
+    import types
+
+    package, dynamo = types.ModuleType("torch_tensorrt"), types.ModuleType("torch_tensorrt.dynamo")
+    dynamo.Debugger = _Debugger
+    package.dynamo = dynamo
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", package)
+    monkeypatch.setitem(sys.modules, "torch_tensorrt.dynamo", dynamo)
+    _Debugger.entered = _Debugger.exited = 0
+    _Debugger.fail_enter = False
+    return _Debugger
+
+
+def test_a_debugger_whose_enter_fails_falls_back_to_plain_logging(fake_debugger, tmp_path):
+    from sft_engine.engines.tensorrt.target import _detailed_profile
+
+    handlers = logging.getLogger().handlers[:]
+    fake_debugger.fail_enter = True
+    with _detailed_profile((2, 8), tmp_path / "log") as (detailed, extra):
+        assert (detailed, extra) == (False, {})
+        assert logging.getLogger().handlers == handlers, "the half-done logging setup is undone for the build"
+    assert logging.getLogger().handlers == handlers
+
+
+def test_a_working_debugger_is_entered_and_left_and_build_errors_still_propagate(fake_debugger, tmp_path):
+    from sft_engine.engines.tensorrt.target import _detailed_profile
+
+    handlers = logging.getLogger().handlers[:]
+    with _detailed_profile((2, 8), tmp_path / "log") as (detailed, _):
+        assert detailed and fake_debugger.entered == 1
+    assert fake_debugger.exited == 1 and logging.getLogger().handlers == handlers
+    with pytest.raises(ValueError, match="unconvertible"):
+        with _detailed_profile((2, 9), tmp_path / "log"):
+            raise ValueError("unconvertible layer")
+    assert fake_debugger.exited == 2 and logging.getLogger().handlers == handlers

@@ -12,9 +12,10 @@ Config notes (server docs, model_configuration.md and model_config.proto):
 * ``optimization { cuda { graphs } }`` is read only by the TensorRT backend and
   ``execution_accelerators`` only by ONNX Runtime and TensorFlow: neither does anything
   for this backend, so neither is written;
-* the container's libtorch loads TorchScript saved by the same or an older torch: serve
-  with an NGC Triton container whose PyTorch is at least the build's (recorded in the
-  compatibility manifest).
+* the container's libtorch loads TorchScript saved by the same or an older torch: the
+  compatibility manifest records the NGC Triton release whose libtorch loads it
+  (``triton.releases``' torch column), and a torch newer than every tabulated one is
+  refused before anything is published.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from sft_engine.engines.base import EngineArtifact, EngineCandidate, EngineConfig, ExportContext, ExportSettings, Target, serving_config
-from sft_engine.engines.gpu.compatibility import compatibility_manifest
+from sft_engine.engines.gpu.compatibility import check_torchscript_servable, compatibility_manifest, torchscript_container
 from sft_engine.engines.gpu.devices import GpuInfo, list_gpus, select_gpus
 from sft_engine.engines.gpu.half import FP16, DeviceRunner, cuda_device, half_module
 from sft_engine.engines.gpu.probes import require_cuda
@@ -112,6 +113,8 @@ def export(ctx: ExportContext, candidate: EngineCandidate = CANDIDATE) -> Engine
     """Trace, freeze and check the FP16 weights; the runner is the very file Triton will load."""
     s = ctx.settings
     check_available(s)
+    container = torchscript_container(torch.__version__)  # refused before tracing when no tabulated libtorch loads it
+    check_torchscript_servable({**container, "torch": torch.__version__}, s.allow_unmatched_tensorrt)
     gpus = select_gpus(tuple(s.build_gpus), list_gpus())
     gpu: GpuInfo = gpus[0]
     device = cuda_device(gpu.index)
@@ -130,7 +133,7 @@ def export(ctx: ExportContext, candidate: EngineCandidate = CANDIDATE) -> Engine
         raise ExportError(f"the TorchScript module is not FP16: {'; '.join(problems)}", hint="report this as a bug; nothing was published")
     runner = DeviceRunner(loaded, device, torch.float16)
     compat = compatibility_manifest("torchscript-gpu", [gpu])
-    compat["triton_container_note"] = f"needs an NGC Triton container whose PyTorch is torch {torch.__version__.split('+')[0]} or newer (TorchScript loads forward, not backward)"
+    compat.update(container)
     return EngineArtifact(
         candidate=candidate, engine="torchscript-fp16", files={MODEL_FILE: path},
         config=torchscript_gpu_engine_config(s.num_classes, tuple(s.input_shape)),

@@ -47,11 +47,13 @@ from sft_engine.deps import require_minor
 from sft_engine.engines.precision import PRECISIONS
 from sft_engine.engines.tensorrt.verdict import layer_precision_counts
 from sft_engine.errors import ExportError, TargetUnavailable
+from sft_engine.triton.releases import TRITON_RELEASES
 
 __all__ = [
     "QUANT_MODES", "MIN_MODELOPT", "MIN_TENSORRT", "TrtBuildFlags", "QuantVerdict",
     "modelopt_quantize_kwargs", "tensorrt_build_flags", "fp8_unavailable_reason", "assess_quantized",
-    "require_modelopt", "require_quantization_stack", "quantize_with_modelopt", "build_plan",
+    "QUANTIZER_MODULES", "quantizer_problem", "quantization_stack_problem", "require_modelopt", "require_quantization_stack",
+    "quantize_with_modelopt", "build_plan",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -130,6 +132,12 @@ def tensorrt_build_flags(version: str, mode: str) -> TrtBuildFlags:
     if ver < MIN_TENSORRT:
         raise TargetUnavailable(f"TensorRT {version} cannot build explicitly quantized (Q/DQ) networks",
                                 hint=f"install TensorRT >= {MIN_TENSORRT[0]}.{MIN_TENSORRT[1]}")
+    if ver < (9, 0):  # the TensorRT 8.6 releases of the container table
+        tags = [r.tag for r in TRITON_RELEASES if r.tensorrt and require_minor(r.tensorrt) == ver]
+        where = f" (NGC {tags[0]}–{tags[-1]})" if tags else ""
+        raise TargetUnavailable(f"--precision {mode} is not built with TensorRT {version}{where}: ModelOpt writes opset 19 Q/DQ ONNX "
+                                "(from 0.42; FP8 with FP16 opset 21 before), which this parser is not known to take",
+                                hint="build in NGC 24.05 or later (TensorRT 10): sft-engine build --print-docker --ngc-release 24.05, or --precision fp16")
     if mode == "fp8" and ver < (10, 0):
         raise TargetUnavailable(f"TensorRT {version} has no FP8 convolutions", hint="install TensorRT >= 10, or build --precision int8")
     if ver >= (10, 0):
@@ -179,14 +187,80 @@ def assess_quantized(layers: list[Any] | None, mode: str) -> QuantVerdict:
     return QuantVerdict(not reasons, mode, counts, share, reasons)
 
 
+#: what ``import modelopt.onnx.quantization`` needs beyond ModelOpt's core, module → pip name (its module-level imports,
+#: 0.23 – 0.47; ``modelopt/onnx/__init__.py`` turns any of them missing into one generic ImportError, so each is probed)
+QUANTIZER_MODULES = {
+    "onnx": "onnx", "onnx_graphsurgeon": "onnx-graphsurgeon", "onnxruntime": "onnxruntime-gpu", "onnxslim": "onnxslim",
+    "onnxscript": "onnxscript", "ml_dtypes": "ml_dtypes", "lief": "lief", "pynvml": "nvidia-ml-py",
+}
+_INSTALL = "pip install 'nvidia-modelopt[onnx]'"
+
+
+def _missing_module_names(exc: BaseException) -> list[str]:
+    """Module names of the ModuleNotFoundErrors in ``exc``'s chain (ModelOpt re-raises them as a plain ImportError)."""
+    names, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            names.append(exc.name.split(".")[0])
+        exc = exc.__cause__ or exc.__context__
+    return names
+
+
+def quantizer_problem(import_module=importlib.import_module, find_spec=None) -> str | None:
+    """None when ModelOpt's ONNX quantizer really imports, else what is missing by name and how to install it.
+
+    The probe is the import itself (``modelopt.onnx.quantization``): NGC PyTorch containers ship
+    ModelOpt, possibly without its ``[onnx]`` dependencies, which only that import needs.
+    """
+    import importlib.util
+
+    find_spec = find_spec or importlib.util.find_spec
+    try:
+        modelopt = import_module("modelopt")
+    except Exception as exc:  # absent or broken
+        return f"nvidia-modelopt is not installed ({type(exc).__name__}: {str(exc)[:120]}); {_INSTALL}"
+    version = str(getattr(modelopt, "__version__", "?"))
+    try:
+        import_module("modelopt.onnx.quantization")
+        return None
+    except Exception as exc:  # a missing optional dependency, or a broken one
+        missing = [m for m in QUANTIZER_MODULES if _spec_missing(find_spec, m)]
+        missing += [m for m in _missing_module_names(exc) if m not in missing and not m.startswith("modelopt")]
+        if not missing:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            return f"nvidia-modelopt {version}: modelopt.onnx.quantization does not import ({type(exc).__name__}: {first}); {_INSTALL}"
+        pip = " ".join(QUANTIZER_MODULES.get(m, m.replace("_", "-")) for m in missing)
+        return (f"nvidia-modelopt {version} lacks its ONNX quantizer's dependencies: missing {', '.join(missing)} "
+                f"(pip install {pip}, or {_INSTALL})")
+
+
+def _spec_missing(find_spec, module: str) -> bool:
+    try:
+        return find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def quantization_stack_problem(cuda: bool, import_module=importlib.import_module, find_spec=None) -> str | None:
+    """Why ``--precision int8|fp8`` cannot build here (no CUDA, no TensorRT Python API, no ModelOpt quantizer), or None."""
+    if not cuda:
+        return "PyTorch sees no CUDA device"
+    try:
+        import_module("tensorrt")
+    except Exception as exc:  # absent, or a wheel for another CUDA
+        return f"the TensorRT Python package does not import ({type(exc).__name__}: {str(exc)[:120]}); pip install tensorrt"
+    return quantizer_problem(import_module, find_spec)
+
+
 def require_modelopt() -> tuple[Any, str]:
     """``(quantize function, version)`` of the installed nvidia-modelopt; refuses in one line without it."""
-    try:
-        modelopt = importlib.import_module("modelopt")
-        module = importlib.import_module("modelopt.onnx.quantization")
-    except Exception as exc:  # absent, or present without its onnx extra
-        raise TargetUnavailable(f"--target tensorrt --precision int8/fp8 needs nvidia-modelopt's ONNX quantizer ({type(exc).__name__}: {exc})"[:300],
-                                hint="pip install 'nvidia-modelopt[onnx]', or build --precision fp16 (the default)") from None
+    problem = quantizer_problem()
+    if problem is not None:
+        raise TargetUnavailable(f"--target tensorrt --precision int8/fp8 needs nvidia-modelopt's ONNX quantizer: {problem}"[:400],
+                                hint="install what is named, or build --precision fp16 (the default)")
+    modelopt = importlib.import_module("modelopt")
+    module = importlib.import_module("modelopt.onnx.quantization")
     version = str(getattr(modelopt, "__version__", "0"))
     if require_minor(version) < MIN_MODELOPT:
         raise TargetUnavailable(f"nvidia-modelopt {version} is older than {MIN_MODELOPT[0]}.{MIN_MODELOPT[1]}",

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -180,7 +181,9 @@ def _detailed_profile(version: tuple[int, int], logdir: Path) -> Iterator[tuple[
 
     Yields ``(detailed, extra compile kwargs)``. Both mechanisms reconfigure logging (the
     Debugger the root logger, ``debug=True`` Torch-TensorRT's logger), so the logging
-    setup is restored after. Any failure to set up the Debugger just leaves it off.
+    setup is restored after. Any failure to set up the Debugger, its construction or its
+    ``__enter__`` (Torch-TensorRT 2.8 calls ``torch.ops.tensorrt.get_logging_level()`` there
+    unguarded: it fails without the C++ runtime), just leaves it off.
     """
     root = logging.getLogger()
     trt_logger = logging.getLogger("torch_tensorrt")
@@ -195,18 +198,37 @@ def _detailed_profile(version: tuple[int, int], logdir: Path) -> Iterator[tuple[
             debugger = Debugger(log_level="warning", save_engine_profile=True, engine_builder_monitor=False, logging_dir=str(logdir))
         except Exception as exc:  # diagnostics only
             LOGGER.info("detailed TensorRT profiling unavailable: %s", exc)
-    try:
-        if mechanism == "debug_argument":
-            yield True, extra
-        elif debugger is None:
-            yield False, {}
-        else:
-            with debugger:
-                yield True, {}
-    finally:
+    def restore() -> None:
         root.handlers[:] = handlers
         root.setLevel(level)
         trt_logger.setLevel(trt_level)
+
+    try:
+        if mechanism == "debug_argument":
+            yield True, extra
+            return
+        if debugger is not None:
+            try:  # 2.8's __enter__ calls torch.ops.tensorrt.get_logging_level() unguarded (guarded from 2.9)
+                debugger.__enter__()
+            except Exception as exc:  # diagnostics only: build with plain logging
+                LOGGER.info("detailed TensorRT profiling unavailable (Debugger.__enter__: %s: %s); plain logging", type(exc).__name__, exc)
+                restore()
+                debugger = None
+        if debugger is None:
+            yield False, {}
+            return
+        try:
+            yield True, {}
+        except BaseException:
+            if not debugger.__exit__(*sys.exc_info()):
+                raise
+        else:
+            try:
+                debugger.__exit__(None, None, None)
+            except Exception as exc:  # 2.8's __exit__ is unguarded too: the plan is built, keep it
+                LOGGER.info("Torch-TensorRT Debugger.__exit__ failed (%s: %s)", type(exc).__name__, exc)
+    finally:
+        restore()
 
 
 def compile_plan(module: nn.Module, recipe: Fp16Recipe, gpu: GpuInfo, shape: tuple[int, ...], max_batch_size: int, logdir: Path | None = None) -> tuple[bytes, bool]:
