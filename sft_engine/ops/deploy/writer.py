@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 from sft_engine.errors import ConfigError
 from sft_engine.ops.deploy import compose, k8s
@@ -53,25 +54,22 @@ def _resolve_admin_key(options: DeployOptions) -> None:
 
 def deploy_k8s(options: DeployOptions) -> tuple[DeployedRepository, list[Path]]:
     """Write the Kubernetes manifests; returns what was found and the files written."""
-    options.validate()
-    info = scan_repository(options.repository)
-    check_gpus(info, options.gpus)
-    _resolve_admin_key(options)
-    image, built = image_for(info, options)
-    files = k8s.render(info, options, image)
-    if built:
-        files["Dockerfile"] = dockerfile(info, options.triton_tag or info.triton_tag)
-    return info, write_files(options.output, files)
+    return _deploy(options, lambda info, image, built: k8s.render(info, options, image))
 
 
 def deploy_compose(options: DeployOptions) -> tuple[DeployedRepository, list[Path]]:
     """Write docker-compose.yml and prometheus.yml; returns what was found and the files written."""
+    return _deploy(options, lambda info, image, built: compose.render(info, options, image, build=built))
+
+
+def _deploy(options: DeployOptions, render: Callable[[DeployedRepository, str, bool], dict[str, str]]) -> tuple[DeployedRepository, list[Path]]:
+    """The steps every deployment shares: check, scan, key, image; ``render`` writes the kind's own files."""
     options.validate()
     info = scan_repository(options.repository)
     check_gpus(info, options.gpus)
     _resolve_admin_key(options)
     image, built = image_for(info, options)
-    files = compose.render(info, options, image, build=built)
+    files = render(info, image, built)
     if built:
         files["Dockerfile"] = dockerfile(info, options.triton_tag or info.triton_tag)
     return info, write_files(options.output, files)
