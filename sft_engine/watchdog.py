@@ -9,7 +9,10 @@ Every ``interval_s`` each model gets a health check (``triton.health``: readines
 real inference). A model that fails it is reloaded: in explicit model-control mode
 with a load request whose config override is the configuration the server runs it
 with (so a rollout's version policy survives), through the admin key when the
-repository API is restricted; in the other modes, which refuse explicit loads, by
+repository API is restricted. The override carries one parameter more (the time of the
+reload): a load of an unchanged model whose files are older than its last load is a
+no-op for Triton and would leave the dead stub in place, and an unload waits on that
+dead stub. In the other modes, which refuse explicit loads, by
 restarting tritonserver on the same ports. One line reports the fault, one the
 recovery with the time it took.
 """
@@ -123,7 +126,7 @@ class ModelWatchdog:
                         live = control.model_config(health.model)
                     except ControlError:
                         live = self._configs.get(health.model)
-                    control.load_model(health.model, live)
+                    control.load_model(health.model, _marked(live, started))
             else:
                 self.restarting = True
                 try:
@@ -143,3 +146,12 @@ class ModelWatchdog:
                 return
             time.sleep(0.1)
         self.report(f"recovery of {names} did not complete within {self.config.recover_timeout_s:.0f} s; trying again")
+
+
+def _marked(config: dict[str, Any] | None, when: float) -> dict[str, Any] | None:
+    """``config`` with a reload marker parameter, so Triton sees a changed config and loads it anew."""
+    if config is None:
+        return None
+    params = dict(config.get("parameters") or {})
+    params["sft_engine_reloaded"] = {"string_value": f"{when:.3f}"}
+    return {**config, "parameters": params}
