@@ -17,6 +17,7 @@ keeps a steady stream of requests going (about 50/s, one after another), then:
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import signal
 import shutil
@@ -164,6 +165,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "model_repository"
         shutil.copytree(ROOT / "tests" / "integration" / "models" / MODEL, repo / MODEL)
+        compileall.compile_dir(repo, quiet=1)  # the bytecode the stub writes at its first load
         old = time.time() - 3600  # as a deployed repository's files: older than the server's last load
         for path in [repo, *repo.rglob("*")]:
             os.utime(path, (old, old))

