@@ -52,7 +52,14 @@ def free_port(host: str = LOOPBACK) -> int:
 
 
 def _port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on (or holds bound) ``host:port``.
+
+    ``SO_REUSEADDR`` as tritonserver itself binds: connections of a previous server in
+    TIME-WAIT (a minute after a load test) do not count, so a supervisor's restart on
+    the same ports succeeds; a live listener still makes the bind fail.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -293,6 +300,13 @@ class TritonServer:
                 return
             time.sleep(0.1)
         raise ServerError(f"tritonserver did not become ready within {timeout_s:.0f} s: {self.last_error()}", hint="check the model repository, or raise the startup timeout")
+
+    def restart(self) -> "TritonServer":
+        """Stop the server and start it again on the same ports (they were resolved at the first start)."""
+        self.stop()
+        if self._log_file:
+            self._log_file.unlink(missing_ok=True)
+        return self.start()
 
     def is_alive(self) -> bool:
         return self._process is not None and self._process.poll() is None

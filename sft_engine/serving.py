@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from sft_engine.server import ServerConfig, TritonServer
+from sft_engine.watchdog import ModelWatchdog, WatchdogConfig
 
 __all__ = ["serve_until_stopped", "model_names", "docker_commands_for"]
 
@@ -55,12 +56,14 @@ def _finish_interrupted_publish(repository: Path, report: Report, warn: Report) 
         report(f"finished an interrupted publish of {name}")
 
 
-def serve_until_stopped(cfg: ServerConfig, report: Report, warn: Report) -> int:
+def serve_until_stopped(cfg: ServerConfig, report: Report, warn: Report, watchdog: WatchdogConfig | None = WatchdogConfig()) -> int:
     """Serve until SIGINT/SIGTERM (returns 0) or until tritonserver exits by itself (returns 1).
 
     ``report`` receives the progress lines (endpoints, models, stopping), ``warn`` the
-    warnings; a plain list flag, not a threading.Event, records the signal: Event.set()
-    takes a lock that the main thread may be holding inside Event.wait() when the signal
+    warnings. ``watchdog`` (None: off) checks every model with a real inference and
+    reloads one that fails (``sft_engine.watchdog``); "ready" is printed only once every
+    model has answered such a check. A plain list flag, not a threading.Event, records
+    the signal: Event.set() takes a lock that the main thread may be holding inside Event.wait() when the signal
     arrives, and would deadlock.
     """
     stopping: list[int] = []
@@ -70,15 +73,39 @@ def serve_until_stopped(cfg: ServerConfig, report: Report, warn: Report) -> int:
     server = TritonServer(cfg)
     report(f"starting tritonserver on {cfg.host} for {cfg.repository} ...")
     with server:
-        report(f"ready\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  {server.metrics_url}\n  pid      {server.pid}")
+        names = served_models(cfg)
+        dog = ModelWatchdog(server, names, report, watchdog or WatchdogConfig())
+        failing = [h for h in dog.check_all() if not h.ok]
+        for health in failing:
+            warn(f"warning: model {health.model} does not answer: {health.message}")
+        report(f"{'ready' if not failing else 'started (not every model answers)'}\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  {server.metrics_url}\n  pid      {server.pid}")
         for name in model_names(cfg.repository):
             report(f"  model    http://{server.http_url}/v2/models/{name}/config")
         report("press Ctrl-C to stop")
-        while not stopping:
-            time.sleep(0.2)  # interrupted by the signal; the handler only appends to the list
-            if not stopping and not server.is_alive():
-                report(f"tritonserver exited: {server.last_error()}")
-                return 1
-        report("stopping ...")
-    report("stopped")
+        if watchdog is not None:
+            dog.start()
+        try:
+            code = _wait(server, dog, stopping, report)
+        finally:
+            dog.stop()
+    if code == 0:
+        report("stopped")
+    return code
+
+
+def served_models(cfg: ServerConfig) -> list[str]:
+    """The models the server was told to load (explicit mode), else every model of the repository."""
+    if cfg.model_control_mode == "explicit" and cfg.load_models and "*" not in cfg.load_models:
+        return list(cfg.load_models)
+    return model_names(cfg.repository)
+
+
+def _wait(server: TritonServer, dog: ModelWatchdog, stopping: list[int], report: Report) -> int:
+    """Until a signal (0) or the server's death (1); a restart by the watchdog is not a death."""
+    while not stopping:
+        time.sleep(0.2)  # interrupted by the signal; the handler only appends to the list
+        if not stopping and not dog.restarting and not server.is_alive():
+            report(f"tritonserver exited: {server.last_error()}")
+            return 1
+    report("stopping ...")
     return 0

@@ -27,7 +27,7 @@ from sft_engine.client.inputs import check_batch, check_top_k, chunks, image_chu
 from sft_engine.client.metrics import resolve_metrics
 from sft_engine.client.model_info import ModelInfo, labels_from_classification
 from sft_engine.client.predictions import Prediction, top_k as rank
-from sft_engine.client.retry import RetryPolicy, acall_with_retry
+from sft_engine.client.retry import DEFAULT_RETRY, RetryPolicy, acall_with_retry
 from sft_engine.client.server_side import check_image_model, encode_images, image_model, missing_image_model, pinned_version, send_files_async
 from sft_engine.client.settings import ClientSettings, SettingsView, check_transport
 from sft_engine.client.shm import ShmPool, ShmSlot, aunregister_all
@@ -52,7 +52,7 @@ class AsyncClient(SettingsView):
     """
 
     def __init__(self, url: str = "127.0.0.1:8001", *, protocol: str = "grpc", model: str, version: int | str | None = None,
-                 timeout: float = 30.0, retries: int | RetryPolicy | None = 2, shared_memory: bool = False, metrics: Any = None,
+                 timeout: float = 30.0, retries: int | RetryPolicy | None = DEFAULT_RETRY, shared_memory: bool = False, metrics: Any = None,
                  concurrency: int = 4, labels: Sequence[str] | None = None, transport: AsyncTransport | None = None,
                  ssl: bool | GrpcTls = False, root_certificates: str | Path | None = None, private_key: str | Path | None = None,
                  certificate_chain: str | Path | None = None, admin_key: str | None = None) -> None:

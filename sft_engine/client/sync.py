@@ -34,7 +34,7 @@ from sft_engine.client.inputs import check_batch, check_top_k, chunks, image_chu
 from sft_engine.client.metrics import resolve_metrics
 from sft_engine.client.model_info import ModelInfo, labels_from_classification
 from sft_engine.client.predictions import Prediction, top_k as rank
-from sft_engine.client.retry import RetryPolicy, call_with_retry
+from sft_engine.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retry
 from sft_engine.client.server_side import check_image_model, encode_images, image_model, missing_image_model, pinned_version, send_files
 from sft_engine.client.settings import ClientSettings, SettingsView, check_transport
 from sft_engine.client.shm import ShmPool, ShmSlot, unregister_all
@@ -55,7 +55,7 @@ class Client(SettingsView):
     ...         print([(p.label, round(p.score, 3)) for p in preds])
 
     ``version`` None = the latest the server serves. ``timeout`` (seconds) bounds
-    each call. ``retries`` = extra attempts on transient failures (or a RetryPolicy).
+    each call. ``retries`` = extra attempts on transient failures, or a RetryPolicy (default: through a 10 s restart).
     ``shared_memory`` sends tensors through system shared memory (same host only).
     ``metrics``: True, a prometheus CollectorRegistry or a ClientMetrics records a
     latency histogram. ``concurrency``: worker threads for HTTP and shared-memory sends
@@ -67,7 +67,7 @@ class Client(SettingsView):
     """
 
     def __init__(self, url: str = "127.0.0.1:8001", *, protocol: str = "grpc", model: str, version: int | str | None = None,
-                 timeout: float = 30.0, retries: int | RetryPolicy | None = 2, shared_memory: bool = False, metrics: Any = None,
+                 timeout: float = 30.0, retries: int | RetryPolicy | None = DEFAULT_RETRY, shared_memory: bool = False, metrics: Any = None,
                  concurrency: int = 4, labels: Sequence[str] | None = None, transport: Transport | None = None,
                  ssl: bool | GrpcTls = False, root_certificates: str | Path | None = None, private_key: str | Path | None = None,
                  certificate_chain: str | Path | None = None, admin_key: str | None = None) -> None:

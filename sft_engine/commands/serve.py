@@ -19,8 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--model-control-mode", choices=("none", "poll", "explicit"), default="none")
-    p.add_argument("--load-model", action="append", default=[], metavar="NAME", help="with explicit mode: models to load at start")
+    p.add_argument("--model-control-mode", choices=("none", "poll", "explicit"), default=None,
+                   help="default explicit (rollout works, a failing model is reloaded alone) on loopback or with --admin-key-file, "
+                        "else none (a failing model restarts the server)")
+    p.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                   help="with explicit mode: models to load at start (default every model of the repository)")
+    p.add_argument("--watchdog-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="check every model with a real inference this often and reload one that fails (0 = off)")
     p.add_argument("--admin-key-file", type=Path, default=None, metavar="FILE",
                    help="restrict the model-repository, shared-memory, statistics, trace and logging APIs to requests with the key "
                         "in FILE (header sft-engine-admin-key); created with a random key, mode 0600, when absent")
@@ -35,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sft_engine.ngc import container_tag
-    from sft_engine.serving import docker_commands_for, serve_until_stopped
+    from sft_engine.serving import docker_commands_for, model_names, serve_until_stopped
+    from sft_engine.watchdog import WatchdogConfig
 
     repository = Path(args.repository)
     if args.print_docker:
@@ -49,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from sft_engine.triton.security import ServerTls, ensure_admin_key_file
 
     host = args.host or ("0.0.0.0" if args.allow_remote else "127.0.0.1")
+    if args.watchdog_interval < 0:
+        raise ConfigError(f"--watchdog-interval {args.watchdog_interval:g} is negative", hint="pass seconds > 0, or 0 to turn it off")
+    if args.model_control_mode is None:
+        args.model_control_mode = "explicit" if is_loopback(host) or args.admin_key_file is not None else "none"
     if args.model_control_mode != "none" and not is_loopback(host) and args.admin_key_file is None:
         raise ConfigError(f"--model-control-mode {args.model_control_mode} on {host} lets anyone who reaches it load code",
                           hint="pass --admin-key-file FILE (created with a random key when absent)")
@@ -59,9 +69,14 @@ def run(args: argparse.Namespace) -> int:
         key, created = ensure_admin_key_file(args.admin_key_file)
         print(f"admin key: {'created ' if created else ''}{args.admin_key_file} (header sft-engine-admin-key)", flush=True)
     tls = ServerTls(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert is not None else None
+    load = list(args.load_model)
+    if args.model_control_mode == "explicit" and not load and repository.is_dir():
+        load = model_names(repository)
     cfg = ServerConfig(
         repository=repository, host=host, http_port=args.http_port, grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port, model_control_mode=args.model_control_mode, load_models=args.load_model,
+        metrics_port=args.metrics_port, model_control_mode=args.model_control_mode, load_models=load,
         log_verbose=args.log_verbose, admin_key=key, tls=tls,
     )
-    return serve_until_stopped(cfg, report=lambda line: print(line, flush=True), warn=lambda line: print(line, file=sys.stderr))
+    watchdog = WatchdogConfig(interval_s=args.watchdog_interval) if args.watchdog_interval > 0 else None
+    return serve_until_stopped(cfg, report=lambda line: print(line, flush=True), warn=lambda line: print(line, file=sys.stderr),
+                               watchdog=watchdog)

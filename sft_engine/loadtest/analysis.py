@@ -21,7 +21,7 @@ from sft_engine.loadtest.config import LoadTestConfig
 from sft_engine.loadtest.spec import percentile_label
 from sft_engine.loadtest.histogram import LatencyHistogram
 from sft_engine.loadtest.results import (
-    GeneratorCheck, RequestCounts, Stability, StepResult, Validity, WindowResult,
+    GeneratorCheck, RequestCounts, error_window_of, Stability, StepResult, Validity, WindowResult,
 )
 from sft_engine.loadtest.schedule import StepPlan
 from sft_engine.loadtest.server_stats import EdgeSnapshot, reconcile, server_window
@@ -242,4 +242,5 @@ def build_step(obs: StepObservations, config: LoadTestConfig) -> StepResult:
         verdict="",
         aborted=obs.aborted,
         histograms={"latency": lat_all.encode(), "service_time": svc_all.encode(), "send_lag": lag_all.encode()},
+        error_window=error_window_of(windows),
     )

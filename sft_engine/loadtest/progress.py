@@ -34,6 +34,8 @@ class Progress:
     recent_p99_ms: float | None
     send_lag_p99_ms: float | None
     steps_planned: int | None = None
+    #: the most frequent error message so far (kind and example), when any request failed
+    top_error: str | None = None
 
 
 class TerminalProgress:
@@ -73,6 +75,8 @@ class TerminalProgress:
             parts.append(f"p50 {p.recent_p50_ms:.2f} ms  p99 {p.recent_p99_ms:.2f} ms")
         if p.send_lag_p99_ms is not None:
             parts.append(f"lag p99 {p.send_lag_p99_ms:.2f} ms")
+        if p.failed and p.top_error:
+            parts.append(f"top error: {p.top_error[:100]}")
         return "  ".join(parts)
 
 

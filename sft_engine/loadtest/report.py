@@ -199,7 +199,11 @@ def render_markdown(result: LoadTestResult) -> str:
             lines += [f"- invalid: {r}" for r in s.validity.reasons] + [f"- warning: {w}" for w in s.validity.warnings] + [""]
         if s.requests.errors:
             lines += [f"Step {s.index} errors: " + ", ".join(f"{k} {v}" for k, v in sorted(s.requests.errors.items()))]
-            lines += [f"- {k}: `{v}`" for k, v in sorted(s.error_examples.items())] + [""]
+            lines += [f"- {k}: `{v}`" for k, v in sorted(s.error_examples.items())]
+            if s.error_window is not None:
+                w = s.error_window
+                lines += [f"- errors fell between {w.start_s:.1f} s and {w.end_s:.1f} s of the measured interval ({w.failed} failed)"]
+            lines += [""]
     if result.capacity:
         c = result.capacity
         lines += [
@@ -243,6 +247,24 @@ def render_markdown(result: LoadTestResult) -> str:
 
 
 # -- plot ----------------------------------------------------------------------------------
+def _plot_error_window(axis: Any, step: StepResult) -> None:
+    """Answered and failed requests per window over the step's time, the error window shaded."""
+    xs = [(w.start_s + w.end_s) / 2 for w in step.windows]
+    width = max(1e-3, step.windows[0].end_s - step.windows[0].start_s) * 0.9
+    axis.bar(xs, [w.succeeded_in_window for w in step.windows], width=width, color="tab:blue", label="answered")
+    axis.bar(xs, [w.failed for w in step.windows], width=width, color="red", label="failed",
+             bottom=[w.succeeded_in_window for w in step.windows])
+    w = step.error_window
+    assert w is not None
+    top = step.top_error
+    axis.axvspan(w.start_s, w.end_s, color="red", alpha=0.15,
+                 label=f"errors {w.start_s:.1f}-{w.end_s:.1f} s" + (f" ({top[0]})" if top else ""))
+    axis.set_xlabel(f"step {step.index}: time in the measured interval (s)")
+    axis.set_ylabel("requests per window")
+    axis.legend(fontsize=8)
+    axis.grid(True, alpha=0.3)
+
+
 def render_plot(result: LoadTestResult) -> bytes:
     """PNG of latency percentiles against load.
 
@@ -260,12 +282,16 @@ def render_plot(result: LoadTestResult) -> bytes:
     closed_steps = sorted((s for s in steps if s.mode == "closed"), key=lambda s: s.concurrency or 0)
     use_open = bool(open_steps)
     shown = open_steps if use_open else closed_steps
-    fig = Figure(figsize=(8, 7 if use_open else 5), dpi=110)
+    faulty = [s for s in result.steps if s.error_window is not None and s.windows]
+    rows = (2 if use_open else 1) + (1 if faulty else 0)
+    fig = Figure(figsize=(8, 3 + 2.5 * rows), dpi=110)
     FigureCanvasAgg(fig)
+    axes = list(fig.subplots(rows, 1, gridspec_kw={"height_ratios": [2] + [1] * (rows - 1)})) if rows > 1 else [fig.add_subplot(1, 1, 1)]
+    ax, ax2 = axes[0], (axes[1] if use_open else None)
     if use_open:
-        ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    else:
-        ax, ax2 = fig.add_subplot(1, 1, 1), None
+        ax2.sharex(ax)
+    if faulty:
+        _plot_error_window(axes[-1], faulty[0])
 
     def x_of(step: StepResult) -> float:
         return step.offered_rps if use_open else step.throughput_rps

@@ -18,7 +18,7 @@ from sft_engine.loadtest.server_stats import Reconciliation, ServerWindow
 __all__ = [
     "SCHEMA_VERSION", "PASS", "FAIL", "INVALID", "MEASURED", "EXIT_CODES",
     "RequestCounts", "WindowResult", "Stability", "GeneratorCheck", "Validity", "TargetOutcome", "SloOutcome",
-    "StepResult", "CapacityResult", "LoadTestResult", "clean_json",
+    "ErrorWindow", "error_window_of", "StepResult", "CapacityResult", "LoadTestResult", "clean_json",
 ]
 
 SCHEMA_VERSION = 1
@@ -54,6 +54,23 @@ class WindowResult:
     throughput_rps: float
     latency_ms: LatencySummary
     server: ServerWindow | None = None
+
+
+@dataclass
+class ErrorWindow:
+    """When a step's requests failed: from the start of the first window with a failure to the end of the last."""
+
+    start_s: float  # from the start of the measured interval
+    end_s: float
+    failed: int
+
+
+def error_window_of(windows: list[WindowResult]) -> ErrorWindow | None:
+    """The span of the windows that saw failures (None when none did): a fault's outage, seen by the client."""
+    hit = [w for w in windows if w.failed]
+    if not hit:
+        return None
+    return ErrorWindow(start_s=hit[0].start_s, end_s=hit[-1].end_s, failed=sum(w.failed for w in hit))
 
 
 @dataclass
@@ -143,6 +160,16 @@ class StepResult:
     aborted: str | None = None
     #: compressed HdrHistogram V2 (base64), values in microseconds
     histograms: dict[str, str] = field(default_factory=dict)
+    #: when the failures happened (None: no request failed)
+    error_window: ErrorWindow | None = None
+
+    @property
+    def top_error(self) -> tuple[str, int, str] | None:
+        """The most frequent failure: (kind, count, an example of its message), or None."""
+        if not self.requests.errors:
+            return None
+        kind, count = max(self.requests.errors.items(), key=lambda kv: (kv[1], kv[0]))
+        return kind, count, " ".join(self.error_examples.get(kind, "").split())
 
     @property
     def label(self) -> str:

@@ -12,7 +12,8 @@ __all__ = ["step_lines", "result_lines"]
 
 
 def step_lines(step: StepResult) -> list[str]:
-    """The step's figures on one line, then one indented line per invalidity reason and failed target."""
+    """The step's figures on one line, then the most frequent error and the window the errors fell in,
+    one indented line per invalidity reason and failed target."""
     lat = step.latency_ms
     parts = [
         f"step {step.index} {step.label}: {step.verdict}",
@@ -22,6 +23,12 @@ def step_lines(step: StepResult) -> list[str]:
         f"send lag p99 {_ms(step.send_lag_ms.get(99.0))}",
     ]
     lines = [" | ".join(parts)]
+    if step.top_error is not None:
+        kind, count, example = step.top_error
+        lines.append(f"  most frequent error: {kind} x{count}: {example[:160]}")
+    if step.error_window is not None:
+        w = step.error_window
+        lines.append(f"  errors between {w.start_s:.1f} s and {w.end_s:.1f} s of the measured interval ({w.failed} failed)")
     lines += [f"  invalid: {reason}" for reason in step.validity.reasons]
     if step.slo:
         lines += [f"  FAIL {t.name}: {t.measured} (limit {t.comparison} {t.limit:g})" for t in step.slo.targets if not t.passed]

@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     # 4: export, verification, fine-tuning
     "verify": 4, "engines": 4, "finetune": 4,
     # 5: the pipeline's stages
-    "build_config": 5, "build": 5, "server": 5, "client": 5, "loadtest": 5, "ngc": 5,
+    "build_config": 5, "build": 5, "server": 5, "watchdog": 5, "client": 5, "loadtest": 5, "ngc": 5,
     # 6: operations and the command line
     "ops": 6, "serving": 6, "walkthrough": 6, "commands": 6, "cli": 6,
 }

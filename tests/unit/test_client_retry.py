@@ -98,3 +98,42 @@ def test_async_twin_retries_the_same_way():
 
     result = asyncio.run(acall_with_retry(fn, RetryPolicy(attempts=2, initial_backoff_s=0.3, jitter=0.0), sleep=sleep))
     assert result == "ok" and waits == [0.3] and state.calls == 2
+
+
+class FakeClock:
+    """Time that moves only when the retry loop sleeps."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.waits = []
+
+    def sleep(self, s):
+        self.waits.append(s)
+        self.now += s
+
+
+def test_a_deadline_keeps_retrying_until_it_passes_and_no_wait_outlasts_it():
+    clock = FakeClock()
+    fn = Flaky(*[ServerUnavailable("refused")] * 1000)
+    with pytest.raises(ServerUnavailable):
+        call_with_retry(fn, RetryPolicy(attempts=10_000, initial_backoff_s=0.05, max_backoff_s=0.5, jitter=0.0, deadline_s=3.0),
+                        sleep=clock.sleep, clock=lambda: clock.now)
+    assert clock.now == pytest.approx(3.0) and max(clock.waits) <= 0.5
+    assert fn.calls == len(clock.waits) + 1 > 8  # far more than a plain retry count: it rode through the 3 s
+
+
+def test_a_server_back_within_the_deadline_answers_the_call():
+    clock = FakeClock()
+    fn = Flaky(*[ServerUnavailable("refused")] * 12)
+    assert call_with_retry(fn, RetryPolicy.until(10.0), sleep=clock.sleep, clock=lambda: clock.now) == "ok"
+    assert fn.calls == 13 and clock.now < 10.0
+
+
+def test_the_default_client_policy_rides_through_a_restart_and_retries_0_turns_it_off():
+    from sft_engine.client.retry import DEFAULT_RETRY
+
+    assert DEFAULT_RETRY.deadline_s == 10.0 and DEFAULT_RETRY.should_retry(ServerUnavailable("x"), idempotent=True)
+    assert not DEFAULT_RETRY.should_retry(BadInput("x"), idempotent=True)
+    assert RetryPolicy.of(0).attempts == 1 and RetryPolicy.of(0).deadline_s is None
+    with pytest.raises(ConfigError):
+        RetryPolicy(deadline_s=0)

@@ -108,3 +108,50 @@ def test_live_exporter_serves_prometheus_text() -> None:
     assert 'sft_loadtest_requests_total{outcome="failed"} 10.0' in text
     assert "sft_loadtest_latency_p99_seconds 0.009" in text
     assert 'sft_loadtest_phase{phase="measure"} 1.0' in text
+
+
+def _faulty_step():
+    """Three windows of a 50/s step; the middle one lost 20 requests to a dead engine process."""
+    config = LoadTestConfig(endpoints=(parse_endpoint("127.0.0.1:8001"),), model="m",
+                            load=LoadSpec(mode="open", rates=(50.0,), duration_s=3.0))
+    lat = _enc([2.0] * 50)
+    windows = [WindowData(50, 50, 50, {}, lat, lat, _enc([0.1] * 50)),
+               WindowData(50, 50, 30, {"server_error": 20}, _enc([2.0] * 30), _enc([2.0] * 30), _enc([0.1] * 50)),
+               WindowData(50, 50, 50, {}, lat, lat, _enc([0.1] * 50))]
+    message = "[500] Stub process 'm_0_0' is not healthy."
+    worker = WorkerStepResult(0, windows, {"ok": 130, "server_error": 20}, [150], {"server_error": message}, 0.5, 3.0)
+    plan = StepPlan(0, "open", None, 50.0, "constant", 0.0, 1.0, 4.0, 1.0, 0, 1.0)
+    obs = StepObservations(plan, [worker], [], None, [], None, 4.0, None, None, None, None, 1)
+    return judge_step(build_step(obs, config), config), config, message
+
+
+def test_the_error_window_and_the_most_frequent_error_are_in_the_summary_the_report_and_the_plot(monkeypatch) -> None:
+    from sft_engine.loadtest.summary import step_lines
+
+    step, config, message = _faulty_step()
+    assert step.error_window is not None and step.error_window.failed == 20
+    assert (step.error_window.start_s, step.error_window.end_s) == (1.0, 2.0)
+    assert step.top_error == ("server_error", 20, message)
+    lines = step_lines(step)
+    assert any("most frequent error: server_error x20" in ln and "Stub process" in ln for ln in lines), lines
+    assert any("errors between 1.0 s and 2.0 s" in ln for ln in lines), lines
+    result = LoadTestResult(SCHEMA_VERSION, {"name": "t", "version": "0"}, "start", "end", "MEASURED", 0, [],
+                            config.to_dict(), {"name": "m"}, {"batch_size": 1, "protocol": "grpc"}, [step], None)
+    assert "errors fell between 1.0 s and 2.0 s" in render_markdown(result)
+    assert json.loads(json.dumps(result.to_dict()))["steps"][0]["error_window"] == {"start_s": 1.0, "end_s": 2.0, "failed": 20}
+    from sft_engine.loadtest import report
+
+    shaded = []
+    draw = report._plot_error_window
+    monkeypatch.setattr(report, "_plot_error_window", lambda axis, s: (shaded.append(axis.get_xlabel()), draw(axis, s),
+                                                                        shaded.append([p.get_label() for p in axis.patches[-1:]])))
+    assert report.render_plot(result)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shaded == ["", ["errors 1.0-2.0 s (server_error)"]]
+    report.render_plot(_result((50.0,), with_capacity=False))
+    assert len(shaded) == 2  # no error window, no shaded panel
+
+
+def test_the_live_line_names_the_most_frequent_error() -> None:
+    p = Progress(0, "open 50/s constant", "measure", 1.0, 3.0, 100, 80, 20, 1, 40.0, 2.0, 3.0, 0.1,
+                 top_error="server_error: [500] Stub process 'm_0_0' is not healthy.")
+    assert "top error: server_error: [500] Stub process" in TerminalProgress.format(p)

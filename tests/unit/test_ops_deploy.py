@@ -70,7 +70,9 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas(repo, tmp_path):
     k8s_valid(service, "V1Service")
     k8s_valid(hpa, "V2HorizontalPodAutoscaler")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    probe = container["readinessProbe"]["exec"]["command"]  # ready and a health inference per model (docs/operations.md, Faults)
+    assert probe[:2] == ["python3", "-c"] and "/v2/health/ready" in probe[2] and "/infer" in probe[2]
+    assert probe[3] == "8000" and probe[4:] == [m.name for m in info.models] and probe[4:]
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert "--model-repository=/models" in container["args"] and "--strict-readiness=true" in container["args"]
     assert {"name": "model-repository", "mountPath": "/models", "readOnly": True, "subPath": "prod"} in container["volumeMounts"]

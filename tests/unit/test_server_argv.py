@@ -107,3 +107,22 @@ def test_the_config_keeps_the_ports_it_was_given() -> None:
 def test_a_port_that_is_not_a_tcp_port_is_a_one_line_error(field: str, value: object) -> None:
     with pytest.raises(ServerError, match=f"{field.replace('_', '-')} {value!r} is not a TCP port"):
         ServerConfig(repository=Path("/srv/r"), **{field: value})  # type: ignore[arg-type]
+
+
+def test_a_port_with_connections_in_time_wait_is_free_but_one_with_a_listener_is_not():
+    import socket
+
+    from sft_engine.server import _port_in_use
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    assert _port_in_use("127.0.0.1", port)
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server side closes first: its end of the connection goes to TIME-WAIT
+    client.close()
+    listener.close()
+    assert not _port_in_use("127.0.0.1", port)

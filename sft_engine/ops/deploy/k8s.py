@@ -9,8 +9,11 @@ Two ways to run it, pick one:
   (average queue time per request, or pending requests), made available to the HPA by
   prometheus-adapter with the rule in ``prometheus-adapter-rules.yaml``.
 
-Why these choices: readiness is Triton's ``/v2/health/ready`` with strict readiness,
-so a pod receives traffic only once every model has loaded (and warmed up); liveness
+Why these choices: readiness is Triton's ``/v2/health/ready`` with strict readiness
+plus one health inference per model (an exec probe, ``triton.health.PROBE_SCRIPT``),
+so a pod receives traffic only once every model has loaded (and warmed up), and stops
+receiving it while a model fails every request - Triton 24.10's model readiness stays
+READY after a Python-backend stub died (docs/operations.md, "Faults"); liveness
 is ``/v2/health/live`` behind a startup probe, so a slow model load is not mistaken
 for a hung server; rolling updates add a pod before removing one (``maxUnavailable:
 0``) and the grace period outlasts Triton's exit timeout, so requests in flight finish.
@@ -25,8 +28,9 @@ from typing import Any
 
 from sft_engine.ops.deploy import k8s_security as sec
 from sft_engine.ops.deploy.spec import DeployOptions, DeployedRepository, dump_yaml, triton_args
+from sft_engine.triton.health import PROBE_SCRIPT
 
-__all__ = ["render", "labels", "deployment", "service", "hpa", "inference_service", "adapter_rules", "kustomization", "METRIC_NAMES"]
+__all__ = ["readiness_command", "render", "labels", "deployment", "service", "hpa", "inference_service", "adapter_rules", "kustomization", "METRIC_NAMES"]
 
 #: the custom metrics prometheus-adapter derives from Triton's, as the HPA asks for them
 METRIC_NAMES = {"queue_time": "triton_queue_time_us_per_request", "pending_requests": "triton_pending_requests"}
@@ -54,7 +58,12 @@ def _resources(options: DeployOptions) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-def _probes() -> dict[str, Any]:
+def readiness_command(models: list[str]) -> list[str]:
+    """The exec readiness probe: server ready and every model answering a health inference."""
+    return ["python3", "-c", PROBE_SCRIPT, "8000", *models]
+
+
+def _probes(models: list[str]) -> dict[str, Any]:
     def get(path: str) -> dict[str, Any]:
         return {"path": path, "port": "http"}
 
@@ -62,7 +71,7 @@ def _probes() -> dict[str, Any]:
         # a model load (TensorRT engines, warmup) may take minutes: up to 10 minutes to start
         "startupProbe": {"httpGet": get("/v2/health/live"), "periodSeconds": 5, "failureThreshold": 120},
         "livenessProbe": {"httpGet": get("/v2/health/live"), "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
-        "readinessProbe": {"httpGet": get("/v2/health/ready"), "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 2},
+        "readinessProbe": {"exec": {"command": readiness_command(models)}, "periodSeconds": 5, "timeoutSeconds": 4, "failureThreshold": 2},
     }
 
 
@@ -96,7 +105,7 @@ def deployment(info: DeployedRepository, options: DeployOptions, image: str) -> 
             {"name": "grpc", "containerPort": 8001, "protocol": "TCP"},
             {"name": "metrics", "containerPort": 8002, "protocol": "TCP"},
         ],
-        **_probes(),
+        **_probes([m.name for m in info.models]),
         "resources": _resources(options),
         "volumeMounts": mounts,
         "securityContext": sec.container_security_context(),
