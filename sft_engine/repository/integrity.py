@@ -225,5 +225,5 @@ def _exclude_in_model(model_dir: Path) -> list[str]:
     _write_atomically(config_path, pinned_text)
     for version in hit:
         lines.append(f"{checks[version].line()}; serving version(s) {', '.join(map(str, chosen))} instead")
-    LOGGER.warning("%s", "; ".join(lines))
+    LOGGER.info("%s", "; ".join(lines))
     return lines
