@@ -1,6 +1,7 @@
 """Serving a model repository in the foreground: what ``sft-engine serve`` does, as functions.
 
-``serve_until_stopped`` finishes a publish a killed build left half-done, starts the
+``serve_until_stopped`` finishes a publish a killed build left half-done, keeps a
+damaged version (files differing from its manifest) out of what is served, starts the
 embedded tritonserver, reports its endpoints, and keeps it up until SIGINT/SIGTERM or
 until the server dies; ``docker_commands_for`` prints the equivalent ``docker run``
 (the NGC container is ``ngc``'s). The command line only parses and prints.
@@ -56,6 +57,14 @@ def _finish_interrupted_publish(repository: Path, report: Report, warn: Report) 
         report(f"finished an interrupted publish of {name}")
 
 
+def _exclude_damaged_versions(repository: Path, warn: Report) -> None:
+    """A version whose files differ from its manifest is kept out; the previous one serves (``repository.integrity``)."""
+    from sft_engine.repository.integrity import exclude_damaged
+
+    for line in exclude_damaged(repository):
+        warn(f"warning: {line}")
+
+
 def serve_until_stopped(cfg: ServerConfig, report: Report, warn: Report, watchdog: WatchdogConfig | None = WatchdogConfig()) -> int:
     """Serve until SIGINT/SIGTERM (returns 0) or until tritonserver exits by itself (returns 1).
 
@@ -70,6 +79,7 @@ def serve_until_stopped(cfg: ServerConfig, report: Report, warn: Report, watchdo
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     _finish_interrupted_publish(cfg.repository, report, warn)
+    _exclude_damaged_versions(cfg.repository, warn)
     server = TritonServer(cfg)
     report(f"starting tritonserver on {cfg.host} for {cfg.repository} ...")
     with server:

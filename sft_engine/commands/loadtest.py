@@ -73,6 +73,8 @@ def register(subparsers: Any) -> None:
     gate.add_argument("--max-send-lag-ms", type=float, default=None, metavar="MS", help="send lag p99 above this makes the run invalid (default 10)")
     gate.add_argument("--min-tail-samples", type=int, default=None, metavar="N", help="samples needed beyond a gated percentile (default 10)")
     gate.add_argument("--find-capacity", action="store_true", help="bisect the open-loop rate for the highest one meeting the SLO")
+    gate.add_argument("--soak", default=None, metavar="DURATION",
+                      help="one steady --rate for DURATION (e.g. 30m): fails on growth of the server's and stubs' RSS, fds, threads or of p99")
 
     out = p.add_argument_group("output")
     out.add_argument("--report", type=Path, default=None, metavar="PATH",
@@ -88,9 +90,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """Scenario file first, flags on top: the LoadTestConfig of this invocation."""
     from sft_engine.loadtest.config import LoadTestConfig, parse_shape, resolve_endpoints
     from sft_engine.loadtest.scenario import load_scenario
-    from sft_engine.loadtest.spec import parse_number_list
+    from dataclasses import replace
+
+    from sft_engine.loadtest.spec import SoakSpec, parse_duration, parse_number_list
 
     scenario = load_scenario(args.slo) if args.slo else None
+    soak = None
+    if args.soak is not None:
+        if args.duration is not None:
+            raise ConfigError("--soak and --duration are both given", hint="the soak's DURATION is the step's duration")
+        soak = replace((scenario.soak if scenario else None) or SoakSpec(), duration_s=parse_duration(args.soak))
     load = {
         "concurrency": None if args.concurrency is None else tuple(int(c) for c in parse_number_list(args.concurrency, "--concurrency", integer=True)),
         "rates": None if args.rate is None else parse_number_list(args.rate, "--rate"),
@@ -119,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         transport=args.transport,
         admin_key=admin_key_from(args),
         tls=tls_from(args),
+        soak=soak,
     )
 
 
@@ -141,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_loadtest(config, progress=progress, on_step=on_step)
     print("\n".join(result_lines(result)), file=out)
+    if result.soak is not None:
+        print("\n".join(result.soak.lines()), file=out)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     return result.exit_code

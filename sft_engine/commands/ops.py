@@ -1,4 +1,4 @@
-"""``sft-engine rollout``, ``sft-engine tune`` and ``sft-engine deploy {k8s,compose}``.
+"""``sft-engine rollout``, ``sft-engine check``, ``sft-engine tune`` and ``sft-engine deploy {k8s,compose}``.
 
 Operations on a served repository: switch a running server to a new version without
 dropping requests, search the serving configuration that meets an SLO at the least
@@ -29,6 +29,7 @@ exit codes: 0 switched (or already serving), 1 check or load failed and rolled b
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_rollout(sub)
+    _register_check(sub)
     _register_tune(sub)
     _register_deploy(sub)
 
@@ -102,6 +103,38 @@ def run_rollout(args: argparse.Namespace) -> int:
               f"the server now serves {served}; inspect it (GET /v2/repository/index) and load the wanted version by hand",
               file=sys.stderr)
     return result.exit_code
+
+
+# -- check ----------------------------------------------------------------------------
+def _register_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="verify every version of every model against its build manifest (sha256 of each file)",
+                       epilog="exit codes: 0 every file matches, 1 a file is missing, truncated or altered (each is listed), 2 bad input")
+    p.add_argument("--repository", default="model_repository", metavar="DIR", help="the model repository to verify")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from sft_engine.repository.integrity import verify_repository
+
+    checks = verify_repository(Path(args.repository))
+    damaged = [c for c in checks if not c.intact]
+    if args.json:
+        print(json.dumps([{"model": c.model, "version": c.version, "verifiable": c.verifiable, "files": c.files,
+                           "damage": [{"path": str(d.path), "problem": d.problem, "detail": d.detail} for d in c.damage]}
+                          for c in checks], indent=2))
+        return 1 if damaged else 0
+    for c in checks:
+        if not c.verifiable:
+            print(f"{c.model} version {c.version}: not verifiable (no build manifest with file hashes)")
+        elif c.intact:
+            print(f"{c.model} version {c.version}: ok ({c.files} files)")
+    for c in damaged:
+        for d in c.damage:
+            print(f"DAMAGED {c.model} version {c.version}: {d.line()}", file=sys.stderr)
+    verified = sum(1 for c in checks if c.verifiable)
+    print(f"{len(damaged)} of {verified} verifiable version(s) damaged" if damaged else f"all {verified} verifiable version(s) match their manifests")
+    return 1 if damaged else 0
 
 
 # -- tune -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from sft_engine.verify import ParityData
 
 __all__ = [
     "MIN_GATE_IMAGES", "MIN_CALIBRATION_IMAGES", "DEFAULT_CALIBRATION_IMAGES", "Int8Split", "split_for_int8", "files_sha256",
-    "recorded_gate",
+    "recorded_gate", "image_digest", "Received",
 ]
 
 #: fewer gate images than this cannot resolve a 1 % agreement threshold (one image is 0.5 %)
@@ -90,6 +90,32 @@ def split_for_int8(data: ParityData, calibration_images: int = DEFAULT_CALIBRATI
                       tuple(data.files[i] for i in gate_index))
     return Int8Split(np.ascontiguousarray(data.inputs[cal_index]), tuple(data.files[i] for i in cal_index),
                      gate, cal_index, gate_index, seed)
+
+
+def image_digest(image: np.ndarray) -> str:
+    """A short content hash of one input tensor: how the images a quantizer received are named."""
+    return hashlib.sha256(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+
+class Received:
+    """What a quantization library really pulled from its data reader, image by image.
+
+    The manifest's split counts say what the build *meant* to hand over; this records
+    what the library *took* (``describe()``: the count, the digest of every image), so
+    a test - or anyone reading the manifest - can check that no gate image calibrated
+    the engine.
+    """
+
+    def __init__(self) -> None:
+        self.digests: list[str] = []
+
+    def batch(self, batch: np.ndarray) -> np.ndarray:
+        self.digests.extend(image_digest(image) for image in batch)
+        return batch
+
+    def describe(self) -> dict[str, Any]:
+        return {"received_images": len(self.digests), "received_image_digests": list(self.digests),
+                "received_sha256": hashlib.sha256("".join(self.digests).encode()).hexdigest()}
 
 
 def recorded_gate(data: ParityData, record: Mapping[str, Any]) -> ParityData | None:

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Literal, Mapping
 
 from sft_engine.errors import ConfigError
 from sft_engine.loadtest.scenario import Scenario, parse_target
-from sft_engine.loadtest.spec import DEFAULT_PERCENTILES, CapacitySpec, LoadSpec, SloSpec, ValiditySpec, percentile_label
+from sft_engine.loadtest.spec import DEFAULT_PERCENTILES, CapacitySpec, LoadSpec, SloSpec, SoakSpec, ValiditySpec, percentile_label
 from sft_engine.settings import strict_updates
 from sft_engine.triton.address import DEFAULT_METRICS_PORT, DEFAULT_PORTS, Address, Protocol, parse_address
 from sft_engine.triton.security import GrpcTls
@@ -94,6 +94,8 @@ class LoadTestConfig:
     admin_key: str | None = field(default=None, repr=False)
     #: gRPC over TLS (the hot path, the probes and the statistics alike)
     tls: GrpcTls | None = None
+    #: a soak: one open-loop step of the soak's duration, judged on the growth of the server's processes and p99
+    soak: SoakSpec | None = None
 
     def validate(self) -> None:
         if not self.endpoints:
@@ -118,6 +120,13 @@ class LoadTestConfig:
             if self.slo is None:
                 raise ConfigError("--find-capacity needs an SLO", hint="pass --slo FILE or --target p99_ms=50: capacity is the highest rate that meets it")
             (self.capacity or CapacitySpec()).validate()
+        if self.soak is not None:
+            self.soak.validate()
+            if self.load.mode != "open" or len(self.load.rates) != 1 or self.find_capacity:
+                raise ConfigError("a soak runs one steady open-loop rate", hint="pass one --rate R with --soak (no sweep, no --find-capacity)")
+            if self.load.duration_s != self.soak.duration_s:
+                raise ConfigError(f"the soak lasts {self.soak.duration_s:g} s but the step {self.load.duration_s:g} s",
+                                  hint="leave --duration out with --soak")
         if int(self.workers) != self.workers or not 1 <= self.workers <= 64:
             raise ConfigError(f"--workers must be in 1..64, got {self.workers}", hint="e.g. --workers 2")
         if self.prometheus_port is not None and not 0 <= self.prometheus_port <= 65535:
@@ -194,6 +203,11 @@ class LoadTestConfig:
             capacity = scenario.capacity if scenario else None
             rest["capacity"] = CapacitySpec() if capacity is None and rest.get("find_capacity") else capacity
         rest.setdefault("scenario_path", scenario.path if scenario else None)
+        soak = rest.get("soak") or (scenario.soak if scenario else None)
+        if soak is not None:  # the soak is the step: its duration, and windows enough for a fit but at most 3600
+            rest["soak"] = soak
+            window = spec.window_s if ("window_s" in given or "window_s" in from_file) else max(1.0, soak.duration_s / 360)
+            spec = replace(spec, duration_s=soak.duration_s, window_s=window)
         fields_ = strict_updates(cls, rest, "LoadTestConfig.from_scenario", exclude=("endpoints", "model", "load", "validity"))
         resolved = tuple(ep if ep.metrics_url else replace(ep, metrics_url=default_metrics_url(ep)) for ep in endpoints)
         return cls(endpoints=resolved, model=model, load=spec, slo=slo, validity=checks, **fields_)

@@ -220,6 +220,8 @@ class LoadTestResult:
     steps: list[StepResult]
     capacity: CapacityResult | None = None
     report_files: dict[str, str] = field(default_factory=dict)
+    #: ``--soak``: sft_engine.loadtest.soak.SoakReport (the fitted series and the rule)
+    soak: Any = None
 
     @property
     def passed(self) -> bool:

@@ -27,10 +27,12 @@ from sft_engine.loadtest.config import LoadTestConfig
 from sft_engine.loadtest.payload import Payload, build_image_payload, build_payload, image_files
 from sft_engine.loadtest.probe import ServerProbe, make_probe
 from sft_engine.loadtest.progress import LiveExporter, Progress
-from sft_engine.loadtest.results import SCHEMA_VERSION, LoadTestResult, StepResult
+from sft_engine.loadtest.results import EXIT_CODES, FAIL, INVALID, MEASURED, PASS, SCHEMA_VERSION, LoadTestResult, StepResult
 from sft_engine.loadtest.schedule import StepPlan, worker_plans
 from sft_engine.loadtest.server_stats import EdgeSnapshot, take_snapshot
 from sft_engine.loadtest.slo import judge_step, overall_verdict
+from sft_engine.loadtest.soak import Sampler, SoakReport, judge
+from sft_engine.loadtest.spec import SoakSpec
 from sft_engine.loadtest.pool import WorkerPool
 from sft_engine.triton.control import ControlError
 from sft_engine.triton.failures import FailureKind
@@ -301,6 +303,28 @@ class StepExecutor:
         return step
 
 
+def run_soak(config: LoadTestConfig, executor: StepExecutor, spec: SoakSpec) -> tuple[StepResult, SoakReport]:
+    """The soak's one open-loop step, with the server's processes sampled throughout (``soak.py``)."""
+    ports = [ep.port for ep in config.endpoints if ep.is_loopback]
+    sampler = Sampler(ports, spec.sample_s).start(t0=time.monotonic() + START_DELAY_S + config.load.warmup_s)
+    try:
+        step = executor.run_open(config.load.rates[0])
+    finally:
+        sampler.stop()
+    windows = [((w.start_s + w.end_s) / 2, w.latency_ms.get(99.0)) for w in step.windows]
+    return step, judge(spec, sampler.series, windows, sampler.server_pid)
+
+
+def soak_verdict(verdict: str, reasons: list[str], soak: SoakReport) -> tuple[str, int, list[str]]:
+    """A growing series fails a valid run; a soak that holds passes a run without other targets."""
+    if verdict == INVALID:
+        return verdict, EXIT_CODES[verdict], reasons
+    if not soak.passed:
+        return FAIL, EXIT_CODES[FAIL], soak.reasons + reasons
+    verdict = PASS if verdict == MEASURED else verdict
+    return verdict, EXIT_CODES[verdict], reasons + soak.reasons
+
+
 def _pool_size(config: LoadTestConfig) -> int:
     """Workers that have something to do: a closed loop of concurrency 2 needs at most 2."""
     load = config.load
@@ -328,6 +352,7 @@ def run_loadtest(
     exporter: LiveExporter | None = None
     steps: list[StepResult] = []
     capacity = None
+    soak: SoakReport | None = None
     interrupted = False
     try:
         spec = inspect_model(probes, config.model, config.model_version)
@@ -363,6 +388,9 @@ def run_loadtest(
                     run_probe=lambda c: record(executor.run_closed(c)),
                 )
                 steps, capacity = search.run()
+            elif config.soak is not None:
+                step, soak = run_soak(config, executor, config.soak)
+                steps.append(record(step))
             else:
                 for level in levels:
                     step = executor.run_closed(int(level)) if config.load.mode == "closed" else executor.run_open(level)
@@ -376,6 +404,8 @@ def run_loadtest(
         if exporter is not None:
             exporter.close()
     verdict, code, reasons = overall_verdict(steps, capacity)
+    if soak is not None:
+        verdict, code, reasons = soak_verdict(verdict, reasons, soak)
     result = LoadTestResult(
         schema_version=SCHEMA_VERSION,
         tool={"name": "sft-engine loadtest", "version": _version()},
@@ -391,6 +421,7 @@ def run_loadtest(
                  "images": len(payload.variants) if config.images is not None else 0, "protocol": config.endpoints[0].protocol},
         steps=steps,
         capacity=capacity,
+        soak=soak,
     )
     if config.report is not None:
         from sft_engine.loadtest.report import write_reports

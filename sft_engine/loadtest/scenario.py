@@ -1,8 +1,8 @@
 """Scenario (SLO) files: the TOML users edit to say what load, what must hold, and how to search.
 
 A scenario says *what load* to apply (``[load]``), *what must hold* (``[slo]``),
-when a run is *not trustworthy* (``[validity]``) and how to *search for capacity*
-(``[capacity]``). It holds only what the file sets: ``LoadTestConfig.from_scenario``
+when a run is *not trustworthy* (``[validity]``), how to *search for capacity*
+(``[capacity]``) and whether the run is a *soak* judged on growth (``[soak]``). It holds only what the file sets: ``LoadTestConfig.from_scenario``
 lays flags (or a caller's overrides) on top, so the CLI and ``tune`` merge the same way.
 Every value is checked here, with the file and key named, before any server is contacted.
 """
@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from sft_engine.errors import ConfigError
 from sft_engine.loadtest.spec import (
-    CapacitySpec, LoadSpec, SloSpec, ValiditySpec, parse_number, parse_number_list, parse_percentile_key,
+    CapacitySpec, LoadSpec, SloSpec, SoakSpec, ValiditySpec, parse_duration, parse_number, parse_number_list, parse_percentile_key,
 )
 from sft_engine.settings import check_keys, load_toml, table, typed
 
@@ -31,6 +31,7 @@ class Scenario:
     slo: SloSpec | None = None
     validity: ValiditySpec = field(default_factory=ValiditySpec)
     capacity: CapacitySpec | None = None
+    soak: SoakSpec | None = None
     model: str | None = None
     description: str = ""
 
@@ -39,7 +40,8 @@ class Scenario:
 _LOAD_KEYS = ({f.name for f in fields(LoadSpec)} - {"rates"}) | {"rate"}
 _VALIDITY_KEYS = {f.name for f in fields(ValiditySpec)}
 _CAPACITY_KEYS = {f.name for f in fields(CapacitySpec)}
-_TOP_KEYS = {"load", "slo", "validity", "capacity", "model", "description"}
+_SOAK_KEYS = {f.name for f in fields(SoakSpec)}
+_TOP_KEYS = {"load", "slo", "validity", "capacity", "soak", "model", "description"}
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -72,6 +74,16 @@ def scenario_from_mapping(data: Mapping[str, Any], path: Path | None = None) -> 
         check_keys(capacity, _CAPACITY_KEYS, f"{where} [capacity]")
         scenario.capacity = _build(CapacitySpec, capacity, f"{where} [capacity]")
         scenario.capacity.validate()
+    soak = dict(table(data, "soak", where))
+    if soak:
+        check_keys(soak, _SOAK_KEYS, f"{where} [soak]")
+        if "duration_s" in soak:  # "30m" as well as 1800
+            soak["duration_s"] = parse_duration(soak["duration_s"], f"{where} [soak] duration_s")
+        scenario.soak = _build(SoakSpec, soak, f"{where} [soak]")
+        try:
+            scenario.soak.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{where} [soak]: {exc.message}", hint=exc.hint) from None
     return scenario
 
 

@@ -20,6 +20,8 @@ __all__ = [
     "SloSpec",
     "ValiditySpec",
     "CapacitySpec",
+    "SoakSpec",
+    "parse_duration",
     "parse_number",
     "parse_number_list",
     "parse_percentile_key",
@@ -268,3 +270,48 @@ class CapacitySpec:
             raise ConfigError("capacity sustain_ratio must be in (0, 1]", hint="e.g. 0.95")
         if self.probe_concurrency < 1:
             raise ConfigError("capacity probe_concurrency must be >= 1", hint="e.g. 8")
+
+
+@dataclass
+class SoakSpec:
+    """A soak (``--soak DURATION`` or ``[soak]``): one open-loop step of ``duration_s``, judged on growth (``soak.py``)."""
+
+    duration_s: float = 1800.0
+    #: seconds between samples of the server's and the stubs' RSS, fds and threads
+    sample_s: float = 5.0
+    #: the first part of the run that is not fitted (caches and arenas fill once)
+    settle_fraction: float = 0.2
+    #: a slope counts as real at this many standard errors above zero
+    min_t: float = 3.0
+    max_rss_growth_mb: float = 64.0
+    max_rss_growth_ratio: float = 0.05
+    max_fd_growth: float = 4.0
+    max_thread_growth: float = 2.0
+    max_p99_growth_ratio: float = 0.5
+
+    def validate(self) -> None:
+        _positive(self.duration_s, "--soak")
+        _positive(self.sample_s, "soak sample_s")
+        if self.sample_s * 6 > self.duration_s:
+            raise ConfigError(f"a soak of {self.duration_s:g} s with samples every {self.sample_s:g} s has too few samples",
+                              hint="soak for at least 6 samples (e.g. --soak 2m)")
+        if not 0 <= self.settle_fraction < 0.8:
+            raise ConfigError(f"soak settle_fraction must be in [0, 0.8), got {self.settle_fraction}", hint="e.g. 0.2")
+        for name in ("min_t", "max_rss_growth_mb", "max_rss_growth_ratio", "max_fd_growth", "max_thread_growth", "max_p99_growth_ratio"):
+            _positive(getattr(self, name), f"soak {name}")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+
+
+def parse_duration(text: str | float, what: str = "--soak") -> float:
+    """``90``, ``90s``, ``2m``, ``1.5h`` -> seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if not match:
+            raise ConfigError(f"{what} {text!r} is not a duration", hint="e.g. 120, 90s, 2m or 1.5h")
+        seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+    _positive(seconds, what)
+    return seconds

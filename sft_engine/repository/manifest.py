@@ -154,7 +154,8 @@ def write_manifest(version_dir: Path, manifest: BuildManifest) -> Path:
     """Write ``manifest`` into ``version_dir``, adding sha256 of every file already there, the tools and the host."""
     version_dir = Path(version_dir)
     manifest.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest.outputs = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(version_dir.iterdir()) if p.is_file()}
+    manifest.outputs = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                        for p in sorted(version_dir.iterdir()) if p.is_file() and p.name != MANIFEST_NAME}  # a rewrite never records itself
     manifest.tools = tool_versions()
     manifest.host = {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(), "python_executable": Path(sys.executable).name}
     manifest.format_version = FORMAT_VERSION

@@ -4,7 +4,9 @@ Each build adds version N+1 of a model. Everything is written into a staging
 directory beside the repository (same filesystem, outside Triton's view), flushed, and
 made live by a journaled sequence of renames (``journal.py``): a publish killed before
 its journal is written changes nothing, one killed after it is finished by the next
-writer. An existing version directory is never touched. Builds of one repository are
+writer. An existing version directory is never touched. Free space is checked against
+what is staged before staging and again before the commit point (``space.py``): a full
+disk fails with one line and leaves the repository as it was. Builds of one repository are
 serialized with a lock, so two of them cannot claim the same version number.
 
 Layout::
@@ -50,6 +52,7 @@ from sft_engine.errors import RepositoryError
 from sft_engine.repository.config import parse_pbtxt, validate
 from sft_engine.repository.journal import Step, apply, commit, discard, locked, pause_point, recover_staging
 from sft_engine.repository.journal import fsync_tree as _fsync_tree
+from sft_engine.repository.space import RESERVE_BYTES, files_bytes, is_no_space, no_space, require_space, tree_bytes
 
 __all__ = [
     "BUILT_CONFIG_NAME",
@@ -249,6 +252,8 @@ def publish_models(repository: Path, releases: Sequence[ModelRelease]) -> list[P
     with locked(root):
         recover_staging(root)
         repository.mkdir(parents=True, exist_ok=True)
+        needed = files_bytes(p for release in releases for p in release.files.values())
+        require_space(repository, needed)  # refused before a byte is written
         stage = Path(tempfile.mkdtemp(prefix="build-", dir=root))
         committed = False
         try:
@@ -259,16 +264,28 @@ def publish_models(repository: Path, releases: Sequence[ModelRelease]) -> list[P
             _fsync_tree(stage)
             steps = [step for plan in plans for step in plan.steps]
             pause_point(0, "staged")
+            require_space(repository, 0)  # the disk may have filled since: still nothing changed
             commit(stage, steps)
             committed = True
             pause_point(1, "committed")
             apply(steps, pause_from=1)
             pause_point(len(steps) + 2, "applied")
         except OSError as exc:
-            state = "stopped at a consistent intermediate step" if committed else "unchanged"
-            raise RepositoryError(f"cannot write into repository {repository}: {exc}", hint=f"check free space and permissions; the repository is {state}") from None
-        finally:
+            if committed:  # the journal stays: the next publish or `serve` finishes the publish
+                state = "at a consistent intermediate step; the next publish or serve start finishes it"
+                if is_no_space(exc):
+                    raise no_space(repository, RESERVE_BYTES, state=state) from None
+                raise RepositoryError(f"cannot write into repository {repository}: {exc}", hint=f"check free space and permissions; the repository is {state}") from None
+            staged = tree_bytes(stage)
             discard(stage)
+            if is_no_space(exc):
+                raise no_space(repository, max(needed, staged) + RESERVE_BYTES) from None
+            raise RepositoryError(f"cannot write into repository {repository}: {exc}", hint="check free space and permissions; the repository is unchanged") from None
+        except BaseException:
+            if not committed:
+                discard(stage)
+            raise
+        discard(stage)
     for plan in plans:
         LOGGER.info("published %s version %d into %s", plan.release.name, plan.version, repository)
     return [PublishedVersion(repository, plan.release.name, plan.version) for plan in plans]

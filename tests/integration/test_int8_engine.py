@@ -17,7 +17,7 @@ import torch
 from sft_engine.build import build
 from sft_engine.cli import main
 from sft_engine.build_config import BuildConfig
-from sft_engine.engines.calibration import files_sha256
+from sft_engine.engines.calibration import files_sha256, image_digest, split_for_int8
 from sft_engine.engines.cpu.isa import cpu_int8_isa
 from sft_engine.errors import ExportError
 from sft_engine.models import build_model, load_weights
@@ -106,6 +106,17 @@ def test_int8_build_passes_its_gate_on_images_the_quantizer_never_saw(int8_build
     assert int8["calibration_files_sha256"] == files_sha256(files[i] for i in sorted(order[:40]))
     names = {c["candidate"] for c in manifest.candidates}
     assert names == {"openvino-int8", "onnxruntime-int8"}
+    # what each quantizer really pulled from its data reader: the 40 calibration images, not one gate image
+    data = parity_inputs(Preprocessing(input_size=INPUT_SIZE), 8, classifier[1], labels=list(CLASSES))
+    split = split_for_int8(data, 40, seed=0)
+    calibration = {image_digest(x) for x in split.calibration}
+    gate = {image_digest(x) for x in split.gate.inputs}
+    assert len(calibration) == 40 and len(gate) == 200 and not calibration & gate
+    for row in manifest.candidates:
+        received = row["int8"]
+        assert received["received_images"] == 40, row["candidate"]
+        assert set(received["received_image_digests"]) == calibration, row["candidate"]
+        assert not set(received["received_image_digests"]) & gate, row["candidate"]
     settings_file = result.published.path / "engine.json"
     assert '"quantized": "int8"' in settings_file.read_text()
 

@@ -103,8 +103,9 @@ def test_open_loop_tail_shows_every_request_scheduled_during_a_stall(server: Tri
     assert tail >= 0.8 * rate * (STALL_MS / 2) / 1000.0
     assert step.latency_ms.get(99.0) >= 0.8 * STALL_MS
     assert step.latency_ms.max_ms >= 0.8 * STALL_MS
-    # the generator kept its schedule through the stall: the lateness is the server's
-    assert step.send_lag_ms.get(99.0) < STALL_MS / 2
+    # the generator kept its schedule through the stall: no send waited for a free slot (the
+    # in-flight cap was never reached), so the lateness is the server's, however busy this host
+    assert step.generator.in_flight_cap_waits == 0, step.generator
 
 
 def test_latency_counts_from_the_intended_send_when_the_generator_cannot_send_on_time(server: TritonServer) -> None:
@@ -136,9 +137,11 @@ def test_closed_loop_hides_the_same_stall(server: TritonServer) -> None:
     # the stall happened and exactly one request saw it ...
     assert step.latency_ms.max_ms >= 0.8 * STALL_MS
     assert step.histogram("latency").count_above_us(STALL_MS / 2 * 1000) <= 2
-    # ... while the percentiles barely notice: the one caller simply stopped sending
-    assert step.latency_ms.get(50.0) < 0.1 * STALL_MS
-    assert step.latency_ms.get(90.0) < 0.1 * STALL_MS
+    # ... while the percentiles cannot notice: the one caller simply stopped sending, so at most
+    # 2 of n requests are above S/2, and with n >= 20 the p90 is below S/2 however slow the host
+    assert step.requests.succeeded >= 20, step.requests
+    assert step.latency_ms.get(90.0) < STALL_MS / 2
+    assert step.latency_ms.get(50.0) <= step.latency_ms.get(90.0)
 
 
 def test_timeouts_are_failures_at_the_timeout_value(server: TritonServer) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
+import urllib.request
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +21,7 @@ from sft_engine.ops.rollout.check import CheckSpec
 from sft_engine.ops.model_control import ModelControl
 from sft_engine.ops.modelconfig import disk_config, override
 from sft_engine.ops.rollout.runner import ROLLED_BACK, SWITCHED, RolloutPlan, rollout
+from sft_engine.repository.manifest import read_manifest, write_manifest
 from sft_engine.server import ServerConfig, TritonServer
 from tests.helpers import tree_digest
 
@@ -45,6 +48,8 @@ def repo(tiny_weights, tmp_path_factory):
         build(replace(base, weights=weights))
     shutil.copytree(repo / MODEL / "1", repo / MODEL / "4")
     (repo / MODEL / "4" / "model.onnx").write_bytes(b"not an onnx model")
+    # v4's manifest records the corrupt engine: intact on disk, as built, but it cannot load
+    write_manifest(repo / MODEL / "4", read_manifest(repo / MODEL / "4"))
     return repo
 
 
@@ -71,6 +76,23 @@ def _answering(control: ModelControl) -> int:
     return control.infer(MODEL, None, "input", "logits", np.zeros((1, 3, 32, 32), np.float32))[1]
 
 
+def _answered(http_url: str) -> int:
+    """Requests the server has answered for the model (its statistics' success count, every version)."""
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/{MODEL}/stats", timeout=5) as resp:
+        stats = json.loads(resp.read())
+    return sum(int(m["inference_stats"]["success"]["count"]) for m in stats.get("model_stats", []))
+
+
+def _wait_for_answered_requests(http_url: str, thread: threading.Thread, timeout_s: float = 60.0) -> None:
+    """Until the server has answered a request of the load test started just before (not a fixed sleep)."""
+    before = _answered(http_url)
+    deadline = time.monotonic() + timeout_s
+    while _answered(http_url) <= before:
+        assert thread.is_alive(), "the load test ended before any request was answered"
+        assert time.monotonic() < deadline, f"no request answered within {timeout_s:.0f} s of starting the load"
+        time.sleep(0.05)
+
+
 def test_rollout_under_open_loop_load_drops_no_request(server, repo, control):
     from sft_engine.loadtest import LoadSpec, LoadTestConfig, parse_endpoint, run_loadtest
 
@@ -82,8 +104,8 @@ def test_rollout_under_open_loop_load_drops_no_request(server, repo, control):
     thread = threading.Thread(target=lambda: outcome.setdefault("result", run_loadtest(load)), daemon=True)
     thread.start()
     try:
-        # the rollout starts while the load runs, and the load outlasts it
-        time.sleep(2.0)
+        # the rollout starts once the load is answered, and the load outlasts it
+        _wait_for_answered_requests(server.http_url, thread)
         result = rollout(RolloutPlan(repo, MODEL, 2), control)
         rollout_done_alive = thread.is_alive()
     finally:
@@ -131,6 +153,24 @@ def test_version_that_fails_to_load_rolls_back(repo, control):
     assert result.steps[-1].name == "rollback" and result.steps[-1].ok
     assert control.ready_versions(MODEL) == [2]
     assert _answering(control) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_damaged_version_is_refused_before_any_change(repo, control, capsys, damage):
+    _serve_only(control, repo, 2)
+    engine = repo / MODEL / "3" / "model.onnx"
+    good = engine.read_bytes()
+    engine.write_bytes(good[: len(good) // 2] if damage == "truncated" else good[:-16] + bytes(16))
+    try:
+        code = main(["rollout", "--repository", str(repo), "--model", MODEL, "--version", "3", "--url", control.url, "--check", "sanity"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2
+        assert len(err) == 1 and str(engine) in err[0] and f"{damage}" in err[0], err
+        assert control.ready_versions(MODEL) == [2]
+        assert control.versions(MODEL).get(3) != "READY"
+        assert _answering(control) == 2
+    finally:
+        engine.write_bytes(good)
 
 
 def test_nonexistent_version_is_refused_before_any_change(repo, control, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sft_engine.engines.calibration import MIN_GATE_IMAGES, files_sha256, split_for_int8
+from sft_engine.engines.calibration import MIN_GATE_IMAGES, files_sha256, image_digest, split_for_int8
 from sft_engine.engines.cpu.isa import cpu_int8_isa, require_int8_isa
 from sft_engine.engines.precision import gate_for
 from sft_engine.verify import INT8_TOLERANCE
@@ -84,18 +84,32 @@ def test_labelled_calibration_dir_records_relative_files(tmp_path: Path):
     assert data.labels.tolist() == [0, 0, 1]
 
 
-def test_unreadable_calibration_dir_is_one_line(tmp_path: Path):
-    import os
-
-    if os.geteuid() == 0:
-        pytest.skip("root reads any directory")
+def test_unreadable_calibration_dir_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """As root too (CI): a directory whose listing fails - made to fail, since root reads any directory."""
     write_folder(tmp_path / "cal", {"cat": 1}, size=8)
-    (tmp_path / "cal").chmod(0)
-    try:
-        with pytest.raises(ConfigError, match="cannot be read"):
-            parity_inputs(Preprocessing(input_size=8), 3, tmp_path / "cal", labels=["cat", "dog"])
-    finally:
-        (tmp_path / "cal").chmod(0o755)
+    real_iterdir = Path.iterdir
+
+    def refusing(self: Path):
+        if self == tmp_path / "cal":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", refusing)
+    with pytest.raises(ConfigError, match="cannot be read: Permission denied") as err:
+        parity_inputs(Preprocessing(input_size=8), 3, tmp_path / "cal", labels=["cat", "dog"])
+    assert "\n" not in err.value.one_line()
+
+
+@pytest.mark.parametrize("case, message", [("file", "does not exist"), ("empty", "holds no images")])
+def test_a_calibration_path_without_images_is_one_line(tmp_path: Path, case: str, message: str):
+    path = tmp_path / "cal"
+    if case == "file":
+        path.write_text("not a directory")
+    else:
+        (path / "cat").mkdir(parents=True)
+        (path / "cat" / "notes.txt").write_text("no images here")
+    with pytest.raises(ConfigError, match=message):
+        parity_inputs(Preprocessing(input_size=8), 3, path, labels=["cat", "dog"])
 
 
 def test_int8_gate_judges_decisions_and_records_distance():
@@ -147,6 +161,7 @@ def test_onnxruntime_qdq_quantization_is_int8_and_close(small_onnx, tmp_path):
     out = tmp_path / "model.onnx"
     info = quantize_onnx(src, _calibration(), out)
     assert info["quantizer"] == "onnxruntime.quantization" and info["version"] == ort.__version__ and info["format"] == "QDQ"
+    assert info["received_image_digests"] == [image_digest(x) for x in _calibration()]  # what the reader really handed over
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     x = _calibration(4)
@@ -169,6 +184,7 @@ def test_nncf_quantization_runs_int8_kernels(small_onnx, tmp_path):
     out = tmp_path / "model.xml"
     info = quantize_openvino(ir, _calibration(), out)
     assert info["quantizer"] == "nncf" and info["version"] == nncf.__version__ and info["subset_size"] == 24
+    assert info["received_image_digests"] == [image_digest(x) for x in _calibration()]  # what NNCF really pulled
     assert (tmp_path / "model.bin").is_file()
     kinds = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
     assert "FakeQuantize" in kinds
@@ -179,16 +195,19 @@ def test_nncf_quantization_runs_int8_kernels(small_onnx, tmp_path):
         assert precisions & {"i8", "u8"}
 
 
-def test_a_failure_inside_the_library_carries_its_message(tmp_path):
+@pytest.mark.parametrize("library", ["onnxruntime", "nncf"])
+def test_a_failure_inside_the_library_carries_its_message(tmp_path, library):
     from sft_engine.engines.cpu.quantize import QuantizationError, quantize_onnx, quantize_openvino
 
+    if importlib.util.find_spec(library) is None:
+        pytest.skip(f"{library} is not installed")
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
-    if importlib.util.find_spec("onnxruntime") is not None:
+    if library == "onnxruntime":
         with pytest.raises(QuantizationError, match="onnxruntime quantize_static failed: ") as info:
             quantize_onnx(broken, _calibration(2), tmp_path / "out.onnx")
-        assert isinstance(info.value, ExportError) and "\n" not in str(info.value)
-    if importlib.util.find_spec("nncf") is not None:
+    else:
         (tmp_path / "broken.xml").write_text("<net>")
-        with pytest.raises(QuantizationError, match="nncf.quantize failed: "):
+        with pytest.raises(QuantizationError, match="nncf.quantize failed: ") as info:
             quantize_openvino(tmp_path / "broken.xml", _calibration(2), tmp_path / "out.xml")
+    assert isinstance(info.value, ExportError) and "\n" not in str(info.value)

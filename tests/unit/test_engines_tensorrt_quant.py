@@ -5,6 +5,7 @@ the inspector verdict, the candidate's choices and every refusal."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 import re
 import subprocess
 import sys
@@ -296,3 +297,24 @@ def test_cli_refuses_quantized_tensorrt_builds_in_one_line(tmp_path, args, messa
 
 def _settings(precision: str) -> ExportSettings:
     return ExportSettings(name="m", arch="resnet18", num_classes=3, input_shape=(3, 32, 32), max_batch_size=4, precision=precision)
+
+
+def test_modelopt_records_the_images_the_library_was_handed(tmp_path, monkeypatch):
+    """The record is made from the arrays passed to the library, so a caller handing it gate images shows in the manifest."""
+    from sft_engine.engines.calibration import image_digest
+    from sft_engine.engines.tensorrt import modelopt
+
+    got: list[np.ndarray] = []
+
+    def fake_quantize(onnx_path, quantize_mode, calibration_data, output_path):
+        got.extend(calibration_data["input"])
+        Path(output_path).write_bytes(b"q")
+
+    monkeypatch.setattr(modelopt, "require_modelopt", lambda: (fake_quantize, "0.33.0"))
+    cal = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    record = quantize_with_modelopt(tmp_path / "in.onnx", cal, tmp_path / "out.onnx", "int8")
+    assert record["received_images"] == 5 == len(got)
+    assert record["received_image_digests"] == [image_digest(x) for x in got] == [image_digest(x) for x in cal]
+    other = cal.copy()
+    other[2] += 1
+    assert image_digest(other[2]) not in record["received_image_digests"]

@@ -10,7 +10,10 @@ Two quantizers, one per CPU runtime, each the vendor's own:
   a ``CalibrationDataReader`` over the same images, after ORT's own pre-processing
   (shape inference and graph optimization), as its documentation asks.
 
-Each returns what it did (library, version, settings) for the build manifest. A
+Each returns what it did (library, version, settings) for the build manifest, and
+what the library really pulled from its data reader (``calibration.Received``: the
+count and a digest of every image), under its own keys, so the split's counts cannot
+hide a quantizer that was handed other images. A
 failure inside the library raises ``QuantizationError`` carrying the library's
 message, so the build records that candidate as failed and goes on with the others.
 """
@@ -26,6 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from sft_engine.engines.calibration import Received
 from sft_engine.errors import ExportError
 
 __all__ = ["QuantizationError", "quantize_openvino", "quantize_onnx", "CALIBRATION_BATCH"]
@@ -54,17 +58,18 @@ def quantize_openvino(model_xml: Path, calibration: np.ndarray, out_xml: Path) -
 
     nncf.set_log_level(logging.WARNING)
     batches = _batches(calibration)
+    received = Received()  # each batch as NNCF pulls it through the dataset's transform
     settings = {"preset": "performance", "subset_size": int(len(calibration)), "fast_bias_correction": True}
     try:
         model = ov.Core().read_model(str(model_xml))
         # NNCF draws progress bars (rich) on stdout, which would corrupt `build --json`
         with contextlib.redirect_stdout(io.StringIO()):
-            quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
+            quantized = nncf.quantize(model, nncf.Dataset(batches, received.batch), preset=nncf.QuantizationPreset.PERFORMANCE,
                                       subset_size=len(batches), fast_bias_correction=True)
         ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     except Exception as exc:  # any failure inside NNCF/OpenVINO is this candidate's, not the build's
         raise _library_failure("nncf.quantize", exc) from exc
-    return {"quantizer": "nncf", "version": nncf.__version__, **settings}
+    return {"quantizer": "nncf", "version": nncf.__version__, **settings, **_first_pass(received, len(calibration)).describe()}
 
 
 def quantize_onnx(model_onnx: Path, calibration: np.ndarray, out_onnx: Path, input_name: str = "input") -> dict[str, Any]:
@@ -81,8 +86,9 @@ def quantize_onnx(model_onnx: Path, calibration: np.ndarray, out_onnx: Path, inp
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._batches, None)
-            return None if batch is None else {input_name: batch}
+            return None if batch is None else {input_name: received.batch(batch)}
 
+    received = Received()
     reader = Reader()
     settings = {"format": "QDQ", "activation_type": "QUInt8", "weight_type": "QInt8", "per_channel": True,
                 "calibrate_method": "MinMax", "calibration_images": int(len(calibration))}
@@ -95,4 +101,11 @@ def quantize_onnx(model_onnx: Path, calibration: np.ndarray, out_onnx: Path, inp
                             calibrate_method=CalibrationMethod.MinMax)
     except Exception as exc:  # any failure inside ONNX Runtime's quantizer is this candidate's, not the build's
         raise _library_failure("onnxruntime quantize_static", exc) from exc
-    return {"quantizer": "onnxruntime.quantization", "version": ort.__version__, **settings}
+    return {"quantizer": "onnxruntime.quantization", "version": ort.__version__, **settings, **received.describe()}
+
+
+def _first_pass(received: Received, n: int) -> Received:
+    """NNCF iterates its dataset once per algorithm (ranges, then bias correction): the images are the first pass's."""
+    first = Received()
+    first.digests = received.digests[:n]
+    return first

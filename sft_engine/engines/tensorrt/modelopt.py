@@ -43,6 +43,7 @@ from typing import Any, Collection, Iterable
 
 import numpy as np
 
+from sft_engine.engines.calibration import Received
 from sft_engine.deps import require_minor
 from sft_engine.engines.precision import PRECISIONS
 from sft_engine.engines.tensorrt.verdict import layer_precision_counts
@@ -302,7 +303,11 @@ def quantize_with_modelopt(onnx_path: Path, calibration: np.ndarray, out_path: P
     if not out_path.is_file():
         raise ExportError(f"modelopt quantize wrote no {out_path.name}", hint="report this with the ModelOpt log")
     recorded = {k: v for k, v in kwargs.items() if k not in ("calibration_data", "output_path")}
-    return {"quantizer": "nvidia-modelopt", "version": version, "calibration_images": int(len(calibration)), **recorded}
+    received = Received()  # the arrays the library was handed, image by image (``calibration.Received``)
+    for array in kwargs["calibration_data"].values():
+        received.batch(array)
+    return {"quantizer": "nvidia-modelopt", "version": version, "calibration_images": int(len(calibration)), **recorded,
+            **received.describe()}
 
 
 def build_plan(onnx_path: Path, flags: TrtBuildFlags, input_name: str, shape: tuple[int, ...], profile: tuple[int, int, int]) -> bytes:

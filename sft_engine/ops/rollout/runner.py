@@ -14,7 +14,8 @@ flight finish before it unloads a version. So the sequence is:
    unload once their requests in flight are done;
 5. **verify** - an unversioned request is answered by the new version.
 
-Any failure from step 1 on restores what the server served before - the previous
+A version whose files differ from its build manifest (``repository.integrity``) is
+refused before step 1. Any failure from step 1 on restores what the server served before - the previous
 versions with the configuration the server reported for them - and the result says
 so (exit code 1); a failed restore is reported loudly (exit code 3).
 
@@ -40,6 +41,7 @@ from sft_engine.ops.model_control import LoadFailed, ModelControl
 from sft_engine.ops.modelconfig import disk_config, override, require_version
 from sft_engine.ops.rollout.check import CheckReport, CheckSpec, compare_versions
 from sft_engine.ops.snapshot import ServingSnapshot
+from sft_engine.repository.integrity import require_intact
 from sft_engine.repository.manifest import find_manifest
 
 __all__ = ["RolloutPlan", "RolloutStep", "RolloutResult", "rollout", "rollout_at", "SWITCHED", "UNCHANGED", "ROLLED_BACK", "ROLLBACK_FAILED"]
@@ -108,6 +110,7 @@ class _Rollout:
         self.progress = progress
         self.cfg = disk_config(plan.repository, plan.model)
         self.version_dir = require_version(plan.repository, plan.model, plan.version)
+        require_intact(self.version_dir)  # a damaged version is refused before anything changes
 
     def _step(self, result: RolloutResult, name: str, started: float, ok: bool, detail: str) -> None:
         result.steps.append(RolloutStep(name, ok, detail, round(time.monotonic() - started, 3)))
