@@ -297,10 +297,19 @@ class StepExecutor:
             step=plan.index, label=step.label, phase="done", phase_elapsed_s=step.duration_s, phase_total_s=config.load.duration_s,
             sent=step.requests.sent, succeeded=step.requests.succeeded, failed=step.requests.failed, in_flight=0,
             throughput_rps=step.throughput_rps, recent_p50_ms=step.latency_ms.get(50.0), recent_p99_ms=step.latency_ms.get(99.0),
-            send_lag_p99_ms=step.send_lag_ms.get(99.0), steps_planned=self.steps_planned,
+            send_lag_p99_ms=step.send_lag_ms.get(99.0), steps_planned=self.steps_planned, top_error=_top_error_text(step),
         )
         self._emit(done)
         return step
+
+
+def _top_error_text(step: StepResult) -> str | None:
+    """The step's most frequent failure for the console's closing line: its kind, count and message."""
+    top = step.top_error
+    if top is None:
+        return None
+    kind, count, message = top
+    return f"{kind} x{count}: {message}" if message else f"{kind} x{count}"
 
 
 def run_soak(config: LoadTestConfig, executor: StepExecutor, spec: SoakSpec) -> tuple[StepResult, SoakReport]:

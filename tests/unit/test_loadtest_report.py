@@ -155,3 +155,13 @@ def test_the_live_line_names_the_most_frequent_error() -> None:
     p = Progress(0, "open 50/s constant", "measure", 1.0, 3.0, 100, 80, 20, 1, 40.0, 2.0, 3.0, 0.1,
                  top_error="server_error: [500] Stub process 'm_0_0' is not healthy.")
     assert "top error: server_error: [500] Stub process" in TerminalProgress.format(p)
+
+
+def test_the_closing_live_line_of_a_failing_step_names_its_most_frequent_error() -> None:
+    """The runner hands the step's top error to the console's closing line, not only to the reports."""
+    from sft_engine.loadtest.runner import _top_error_text
+
+    step, _config, message = _faulty_step()
+    assert _top_error_text(step) == f"server_error x20: {message}"
+    p = Progress(0, step.label, "done", 3.0, 3.0, 150, 130, 20, 0, 43.0, 2.0, 2.0, 0.1, top_error=_top_error_text(step))
+    assert "top error: server_error x20: [500] Stub process" in TerminalProgress.format(p)
