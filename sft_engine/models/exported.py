@@ -51,6 +51,7 @@ class ExportedClassifier(nn.Module):
     def __init__(self, program: Any, info: ProgramInfo) -> None:
         super().__init__()
         self.program = program.module()
+        self.program.requires_grad_(False)  # inference only; tracing exporters refuse grad-requiring constants
         self.info = info
         #: the ExportedProgram itself, for exporters that take one (torch.onnx's dynamo exporter)
         object.__setattr__(self, "exported_program", program)

@@ -35,15 +35,27 @@ DYNAMO_OPSET = 18
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     """ONNX with a dynamic batch axis: the TorchScript-based exporter, else the dynamo one."""
     program = getattr(model, "exported_program", None)
+    # a torch.export program goes to the exporter made for it first; any other module to the TorchScript-based one
+    attempts = [("dynamo", lambda: _dynamo_export(program, example, path)), ("torchscript", lambda: _torchscript_export(model, example, path))]
     if program is None:
+        attempts = [attempts[1], ("dynamo", lambda: _dynamo_export(model, example, path))]
+    for i, (name, attempt) in enumerate(attempts):
         try:
-            _torchscript_export(model, example, path)
+            attempt()
             return
-        except Exception as exc:  # no symbolic for an op, or a model tracing cannot take: the dynamo exporter may
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            LOGGER.info("the TorchScript-based ONNX exporter failed (%s: %s); exporting with dynamo=True", type(exc).__name__, first)
+        except Exception as exc:  # no symbolic or decomposition for an op of this family: the other exporter may have one
+            if i == len(attempts) - 1:
+                raise
+            LOGGER.info("the %s ONNX exporter failed (%s: %s); trying the other", name, type(exc).__name__, _first_line(exc))
             path.unlink(missing_ok=True)
-    _dynamo_export(model if program is None else program, example, path)
+
+
+def _first_line(exc: Exception) -> str:
+    """The message's first line without terminal colours (torch.onnx colours its own)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _torchscript_export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
