@@ -342,7 +342,7 @@ def load_finetune_dir(path: str | Path) -> dict[str, Any]:
         "arch": meta["arch"],
         "num_classes": int(meta["num_classes"]),
         "labels": list(meta["labels"]),
-        "input_size": prep.input_size, "mean": prep.mean, "std": prep.std, "resize_size": prep.resize_size,
+        "input_size": prep.input_size, "mean": prep.mean, "std": prep.std, "resize_size": prep.resize_size or prep.input_size,  # explicit: None would let the source's fill it
         "crop_mode": prep.crop_mode, "interpolation": prep.resize,
         "weights": path / meta.get("weights", "model.safetensors"),
     }
