@@ -23,17 +23,18 @@ from pathlib import Path
 from typing import Any
 
 
-def run(arch: str, root: Path, epochs: int, train: int) -> dict[str, Any]:
+def run(arch: str, root: Path, epochs: int, train: int, holdout: int, calibration: int) -> dict[str, Any]:
     from sft_engine.build import build
     from sft_engine.build_config import BuildConfig, load_finetune_dir
     from sft_engine.finetune import FinetuneConfig, finetune
 
     out = root / arch.replace(":", "_")
     ft = finetune(FinetuneConfig(arch=arch, dataset="synthetic", preprocess="source", num_classes=4, synthetic_train_size=train,
-                                 synthetic_val_size=600, holdout_images=560, epochs=epochs, batch_size=32, lr=2e-3,
+                                 synthetic_val_size=holdout + 20, holdout_images=holdout, epochs=epochs, batch_size=32, lr=2e-3,
+                                 warmup_epochs=0.0,
                                  output=out, progress=False, device="cpu"))
     cfg = BuildConfig().merged(load_finetune_dir(ft.output_dir), "fine-tuning metadata").merged(
-        {"repository": root / "repo", "max_batch_size": 8, "int8_calibration_images": 300, "selection_budget_s": 4.0}, "benchmark")
+        {"repository": root / "repo", "max_batch_size": 8, "int8_calibration_images": calibration, "selection_budget_s": 4.0}, "benchmark")
     result = build(cfg)
     rows = result.candidates
     fp32 = min((r["latency"]["p50_ms"] for r in rows if r.get("latency") and r["precision"] == "fp32"), default=None)
@@ -48,8 +49,10 @@ def run(arch: str, root: Path, epochs: int, train: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", default="timm:test_vit,timm:test_convnext")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--train-images", type=int, default=1200)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--train-images", type=int, default=400)
+    p.add_argument("--holdout-images", type=int, default=300, help="labelled images kept to calibrate and gate (200 gate it)")
+    p.add_argument("--calibration-images", type=int, default=64)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     from sft_engine.engines.cpu.isa import cpu_has_native_bf16, cpu_int8_isa
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         for arch in args.archs.split(","):
-            res = run(arch, Path(tmp), args.epochs, args.train_images)
+            res = run(arch, Path(tmp), args.epochs, args.train_images, args.holdout_images, args.calibration_images)
             results.append(res)
             print(f"\n{arch}: val top-1 {res['val_top1']:.2%}, published {res['published']}")
             print(f"  {'candidate':<18} {'gate':<7} {'top-1 agr':>9} {'acc drop':>8} {'p50 ms':>8} {'xfp32':>6} {'xbf16':>6}")
