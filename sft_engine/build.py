@@ -185,7 +185,11 @@ def published_config(engine: Any, settings: ExportSettings) -> Any:
 
 
 def _initial_model(cfg: BuildConfig) -> torch.nn.Module:
-    """The model before ``--weights``: random, torchvision weights (cached or downloaded), or a local torchvision file."""
+    """The model before ``--weights``: an exported program, random, the source's weights (cached or downloaded), or a local file."""
+    if cfg.exported is not None:
+        from sft_engine.models.exported import load_exported
+
+        return load_exported(cfg.exported)
     if not cfg.pretrained:
         return build_model(cfg.arch, cfg.num_classes)
     from sft_engine.finetune.pretrained import build_student, resolve_pretrained
@@ -204,7 +208,7 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
     target.check_available(settings)  # before any model is built: a host that lacks what the target needs learns it at once
     plan = target.plan(settings)
     torch.manual_seed(cfg.seed)
-    progress(f"[1/4] building {cfg.arch} for {cfg.num_classes} classes")
+    progress(f"[1/4] building {cfg.exported.name if cfg.exported else cfg.arch} for {cfg.num_classes} classes")
     model = _initial_model(cfg)
     if cfg.weights is not None:
         load_weights(model, cfg.weights)
@@ -223,6 +227,7 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
         config_text = to_pbtxt(config)
         inputs = {
             "weights": {"file": cfg.weights.name, "sha256": sha256_file(cfg.weights)} if cfg.weights else None,
+            **({"exported": {"file": cfg.exported.name, "sha256": sha256_file(cfg.exported)}} if cfg.exported else {}),
             "pretrained": cfg.pretrained,
             "labels_sha256": _sha_text("".join(f"{x}\n" for x in cfg.label_list)),
         }
@@ -249,7 +254,10 @@ def _reference(ctx: ExportContext, data: ParityData) -> np.ndarray:
 
 
 def _error_text(exc: Exception) -> str:
-    return exc.message if isinstance(exc, SftEngineError) else f"{type(exc).__name__}: {exc}"[:300]
+    """One line: an exporter's traceback text or a multi-line library message never reaches the summary whole."""
+    text = exc.message if isinstance(exc, SftEngineError) else f"{type(exc).__name__}: {exc}"
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return first[:300]
 
 
 def select(target: Target, plan: list[EngineCandidate], ctx: ExportContext, tolerance: Tolerance, source: dict[str, Any],
@@ -278,7 +286,14 @@ def select(target: Target, plan: list[EngineCandidate], ctx: ExportContext, tole
         gate = gate_for(cand.precision, tolerance, source)
         data = artifact.gate_data or ctx.data
         ref = reference if artifact.gate_data is None else _reference(ctx, data)
-        reports = run_checks(artifact.checks, ref, data, gate, batch_size=batch_size, raise_on_failure=not target.selects)
+        try:
+            reports = run_checks(artifact.checks, ref, data, gate, batch_size=batch_size, raise_on_failure=not target.selects)
+        except Exception as exc:  # an engine that exported but cannot run the gate's batches (a batch baked in by tracing)
+            if not target.selects or isinstance(exc, ParityError):
+                raise
+            LOGGER.warning("engine %s failed to run: %s", cand.name, exc)
+            records[cand.name] = CandidateRecord(cand, error=f"exported, but failed to run: {_error_text(exc)}")
+            continue
         records[cand.name] = CandidateRecord(cand, parity=reports[0], figures=dict(artifact.record))
         if all(r.passed for r in reports):
             passed[cand.name] = (artifact, reports)

@@ -16,11 +16,12 @@ from typing import Any, Mapping
 
 from sft_engine.errors import ConfigError
 from sft_engine.pixels import DEFAULT_MAX_IMAGE_PIXELS
-from sft_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, parse_floats
+from sft_engine.preprocess import Preprocessing, parse_floats
 from sft_engine.repository.image_models import ImageServing
 from sft_engine.settings import load_toml, resolve_relative, section
 
-__all__ = ["BuildConfig", "validate_model_name", "load_build_spec", "load_finetune_dir", "read_labels", "config_from_sources"]
+__all__ = ["BuildConfig", "validate_model_name", "default_model_name", "load_build_spec", "load_finetune_dir", "read_labels",
+           "config_from_sources", "SPEC_PATHS"]
 
 LOGGER = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -34,6 +35,12 @@ def validate_model_name(name: str) -> str:
             hint="use letters, digits, '_', '-' or '.', starting with a letter or digit, without '/', '..' or spaces",
         )
     return name
+
+
+def default_model_name(arch: str) -> str:
+    """The repository name of an arch when ``--name`` is not given: ``timm:convnext_tiny`` → ``timm_convnext_tiny``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", arch.strip()).strip("._-") or "model"
+    return re.sub(r"\.{2,}", ".", name)[:128]
 
 
 def read_labels(path: str | Path) -> list[str]:
@@ -63,9 +70,20 @@ class BuildConfig:
     pretrained: str | None = None
     allow_random_weights: bool = False
     labels: list[str] | None = None
-    input_size: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    #: a ``torch.export`` program (``.pt2``) of any classifier, instead of ``arch`` + weights
+    exported: Path | None = None
+    #: where the preprocessing starts: ``auto`` (the arch's source for any arch beyond the six
+    #: CNNs the path began with, the plain resize for those), ``source`` or ``plain``; the
+    #: fields below, when given, override it (a fine-tune's metadata gives all of them)
+    preprocess: str = "auto"
+    #: a TOML/JSON file with the whole preprocessing (needed with ``exported``: never guessed)
+    preprocess_config: Path | None = None
+    input_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize_size: int | None = None
+    crop_mode: str | None = None
+    interpolation: str | None = None
     max_batch_size: int = 32
     name: str | None = None
     repository: Path = Path("model_repository")
@@ -98,6 +116,8 @@ class BuildConfig:
     seed: int = 0
     workdir: Path | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    #: where the validated preprocessing came from, and which fields overrode it (for the manifest)
+    preprocess_origin: str = ""
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -117,8 +137,8 @@ class BuildConfig:
                 raise ConfigError(f"{key!r} in {origin} is split in two: where the build runs and where Triton serves",
                                   hint="use build_gpus / --build-gpu for the GPUs that build the engine, and serve_gpus / "
                                        "--serve-gpus (default: all) for the config's instance_group.gpus")
-            if attr not in known or attr == "source":
-                raise ConfigError(f"unknown key {key!r} in {origin}", hint=f"known keys: {', '.join(sorted(k for k in known if k != 'source'))}")
+            if attr not in known or attr in _INTERNAL:
+                raise ConfigError(f"unknown key {key!r} in {origin}", hint=f"known keys: {', '.join(sorted(k for k in known if k not in _INTERNAL))}")
             updates[attr] = value
         new = replace(self, **updates)
         new.source = {**self.source, **{k: origin for k in updates}}
@@ -132,18 +152,22 @@ class BuildConfig:
         """
         from sft_engine.engines.precision import get_precision
         from sft_engine.engines.registry import check_choice, get_target, resolve_target
-        from sft_engine.models import get_arch
 
-        get_arch(self.arch)
         serve_gpus = None if self.serve_gpus is None else parse_gpu_ids(self.serve_gpus, "--serve-gpus", allow_all=True)
         cfg = replace(
             self,
             weights=_path_or_none(self.weights), calibration_dir=_path_or_none(self.calibration_dir), workdir=_path_or_none(self.workdir),
-            repository=Path(self.repository), mean=parse_floats(self.mean, "--mean"), std=parse_floats(self.std, "--std"),
-            build_gpus=parse_gpu_ids(self.build_gpus, "--build-gpu"), serve_gpus=serve_gpus,
+            exported=_path_or_none(self.exported), preprocess_config=_path_or_none(self.preprocess_config),
+            repository=Path(self.repository), build_gpus=parse_gpu_ids(self.build_gpus, "--build-gpu"), serve_gpus=serve_gpus,
             num_classes=len(self.labels) if self.labels is not None and self.num_classes is None else self.num_classes,
             source=dict(self.source),
         )
+        cfg = _with_model(cfg)
+        prep, origin = _preprocessing(cfg)
+        cfg = replace(cfg, input_size=prep.input_size, mean=prep.mean, std=prep.std, resize_size=prep.resize_size,
+                      crop_mode=prep.crop_mode, interpolation=prep.resize, preprocess_origin=origin)
+        if cfg.exported is not None:
+            _check_program(cfg, prep)
         if cfg.target != "auto":
             get_target(cfg.target)
         target = resolve_target(cfg.target)
@@ -173,7 +197,7 @@ class BuildConfig:
             )
         if cfg.weights is not None and not cfg.weights.is_file():
             raise ConfigError(f"checkpoint {cfg.weights} does not exist", hint="pass --weights with the path of a .safetensors or .pt file")
-        if cfg.weights is None and not cfg.pretrained and not cfg.allow_random_weights:
+        if cfg.weights is None and not cfg.pretrained and not cfg.allow_random_weights and cfg.exported is None:
             raise ConfigError("no weights given", hint="pass --weights FILE (.safetensors or .pt), --from-finetune DIR, or --pretrained ENUM_NAME|PATH")
         if not isinstance(cfg.max_batch_size, int) or not 1 <= cfg.max_batch_size <= 4096:
             raise ConfigError(f"max batch size {cfg.max_batch_size!r} is out of range", hint="pass --max-batch-size between 1 and 4096")
@@ -183,13 +207,13 @@ class BuildConfig:
             raise ConfigError("max queue delay must be >= 0", hint="pass --max-queue-delay-us 0 or more")
         if not 0 < cfg.parity_min_top1_agreement <= 1:
             raise ConfigError("parity top-1 agreement must be in (0, 1]", hint="e.g. 0.99")
-        cfg.preprocessing  # validates input size, mean, std
         cfg.image_serving  # validates the preprocessing model's limits
-        return replace(cfg, name=validate_model_name(cfg.name or cfg.arch))
+        return replace(cfg, name=validate_model_name(cfg.name or _default_name(cfg)))
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(input_size=int(self.input_size), mean=tuple(self.mean), std=tuple(self.std))  # type: ignore[arg-type]
+        """The preprocessing record this build serves (resolved as ``validated()`` does it)."""
+        return _preprocessing(self)[0]
 
     @property
     def image_serving(self) -> ImageServing:
@@ -209,12 +233,66 @@ class BuildConfig:
             value = getattr(self, f.name)
             if f.name in ("source", "workdir"):
                 continue
+            if f.name == "preprocess_origin" and not value:
+                continue
             out[f.name] = str(value) if isinstance(value, Path) else (list(value) if isinstance(value, tuple) else value)
         return out
 
 
+#: fields no source may set
+_INTERNAL = ("source", "preprocess_origin")
+
+
 def _path_or_none(value: Any) -> Path | None:
     return None if value is None else Path(value)
+
+
+def _preprocessing(cfg: BuildConfig) -> tuple[Preprocessing, str]:
+    from sft_engine.models.preprocessing import OVERRIDES, resolve_preprocessing
+
+    return resolve_preprocessing(cfg.arch, cfg.preprocess, cfg.preprocess_config, {k: getattr(cfg, k) for k in OVERRIDES})
+
+
+def _default_name(cfg: BuildConfig) -> str:
+    return default_model_name(cfg.exported.stem if cfg.exported is not None else cfg.arch)
+
+
+def _with_model(cfg: BuildConfig) -> BuildConfig:
+    """The arch checked and stored canonical (``torchvision:resnet50`` → ``resnet50``), or an exported program's refusals."""
+    from sft_engine.models import canonical_arch, get_arch
+
+    if cfg.exported is None:
+        get_arch(cfg.arch)
+        return replace(cfg, arch=canonical_arch(cfg.arch))
+    for key, flag in (("weights", "--weights"), ("pretrained", "--pretrained"), ("arch", "--arch")):
+        if getattr(cfg, key) and (key != "arch" or "arch" in cfg.source):
+            raise ConfigError(f"{flag} and --exported both name the model", hint=f"drop {flag}: the exported program carries its own weights")
+    if cfg.preprocess_config is None:
+        raise ConfigError("--exported needs --preprocess-config FILE: a program carries no preprocessing, and none is guessed",
+                          hint="write input_size, resize_size (or crop_pct), crop_mode, interpolation, mean and std into a TOML or JSON file")
+    if cfg.preprocess != "auto":
+        raise ConfigError(f"--preprocess {cfg.preprocess} has no source to read with --exported", hint="give the preprocessing in --preprocess-config")
+    return replace(cfg, arch="exported")
+
+
+def _check_program(cfg: BuildConfig, prep: Preprocessing) -> None:
+    """The program takes the preprocessing's tensor at every batch the config serves; its class count fills ``num_classes``."""
+    from sft_engine.models.exported import load_exported
+
+    info = load_exported(cfg.exported).info  # type: ignore[arg-type]
+    if info.input_shape != prep.shape:
+        raise ConfigError(f"the exported program takes {'x'.join(map(str, info.input_shape))} inputs, the preprocessing makes "
+                          f"{'x'.join(map(str, prep.shape))}", hint="fix input_size in --preprocess-config, or export at the model's size")
+    if info.batch_max is not None and info.batch_max < int(cfg.max_batch_size):
+        raise ConfigError(f"the exported program takes batches up to {info.batch_max}, below --max-batch-size {cfg.max_batch_size}",
+                          hint=f"pass --max-batch-size {info.batch_max}, or export with a larger Dim('batch', max=...)")
+    if info.batch_min > 1:
+        raise ConfigError(f"the exported program takes batches from {info.batch_min}; Triton sends batches of 1",
+                          hint="export with Dim('batch', min=1)")
+    if cfg.num_classes is None:
+        cfg.num_classes = info.num_classes
+    elif cfg.num_classes != info.num_classes:
+        raise ConfigError(f"the exported program has {info.num_classes} classes, not {cfg.num_classes}", hint="drop --num-classes, or give one label per class")
 
 
 def load_build_spec(path: str | Path) -> dict[str, Any]:
@@ -226,7 +304,11 @@ def load_build_spec(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     data = section(load_toml(path, "build spec", hint="fix the TOML syntax; see build/resnet18_demo.toml"), "build", path, "build spec")
-    return resolve_relative(data, ("weights", "labels_file", "calibration_dir", "from_finetune"), path.parent)
+    return resolve_relative(data, SPEC_PATHS, path.parent)
+
+
+#: the keys of a build spec that name input files (relative to the spec)
+SPEC_PATHS = ("weights", "labels_file", "calibration_dir", "from_finetune", "exported", "preprocess_config")
 
 
 FINETUNE_FORMAT = "sft-engine/finetune@1"
@@ -250,13 +332,18 @@ def load_finetune_dir(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{meta_path} cannot be read: {exc}", hint="run sft-engine finetune again") from None
     if meta.get("format") != FINETUNE_FORMAT:
         raise ConfigError(f"{meta_path} has format {meta.get('format')!r}, expected {FINETUNE_FORMAT}", hint="run sft-engine finetune again")
+    recorded = (meta.get("training") or {}).get("preprocessing")
+    try:  # the whole record the run trained with; outputs of earlier versions have the plain resize's three fields
+        prep = (Preprocessing.from_parameters(recorded) if recorded else
+                Preprocessing(input_size=int(meta["input_size"]), mean=tuple(meta["mean"]), std=tuple(meta["std"])))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{meta_path} has a malformed preprocessing record ({exc})", hint="run sft-engine finetune again") from None
     settings: dict[str, Any] = {
         "arch": meta["arch"],
         "num_classes": int(meta["num_classes"]),
         "labels": list(meta["labels"]),
-        "input_size": int(meta["input_size"]),
-        "mean": tuple(meta["mean"]),
-        "std": tuple(meta["std"]),
+        "input_size": prep.input_size, "mean": prep.mean, "std": prep.std, "resize_size": prep.resize_size or prep.input_size,  # explicit: None would let the source's fill it
+        "crop_mode": prep.crop_mode, "interpolation": prep.resize,
         "weights": path / meta.get("weights", "model.safetensors"),
     }
     holdout = _holdout_dir(path, meta.get("holdout"), meta_path)

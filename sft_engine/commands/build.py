@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sft_engine.build_config import BuildConfig, config_from_sources
+from sft_engine.build_config import SPEC_PATHS, BuildConfig, config_from_sources, load_build_spec
+from sft_engine.pixels import CROP_MODES, INTERPOLATIONS
 
 # flag dest → BuildConfig field (flags left at None are not applied)
 _FLAG_FIELDS = (
-    "arch", "weights", "pretrained", "num_classes", "input_size", "mean", "std", "max_batch_size", "name",
+    "arch", "weights", "pretrained", "exported", "preprocess", "preprocess_config", "num_classes", "input_size", "mean", "std",
+    "resize_size", "crop_mode", "interpolation", "max_batch_size", "name",
     "repository", "target", "engine", "precision", "instance_count", "intra_op_threads", "max_queue_delay_us", "parity_atol",
     "parity_rtol", "parity_min_top1_agreement", "parity_samples", "accuracy_max_drop", "calibration_dir", "int8_calibration_images", "build_gpus", "serve_gpus", "seed",
     "allow_unmatched_tensorrt", "allow_int8_without_isa",
@@ -26,14 +28,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_argument_group("source")
     src.add_argument("--spec", metavar="FILE", help="TOML build spec (keys as the flags, under [build]); flags override it")
     src.add_argument("--from-finetune", metavar="DIR", help="output directory of sft-engine finetune (weights + metadata)")
-    src.add_argument("--arch", help="architecture, e.g. resnet18, resnet50, mobilenet_v3_small, efficientnet_b0")
-    src.add_argument("--weights", metavar="FILE", help="fine-tuned weights (.safetensors, or .pt/.pth holding tensors only)")
-    src.add_argument("--pretrained", metavar="ENUM|PATH", help="torchvision weights: an enum name or DEFAULT (from torchvision's cache, else downloaded), or a local torchvision .pth/.safetensors file; instead of --weights")
+    src.add_argument("--arch", help="any torchvision classifier by its name (resnet50, vit_b_16, swin_t; also torchvision:NAME) "
+                                    "or any timm model as timm:NAME (timm:convnext_tiny); list them with sft-engine models")
+    src.add_argument("--weights", metavar="FILE",
+                     help="fine-tuned weights: .safetensors, .pth or .bin holding tensors only; sft-engine's, timm train.py's, "
+                          "Hugging Face's or Lightning's layout (state_dict / model / module. prefixes)")
+    src.add_argument("--pretrained", metavar="NAME|PATH", help="the source's weights: a torchvision enum name, a timm tag, or DEFAULT "
+                                                              "(from the cache, else downloaded), or a local file; instead of --weights")
+    src.add_argument("--exported", metavar="FILE.pt2",
+                     help="a torch.export program of any classifier (dynamic batch), instead of --arch and --weights; "
+                          "needs --preprocess-config")
     src.add_argument("--allow-random-weights", action="store_true", default=None, help="build untrained weights (benchmarks only)")
     src.add_argument("--num-classes", type=int)
     src.add_argument("--labels", metavar="FILE", help="one label per line, in class-index order")
-    pre = p.add_argument_group("preprocessing (recorded in config.pbtxt)")
+    pre = p.add_argument_group("preprocessing (recorded in config.pbtxt; the flags below override the base)")
+    pre.add_argument("--preprocess", choices=("source", "plain"),
+                     help="base: source = the model's own eval transform (timm pretrained_cfg, torchvision weights.transforms(); "
+                          "the default beyond resnet18/34/50, mobilenet_v3_*, efficientnet_b0), plain = resize to the input size")
+    pre.add_argument("--preprocess-config", metavar="FILE",
+                     help="TOML/JSON naming every step: input_size, resize_size or crop_pct, crop_mode, interpolation, mean, std")
     pre.add_argument("--input-size", type=int)
+    pre.add_argument("--resize-size", type=int, help="resize before the crop (timm: floor(input_size / crop_pct))")
+    pre.add_argument("--crop-mode", choices=CROP_MODES, help="how the resize keeps the aspect ratio")
+    pre.add_argument("--interpolation", choices=INTERPOLATIONS)
     pre.add_argument("--mean", help="R,G,B mean, e.g. 0.485,0.456,0.406")
     pre.add_argument("--std", help="R,G,B std, e.g. 0.229,0.224,0.225")
     out = p.add_argument_group("engine and serving")
@@ -96,7 +113,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
 
 
 #: flags whose value is a path the build reads, and the one it writes
-_INPUT_DESTS = ("weights", "labels", "calibration_dir", "spec", "from_finetune")
+_INPUT_DESTS = ("weights", "labels", "calibration_dir", "spec", "from_finetune", "exported", "preprocess_config")
 _OUTPUT_DESTS = ("repository",)
 _NOT_PASSED_ON = ("print_docker", "ngc_release", "help")
 
@@ -120,7 +137,7 @@ def _passed_on_args(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
         out += [flag] if value is True else [flag, str(value)]
     if args.spec:  # paths inside a spec are relative to it: mount what they name as well
         spec = load_build_spec(args.spec)
-        inputs += [Path(spec[k]) for k in ("weights", "labels_file", "calibration_dir", "from_finetune") if k in spec]
+        inputs += [Path(spec[k]) for k in SPEC_PATHS if k in spec]
     return out, inputs
 
 

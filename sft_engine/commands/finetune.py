@@ -13,10 +13,22 @@ import sys
 from typing import Any
 
 from sft_engine.finetune.config import AMP_MODES, DATASETS, OPTIMIZERS, REGULARIZERS
+from sft_engine.pixels import CROP_MODES, INTERPOLATIONS
+
+
+def _layer_decay(text: str) -> float | str:
+    """``auto`` or a number (its range is the config's check)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor auto") from None
 
 # flag dest → FinetuneConfig field of the same name (None = not given)
 _FIELDS = (
-    "arch", "pretrained", "dataset", "data_dir", "download", "num_classes", "input_size", "mean", "std", "augment",
+    "arch", "pretrained", "dataset", "data_dir", "download", "num_classes", "input_size", "mean", "std", "preprocess", "resize_size",
+    "crop_mode", "interpolation", "layer_decay", "augment",
     "val_fraction", "check_images", "synthetic_variant", "synthetic_train_size", "synthetic_val_size", "epochs",
     "batch_size", "optimizer", "lr", "head_lr", "momentum", "weight_decay", "warmup_epochs", "min_lr_ratio", "reg",
     "reg_lambda", "head_lambda", "distill_temperature", "label_smoothing", "freeze_backbone", "early_stopping_patience",
@@ -35,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="FILE", help="TOML file of settings (keys as the flags, at the top level or under [finetune]); flags override it")
     model = p.add_argument_group("model")
-    model.add_argument("--arch", help="architecture, e.g. resnet18, resnet50, mobilenet_v3_small, efficientnet_b0")
-    model.add_argument("--pretrained", metavar="ENUM|PATH|none", help="torchvision weights name (or DEFAULT), a .safetensors/.pt checkpoint, a finetune output DIR, or none")
+    model.add_argument("--arch", help="any torchvision classifier (resnet50, vit_b_16, swin_t) or timm model as timm:NAME; see sft-engine models")
+    model.add_argument("--pretrained", metavar="NAME|PATH|none",
+                       help="the source's weights (torchvision enum name, timm tag, or DEFAULT), a .safetensors/.pth/.bin checkpoint, a finetune output DIR, or none")
     model.add_argument("--freeze-backbone", action="store_true", default=None, help="train the head only (linear probe)")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, help="synthetic (built in, default), cifar10 or imagefolder")
@@ -46,6 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--input-size", type=int, help="square input size in pixels (default: the arch's, 224)")
     data.add_argument("--mean", help="R,G,B normalization mean (default ImageNet's)")
     data.add_argument("--std", help="R,G,B normalization std (default ImageNet's)")
+    data.add_argument("--preprocess", choices=("plain", "source"),
+                      help="plain (default): resize to --input-size; source: the arch's own eval transform (timm pretrained_cfg, "
+                           "torchvision weights.transforms()), which sets the size, resize, crop, interpolation, mean and std")
+    data.add_argument("--resize-size", type=int, help="resize before the center crop (timm: floor(input_size / crop_pct))")
+    data.add_argument("--crop-mode", choices=CROP_MODES, help="squash (default), center or border")
+    data.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter (default bilinear)")
     data.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no random horizontal flips")
     data.add_argument("--val-fraction", type=float, help="imagefolder without val/: share of each class held out (default 0.1)")
     data.add_argument("--no-check-images", dest="check_images", action="store_false", default=None, help="skip decoding every image before training")
@@ -58,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--optimizer", choices=OPTIMIZERS)
     train.add_argument("--lr", type=float, help="backbone learning rate (default 1e-3)")
     train.add_argument("--head-lr", type=float, help="head learning rate (default: --lr)")
+    train.add_argument("--layer-decay", type=_layer_decay, metavar="RATE|auto",
+                       help="AdamW layer-wise lr decay: layer i of L gets lr * RATE**(L-i); auto (default): 0.75 for transformer families, else 1 (off)")
     train.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     train.add_argument("--weight-decay", type=float, help="decoupled weight decay (AdamW) / L2 (SGD); off under l2sp")
     train.add_argument("--warmup-epochs", type=float, help="linear warmup before the cosine decay (default: 1, at most a fifth of --epochs)")

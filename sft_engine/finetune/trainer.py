@@ -49,7 +49,8 @@ LOGGER = logging.getLogger(__name__)
 
 STATE_FORMAT = "sft-engine/finetune-state@1"
 #: settings that must not change between a run and its resumption
-_FINGERPRINT = ("arch", "dataset", "input_size", "pretrained", "reg", "freeze_backbone", "optimizer", "batch_size", "seed")
+_FINGERPRINT = ("arch", "dataset", "input_size", "pretrained", "reg", "freeze_backbone", "optimizer", "batch_size", "seed",
+                "layer_decay", "preprocess")
 
 
 @dataclass
@@ -149,7 +150,8 @@ class _Run:
                 hint="resume with the same dataset, or start a new run with another --output (or --overwrite)",
             )
         ours = _fingerprint(self.config)
-        changed = [f"{k} {state['fingerprint'].get(k)!r} -> {ours[k]!r}" for k in _FINGERPRINT if state["fingerprint"].get(k) != ours[k]]
+        saved = state["fingerprint"]  # a key an older run did not record is not compared
+        changed = [f"{k} {saved.get(k)!r} -> {ours[k]!r}" for k in _FINGERPRINT if k in saved and saved[k] != ours[k]]
         if changed:
             raise ConfigError(f"cannot resume with changed settings: {'; '.join(changed)}", hint="resume with the settings of the interrupted run, or start a new run")
         return state

@@ -43,7 +43,7 @@ from sft_engine.engines.cpu.quantize import quantize_onnx, quantize_openvino
 from sft_engine.engines.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
 from sft_engine.engines.export.openvino import export_openvino
 from sft_engine.engines.export.torchscript import export_torchscript
-from sft_engine.errors import ConfigError, TargetUnavailable
+from sft_engine.errors import ConfigError, ExportError, TargetUnavailable
 from sft_engine.repository.config import ModelConfigSpec, TensorSpec
 from sft_engine.verify import Check
 
@@ -172,6 +172,39 @@ def plan(settings: ExportSettings) -> list[EngineCandidate]:
                            isa, labelled=settings.calibration_dir is not None)
 
 
+#: the file that says an engine kind's FP32 export failed, so the candidates sharing it fail with the same line
+_FAILED = "EXPORT_FAILED"
+
+
+def _fp32_export(ctx: ExportContext, engine: str) -> Path:
+    """The directory of ``engine``'s FP32 export, made once per build; a failed export fails every candidate of that kind alike.
+
+    OpenVINO converts the ONNX Runtime candidate's ONNX file when there is one (one
+    export of a large transformer, not two).
+    """
+    if engine in ctx.exported:
+        return ctx.exported[engine]
+    src = ctx.workdir / f"_fp32-{engine}"
+    failed = src / _FAILED
+    if failed.is_file():
+        raise ExportError(failed.read_text(), hint="the other engines were tried; see the candidates")
+    src.mkdir(parents=True, exist_ok=True)
+    example = torch.from_numpy(ctx.example)
+    try:
+        if engine == "openvino":
+            onnx = ctx.exported.get("onnxruntime")
+            export_openvino(ctx.model, example, src / ENGINE_FILES[engine][0], onnx=onnx / ENGINE_FILES["onnxruntime"][0] if onnx else None)
+        else:
+            _EXPORTERS[engine](ctx.model, example, src / ENGINE_FILES[engine][0])
+    except Exception as exc:  # this engine cannot take this family: one line, and the build goes on with the others
+        text = f"{type(exc).__name__}: {exc}".strip()
+        line = f"{engine} export failed: {next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)[:240]}"
+        failed.write_text(line)
+        raise ExportError(line, hint="the other engines were tried; see the candidates") from exc
+    ctx.exported[engine] = src
+    return src
+
+
 def export(ctx: ExportContext, candidate: EngineCandidate) -> EngineArtifact:
     """Export one candidate into its own directory: engine files, ``engine.json``, ``model.py``.
 
@@ -188,12 +221,7 @@ def export(ctx: ExportContext, candidate: EngineCandidate) -> EngineArtifact:
     cand_dir = ctx.workdir / candidate.name
     cand_dir.mkdir(parents=True, exist_ok=True)
     settings = engine_json(candidate, s.intra_op_threads)
-    if candidate.engine not in ctx.exported:
-        src = ctx.workdir / f"_fp32-{candidate.engine}"
-        src.mkdir(parents=True, exist_ok=True)
-        _EXPORTERS[candidate.engine](ctx.model, torch.from_numpy(ctx.example), src / ENGINE_FILES[candidate.engine][0])
-        ctx.exported[candidate.engine] = src
-    src = ctx.exported[candidate.engine]
+    src = _fp32_export(ctx, candidate.engine)
     details: dict[str, Any] = {}
     if split is None:  # FP32 and bf16 share one export (precision is chosen at load)
         for file in ENGINE_FILES[candidate.engine]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from sft_engine.repository.config import ModelConfigSpec, TensorSpec
 from sft_engine.verify import Check
 
 __all__ = ["TARGET", "export", "check_available", "torchscript_gpu_config", "torchscript_gpu_engine_config", "export_fp16_torchscript",
-           "weight_dtypes", "INPUT_NAME", "OUTPUT_NAME", "MODEL_FILE"]
+           "weight_dtypes", "traced_batches", "batch_mismatches", "INPUT_NAME", "OUTPUT_NAME", "MODEL_FILE"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,14 +74,47 @@ def torchscript_gpu_config(name: str, num_classes: int, shape: tuple[int, ...], 
                           max_queue_delay_us, parameters, tuple(gpus))
 
 
-def export_fp16_torchscript(model: nn.Module, example: np.ndarray, device: torch.device, path: Path) -> None:
-    """Trace the half module on ``device`` with a half example batch, freeze, save."""
+def traced_batches(traced_at: int, max_batch_size: int) -> tuple[int, ...]:
+    """The batch sizes a traced module is run at besides the one it was traced with: 1 and the maximum."""
+    return tuple(sorted({1, max_batch_size} - {traced_at}))
+
+
+def batch_mismatches(run: Any, reference: Any, batches: tuple[int, ...], make: Any, atol: float = 5e-2) -> list[str]:
+    """Batches at which ``run`` (the traced module) fails or departs from ``reference`` (the module it traced).
+
+    Tracing records Python ints computed from shapes as constants: Swin's
+    ``window_reverse`` (``int(windows.shape[0] / ...)``) and any ``x.view(B, ...)`` with
+    ``B = int(x.shape[0])`` give a module that runs only at the traced batch, or
+    silently mixes images at another (Torch-TensorRT #1271, Swin-Transformer #257).
+    """
+    problems = []
+    for batch in batches:
+        x = make(batch)
+        try:
+            got, want = run(x).float(), reference(x).float()
+        except Exception as exc:
+            problems.append(f"batch {batch}: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:120]}")
+            continue
+        if tuple(got.shape) != tuple(want.shape) or not torch.allclose(got, want, atol=atol, rtol=atol):
+            problems.append(f"batch {batch}: the traced module departs from the model")
+    return problems
+
+
+def export_fp16_torchscript(model: nn.Module, example: np.ndarray, device: torch.device, path: Path, max_batch_size: int | None = None) -> None:
+    """Trace the half module on ``device`` with a half example batch, freeze, check it at batch 1 and the maximum, save."""
     module = half_module(model, device)
     x = torch.from_numpy(np.ascontiguousarray(example)).to(device, dtype=torch.float16)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, x, check_trace=False)
         frozen = torch.jit.freeze(traced.eval())
+        if max_batch_size is not None:
+            make = lambda n: torch.randn((n, *x.shape[1:]), device=device).to(torch.float16)  # noqa: E731
+            problems = batch_mismatches(frozen, module, traced_batches(len(x), max_batch_size), make)
+            if problems:
+                raise ExportError(f"the traced TorchScript keeps the batch it was traced with ({'; '.join(problems)})",
+                                  hint="the model computes sizes from the batch in Python (Swin's window ops): use --target tensorrt "
+                                       "(torch.export, symbolic batch) or --max-batch-size 1")
     frozen.save(str(path))
 
 
@@ -120,7 +154,9 @@ def export(ctx: ExportContext, candidate: EngineCandidate = CANDIDATE) -> Engine
     device = cuda_device(gpu.index)
     path = ctx.workdir / MODEL_FILE
     try:
-        export_fp16_torchscript(ctx.model, ctx.example, device, path)
+        export_fp16_torchscript(ctx.model, ctx.example, device, path, s.max_batch_size)
+    except ExportError:
+        raise
     except Exception as exc:  # an untraceable model is an expected outcome
         raise ExportError(f"{s.arch} could not be traced to FP16 TorchScript: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
                           hint="try --target onnx") from exc

@@ -61,6 +61,7 @@ from sft_engine.repository.config import ModelConfigSpec, TensorSpec
 from sft_engine.verify import Check
 
 __all__ = ["TARGET", "PRECISIONS", "export", "check_available", "check_choice", "tensorrt_config", "tensorrt_engine_config", "batch_profile", "plan_filenames",
+           "input_arguments", "batch_problems",
            "compile_plan", "detailed_profiling", "DEBUGGER_SINCE", "INPUT_NAME", "OUTPUT_NAME"]
 
 LOGGER = logging.getLogger(__name__)
@@ -106,6 +107,40 @@ def batch_profile(max_batch_size: int) -> tuple[int, int, int]:
     if max_batch_size < 1:
         raise ValueError("max_batch_size must be >= 1")
     return 1, max_batch_size, max_batch_size
+
+
+def input_arguments(shape: tuple[int, ...], max_batch_size: int, dtype: Any) -> dict[str, Any]:
+    """``torch_tensorrt.Input`` keywords for a dynamic batch: ``min_shape`` / ``opt_shape`` / ``max_shape``, or one ``shape``.
+
+    ``torch_tensorrt.dynamo.trace`` turns the range into a ``torch.export.Dim`` of the batch,
+    so a ViT or Swin traces with a symbolic batch (Torch-TensorRT issues #2074 / #2075 /
+    #3016: a batch the export specialised makes a plan that refuses every other size;
+    Swin's window ops #1271). ``opt`` is never ``min`` unless the range is one size
+    (#4103: an ``opt_shape`` equal to ``min_shape`` fails to export): with max batch 1 the
+    input is static.
+    """
+    lo, opt, hi = batch_profile(max_batch_size)
+    if lo == hi:
+        return {"shape": (hi, *shape), "dtype": dtype}
+    return {"min_shape": (lo, *shape), "opt_shape": (opt, *shape), "max_shape": (hi, *shape), "dtype": dtype}
+
+
+def batch_problems(io: dict[str, dict[str, Any]], input_name: str, max_batch_size: int) -> list[str]:
+    """Why a built plan does not serve every batch from 1 to ``max_batch_size`` (empty when it does).
+
+    A plan whose input has a fixed batch dimension, or a profile narrower than asked,
+    loads in Triton but fails every request of another size: refused at build time.
+    """
+    entry = io.get(input_name) or {}
+    shape, profile = list(entry.get("shape") or []), entry.get("profile")
+    if max_batch_size == 1:
+        return []
+    if not shape or shape[0] != -1:
+        return [f"the plan's input {input_name} has a fixed batch dimension ({shape[:1] or '?'}), not 1..{max_batch_size}: "
+                "the export specialised the batch"]
+    if profile and (profile[0][0] > 1 or profile[2][0] < max_batch_size):
+        return [f"the plan's batch profile is {profile[0][0]}..{profile[2][0]}, not 1..{max_batch_size}"]
+    return []
 
 
 def plan_filenames(compute_capabilities: list[str]) -> dict[str, str]:
@@ -238,12 +273,8 @@ def compile_plan(module: nn.Module, recipe: Fp16Recipe, gpu: GpuInfo, shape: tup
     """
     import torch_tensorrt
 
-    lo, opt, hi = batch_profile(max_batch_size)
     device = torch.device("cuda", gpu.index)
-    if lo == hi:
-        spec = torch_tensorrt.Input(shape=(hi, *shape), dtype=recipe.input_dtype)
-    else:
-        spec = torch_tensorrt.Input(min_shape=(lo, *shape), opt_shape=(opt, *shape), max_shape=(hi, *shape), dtype=recipe.input_dtype)
+    spec = torch_tensorrt.Input(**input_arguments(tuple(shape), max_batch_size, recipe.input_dtype))
     kwargs = dict(recipe.compile_kwargs)
     with contextlib.ExitStack() as stack:
         if logdir is None:
@@ -281,6 +312,10 @@ def _compile_one(ctx: ExportContext, recipe: Fp16Recipe, gpu: GpuInfo, path: Pat
         torch.cuda.empty_cache()
     path.write_bytes(plan)
     runner = PlanRunner(plan, gpu.index)
+    problems = batch_problems(runner.io(), runner.input_name, s.max_batch_size)
+    if problems:
+        raise ExportError(f"the TensorRT plan of {s.arch} for {gpu.name} does not take every batch: {'; '.join(problems)}",
+                          hint="nothing was published; try --target torchscript-gpu or onnx, or --max-batch-size 1")
     verdict = assess_fp16(runner.io(), runner.layers(batch_profile(s.max_batch_size)[1]), len(plan), parameters)
     if not verdict.passed:
         raise ExportError(f"the TensorRT plan for {gpu.name} is not FP16: {'; '.join(verdict.reasons)}",
