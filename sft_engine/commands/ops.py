@@ -120,7 +120,7 @@ examples:
   sft-engine tune ... --max-batch-sizes 4,8,16 --queue-delays-us 0,500 --instance-counts 1,2 --dry-run
   sft-engine tune ... --url 127.0.0.1:8000   (a running server in explicit mode, restored afterwards)
 exit codes: 0 a configuration meets the SLO (written as a new version, or printed with --dry-run),
-1 none meets it (the best is reported), 2 bad input
+1 none meets it or none could be measured validly (INVALID, with its reason), 2 bad input
 """
 
 
@@ -179,7 +179,11 @@ def run_tune(args: argparse.Namespace) -> int:
     print(candidate_table(result), file=log)
     best = result.best
     if best is None or not result.met:
-        what = f"best: #{best.index} {best.knobs.label()}, p{result.percentile:g} {best.latency_ms} ms at {best.at_rate_rps} req/s" if best else "no candidate could be measured"
+        if best is not None:
+            what = f"best: #{best.index} {best.knobs.label()}, p{result.percentile:g} {best.latency_ms} ms at {best.at_rate_rps} req/s"
+        else:
+            verdicts = ", ".join(f"#{c.index} {c.verdict}" + (f" ({c.note})" if c.note else "") for c in result.candidates)
+            what = f"no candidate has a valid measurement ({verdicts}): nothing is written"
         print(f"no candidate meets the SLO {result.slo}; {what}", file=sys.stderr)
         if args.json:
             print(json.dumps(result.to_dict(), indent=2))
