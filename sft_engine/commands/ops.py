@@ -18,9 +18,9 @@ __all__ = ["register"]
 
 _ROLLOUT_EPILOG = """\
 the server must run in explicit model-control mode:
-  sft-engine serve --repository model_repository --model-control-mode explicit --load-model resnet18
+  sft-engine serve --repository model_repository --model-control-mode explicit --load-model resnet18_demo
 then:
-  sft-engine rollout --repository model_repository --model resnet18 --version 2
+  sft-engine rollout --repository model_repository --model resnet18_demo --version 2
 exit codes: 0 switched (or already serving), 1 check or load failed and rolled back,
 2 bad input (no such version, server not in explicit mode), 3 rollback failed (inspect the server)
 """
@@ -116,7 +116,7 @@ the SLO file is the load-test scenario format ([load], [slo], [validity], [capac
   [slo]
   p99_ms = 50
 examples:
-  sft-engine tune --repository model_repository --model resnet18 --slo slo.toml --budget 600
+  sft-engine tune --repository model_repository --model resnet18_demo --slo loadtest/capacity.toml --budget 600
   sft-engine tune ... --max-batch-sizes 4,8,16 --queue-delays-us 0,500 --instance-counts 1,2 --dry-run
   sft-engine tune ... --url 127.0.0.1:8000   (a running server in explicit mode, restored afterwards)
 exit codes: 0 a configuration meets the SLO (written as a new version, or printed with --dry-run),

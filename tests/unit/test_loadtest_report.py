@@ -108,3 +108,15 @@ def test_live_exporter_serves_prometheus_text() -> None:
     assert 'sft_loadtest_requests_total{outcome="failed"} 10.0' in text
     assert "sft_loadtest_latency_p99_seconds 0.009" in text
     assert 'sft_loadtest_phase{phase="measure"} 1.0' in text
+
+
+def test_step_numbers_match_the_live_line() -> None:
+    """The live line says [step 1/3]; the summary, the reasons and the Markdown count from 1 as well."""
+    from sft_engine.loadtest.summary import step_lines
+
+    result = _result((5.0, 100.0, 200.0), with_capacity=False)
+    assert [step_lines(s)[0].split(":")[0] for s in result.steps] == ["step 1 open 5/s constant", "step 2 open 100/s constant",
+                                                                       "step 3 open 200/s constant"]
+    assert result.reasons[0].startswith("step 1 (open 5/s constant): too few samples")
+    md = render_markdown(result)
+    assert "| 1 | open 5/s constant |" in md and "| 0 | open" not in md
