@@ -193,7 +193,7 @@ class AsyncClient(SettingsView):
         """The ``top_k`` most likely classes per image; see ``Client.classify`` (also for ``server_side``)."""
         self._check_open()
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise BadInput(f"top_k must be an integer >= 1, given {top_k!r}", hint="e.g. top_k=5", expected=">= 1", given=top_k)
+            raise BadInput(f"top_k must be an integer >= 1, given {top_k!r}", hint="e.g. --top-k 5 (top_k=5 in Python)", expected=">= 1", given=top_k)
         started = time.perf_counter()
         if server_side:
             blobs = await asyncio.get_running_loop().run_in_executor(None, encode_images, images)

@@ -31,7 +31,7 @@ class ClientSettings:
     def create(cls, url: str, *, protocol: str, model: str, version: int | str | None, timeout: float,
                retries: int | RetryPolicy | None, shared_memory: bool, concurrency: int, labels: Sequence[str] | None) -> "ClientSettings":
         if protocol not in PROTOCOLS:
-            raise ConfigError(f"unknown protocol {protocol!r}", hint="use protocol='grpc' or 'http'")
+            raise ConfigError(f"unknown protocol {protocol!r}", hint="use grpc or http (--protocol grpc|http; protocol='grpc' in Python)")
         if not isinstance(model, str) or not model:
             raise ConfigError(f"model name {model!r} is not valid", hint="pass model='NAME' as published by sft-engine build")
         if version is None or version == "":

@@ -282,5 +282,6 @@ def run_deploy(args: argparse.Namespace) -> int:
         print("plain Kubernetes: kubectl apply -k " + str(options.output) + " (HPA needs prometheus-adapter with prometheus-adapter-rules.yaml)")
         print("KServe:           kubectl apply -f " + str(options.output / "inferenceservice.yaml"))
     else:
-        print("start: docker compose -f " + str(options.output / "docker-compose.yml") + " up -d")
+        build = " --build" if any(p.name == "Dockerfile" for p in files) else ""  # as the file's header says
+        print("start: docker compose -f " + str(options.output / "docker-compose.yml") + " up -d" + build)
     return 0

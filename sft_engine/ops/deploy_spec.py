@@ -238,7 +238,7 @@ def docker_commands(repository: Path, tag: str, gpus: bool = True) -> str:
         return docker_command(Path(repository), tag=tag, gpus=gpus)
     if not info.requirements:
         return docker_command(Path(repository), tag=tag, gpus=gpus)
-    image = f"{Path(repository).resolve().name.replace('_', '-').lower()}-triton:{tag}"
+    image = f"{DeployOptions.name}-triton:{tag}"  # the image `deploy` builds under its default --name: one name for one image
     build = f"docker build -t {image} - <<'EOF'\n{dockerfile(info, tag)}EOF"
     return build + "\n" + docker_command(Path(repository), tag=tag, gpus=gpus, image=image)
 
