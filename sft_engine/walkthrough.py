@@ -118,8 +118,10 @@ def winner_line(engine: str, precision: str | None, candidates: list[dict[str, A
     others = [(p50(c), f"{c.get('engine')} {c.get('precision') or ''}".strip()) for c in candidates if c is not chosen]
     others = sorted((t, name) for t, name in others if t)
     mine = p50(chosen) if chosen else None
-    if mine is None or not others:
-        return f"won: {label} (the only candidate that passed its gate)" if mine is None or not others else f"won: {label}"
+    if mine is None:
+        return f"won: {label}"
+    if not others:
+        return f"won: {label}, {mine:.2f} ms p50 (the only candidate that passed its gate)"
     t, name = others[0]
     return f"won: {label}, {mine:.2f} ms p50, {t / mine:.1f}x faster than the runner-up {name} ({t:.2f} ms)"
 

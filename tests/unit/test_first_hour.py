@@ -75,3 +75,32 @@ def test_int8_parity_line_says_what_gates_it(tmp_path: Path) -> None:
     assert "gated on top-1 agreement and accuracy" in line
     fp32 = BuildResult(PublishedVersion(tmp_path, "m", 1), "cpu", "onnxruntime", parity, precision="fp32")
     assert "gated on" not in next(x for x in fp32.summary_lines() if "parity:" in x)
+
+
+def test_the_demo_keeps_enough_labelled_images_for_int8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sft_engine import finetune as finetune_package
+    from sft_engine.engines.int8 import MIN_CALIBRATION_IMAGES, MIN_GATE_IMAGES
+    from sft_engine.walkthrough import run_demo
+
+    seen = []
+
+    def capture(config):
+        seen.append(config)
+        raise KeyboardInterrupt  # stop before any training
+
+    monkeypatch.setattr(finetune_package, "finetune", capture)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path / "demo")
+    kept = min(seen[0].holdout_images, seen[0].synthetic_val_size)
+    assert kept >= MIN_GATE_IMAGES + MIN_CALIBRATION_IMAGES
+
+
+def test_the_demo_summary_names_the_winner_and_its_margin() -> None:
+    from sft_engine.walkthrough import winner_line
+
+    candidates = [
+        {"engine": "openvino", "precision": "int8", "parity": {"passed": True}, "latency": {"p50_ms": 1.5}},
+        {"engine": "openvino", "precision": "fp32", "parity": {"passed": True}, "latency": {"p50_ms": 6.0}},
+        {"engine": "onnxruntime", "precision": "int8", "parity": {"passed": False}, "latency": {"p50_ms": 0.5}},
+    ]
+    assert winner_line("openvino", "int8", candidates) == "won: openvino int8, 1.50 ms p50, 4.0x faster than the runner-up openvino fp32 (6.00 ms)"
