@@ -161,7 +161,7 @@ def test_every_documented_command_runs(workdir):
 
     server = None
     ports: dict[int, int] = {}
-    ran, skipped = [], []
+    ran, skipped, starved = [], [], []
     try:
         for doc in DOCS:
             for raw in _commands(doc):
@@ -191,6 +191,11 @@ def test_every_documented_command_runs(workdir):
                 allowed = next((codes for prefix, codes in _VERDICT_CODES.items() if command.startswith(prefix)), {0})
                 if "--find-capacity" in command:
                     allowed = {0}  # the shipped capacity.toml finds a capacity on this machine
+                    if "other processes starved the generator" in result.stdout and result.returncode == 2:
+                        # a host other work keeps 100% busy is no measurement; the run says so, and names --max-rate
+                        assert "--max-rate" in result.stdout, result.stdout[-3000:]
+                        starved.append(command)
+                        continue
                     assert "capacity: none" not in result.stdout, result.stdout[-3000:]
                 assert result.returncode in allowed, f"{doc.name}: {command}\nexit {result.returncode}\n{(result.stdout + result.stderr)[-3000:]}"
                 assert "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -202,5 +207,7 @@ def test_every_documented_command_runs(workdir):
     finally:
         if server is not None:
             server.stop()
+    if starved:
+        print(f"not judged, the host was starved by other work: {starved}")
     assert len(ran) >= 15, ran
     assert all(reason for _doc, _cmd, reason in skipped)
