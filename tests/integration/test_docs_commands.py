@@ -49,7 +49,7 @@ SUBSTITUTIONS = (
     (r"--arch resnet50 --weights model\.safetensors", "--arch resnet18 --weights model.safetensors", "small model"),
     (r"--input-size 224", "--input-size 32", "small model"),
     # tune's budget: seconds, not ten minutes; "tune ..." is the first tune line's arguments
-    (r"sft-engine tune \.\.\.", "sft-engine tune --repository model_repository --model resnet18_demo --slo loadtest/capacity.toml",
+    (r"sft-engine tune \.\.\.", "sft-engine tune --repository model_repository --model resnet18_demo --slo loadtest/capacity.toml --budget 600",
      "the elided arguments"),
     (r"--budget \d+", "--budget 1", "the current configuration only (always measured, two steps)"),
     (r"--duration 10\b", "--duration 3", "short steps"),
