@@ -125,9 +125,17 @@ class BuildResult:
             lines.append(f"  candidate {rec.candidate.name}: {status}{figure}")
         par = self.report
         lines.append(f"  parity: max|diff| {par.max_abs_diff:.3g} (allowed {par.allowed_abs_diff:.3g}), "
-                     f"top-1 agreement {par.top1_agreement:.2%} on {par.samples} inputs")
+                     f"top-1 agreement {par.top1_agreement:.2%} on {par.samples} inputs" + _gate_note(self.precision))
         lines.append(f"  serve it: sft-engine serve --repository {pub.repository}")
         return lines
+
+
+def _gate_note(precision: str | None) -> str:
+    """Why a quantized engine's max|diff| is no alarm: a precision gated on labelled images is judged on labels, not on that figure."""
+    if precision in PRECISIONS and PRECISIONS[precision].needs_labelled_images:
+        return (f" ({precision.upper()} is gated on top-1 agreement and accuracy on held-out labelled images, "
+                "not on max|diff|: quantized logits differ by design)")
+    return ""
 
 
 @dataclass(frozen=True)

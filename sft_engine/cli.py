@@ -51,11 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _drop_cuda_notice(record: logging.LogRecord) -> bool:
+    """torch logs "No CUDA runtime is found, using CUDA_HOME=..." whenever a CPU machine has a
+    CUDA toolkit folder; sft-engine picks CPU or GPU targets itself, so the notice only alarms."""
+    return "No CUDA runtime is found" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    cuda_logger = logging.getLogger("torch.utils.cpp_extension")
+    if _drop_cuda_notice not in cuda_logger.filters:
+        cuda_logger.addFilter(_drop_cuda_notice)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -231,6 +231,6 @@ def docker_commands(repository: Path, tag: str, gpus: bool = True, dockerfile: s
     ``IMAGE_MODEL_REQUIREMENTS``.
     """
     dockerfile = dockerfile if dockerfile is not None else image_models_dockerfile(tag)
-    image = f"{Path(repository).resolve().name.replace('_', '-').lower()}-triton:{tag}"
+    image = f"sft-engine-triton:{tag}"  # the image `deploy` builds under its default --name: one name for one image
     build = f"docker build -t {image} - <<'EOF'\n{dockerfile}EOF"
     return build + "\n" + docker_command(Path(repository), tag=tag, gpus=gpus, image=image)

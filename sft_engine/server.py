@@ -320,6 +320,10 @@ class TritonServer:
     def last_error(self) -> str:
         """The most telling line of the log, for one-line error messages."""
         lines = [ln.strip() for ln in self.logs().splitlines() if ln.strip()]
+        # "failed to load all models" names no model: the line that names the one that failed, and why, says more
+        named = [ln for ln in lines if "failed to load '" in ln or "Poll failed for model directory '" in ln]
+        if named:
+            return named[-1][named[-1].find("] ") + 2 if "] " in named[-1] else 0:][:300]
         for line in reversed(lines):
             if line.startswith("E") or "error" in line.lower() or "failed" in line.lower():
                 return line[:300]

@@ -9,6 +9,7 @@ until the server dies; ``docker_commands_for`` prints the equivalent ``docker ru
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Callable
 from sft_engine.server import ServerConfig, TritonServer
 from sft_engine.watchdog import ModelWatchdog, WatchdogConfig
 
-__all__ = ["serve_until_stopped", "model_names", "docker_commands_for"]
+__all__ = ["serve_until_stopped", "model_names", "docker_commands_for", "models_to_load"]
 
 Report = Callable[[str], None]
 
@@ -25,6 +26,30 @@ Report = Callable[[str], None]
 def model_names(repository: Path) -> list[str]:
     """The models of a repository (folders with a config.pbtxt)."""
     return sorted(p.name for p in Path(repository).iterdir() if (p / "config.pbtxt").is_file())
+
+
+def models_to_load(repository: Path, names: list[str]) -> list[str]:
+    """``--load-model`` names, checked against the repository, each with its image models.
+
+    Checked before the server starts, so that a typo is one line naming the model and
+    those that exist, not tritonserver's "failed to load all models". A model's
+    ``<name>_preprocess`` and ``<name>_image`` (the ensemble from image bytes) come with
+    it: a served engine without them would answer tensors but not files.
+    """
+    from sft_engine.errors import ConfigError
+
+    repository = Path(repository)
+    available = model_names(repository) if repository.is_dir() else []
+    wanted: list[str] = []
+    for name in names:
+        if name not in available:
+            there = ", ".join(available) or "none"
+            raise ConfigError(f"--load-model {name}: no model {name!r} in {repository} (models there: {there})",
+                              hint=f"pass one of them, or build it first: sft-engine build ... --name {name}")
+        for model in (name, f"{name}_preprocess", f"{name}_image"):
+            if model in available and model not in wanted:
+                wanted.append(model)
+    return wanted
 
 
 def docker_commands_for(repository: Path, tag: str) -> str:
@@ -80,6 +105,9 @@ def serve_until_stopped(cfg: ServerConfig, report: Report, warn: Report, watchdo
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     _finish_interrupted_publish(cfg.repository, report, warn)
     _exclude_damaged_versions(cfg.repository, warn)
+    explicit = cfg.model_control_mode == "explicit"
+    if explicit and "*" not in cfg.load_models:
+        cfg.load_models = models_to_load(cfg.repository, list(cfg.load_models))
     server = TritonServer(cfg)
     report(f"starting tritonserver on {cfg.host} for {cfg.repository} ...")
     with server:
@@ -88,9 +116,12 @@ def serve_until_stopped(cfg: ServerConfig, report: Report, warn: Report, watchdo
         failing = [h for h in dog.check_all() if not h.ok]
         for health in failing:
             warn(f"warning: model {health.model} does not answer: {health.message}")
-        report(f"{'ready' if not failing else 'started (not every model answers)'}\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  {server.metrics_url}\n  pid      {server.pid}")
-        for name in model_names(cfg.repository):
+        report(f"{'ready' if not failing else 'started (not every model answers)'}\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}\n"
+               f"  metrics  {server.metrics_url}\n  pid      {os.getpid()} (this process; its tritonserver: {server.pid})")
+        for name in names:  # only what is loaded: in explicit mode, the --load-model names and their image models
             report(f"  model    http://{server.http_url}/v2/models/{name}/config")
+        if explicit and not served:
+            report("  no model loaded (explicit mode): load one with POST /v2/repository/models/NAME/load")
         report("press Ctrl-C to stop")
         if watchdog is not None:
             dog.start()

@@ -131,11 +131,11 @@ def translate(exc: BaseException, *, url: str, protocol: str, model: str | None 
         if failure.wrong_protocol and status is None:
             return ServerUnavailable(
                 f"the {where} does not speak HTTP ({text.split(':')[0]})",
-                hint=f"is that the gRPC port? use protocol='grpc', or the HTTP port (Triton's default is {_other_port('http')})",
+                hint=f"is that the gRPC port? use gRPC (--protocol grpc; protocol='grpc' in Python), or the HTTP port (Triton's default is {_other_port('http')})",
             )
         hint = f"start the server (sft-engine serve), or check the URL and protocol (Triton's default port is {_other_port(protocol)})"
         if failure.wrong_protocol and protocol == "grpc":
-            hint = f"is that the HTTP port? use protocol='http', or the gRPC port (Triton's default is {_other_port('grpc')})"
+            hint = f"is that the HTTP port? use HTTP (--protocol http; protocol='http' in Python), or the gRPC port (Triton's default is {_other_port('grpc')})"
         elif kind is FailureKind.OVERLOADED:
             hint = "the server sheds load (queue full or rate limited): retry later, or lower the load"
         return ServerUnavailable(f"cannot reach the {where}: {text}", hint=hint, status=status)
@@ -144,7 +144,7 @@ def translate(exc: BaseException, *, url: str, protocol: str, model: str | None 
     if kind is FailureKind.INVALID:
         if status is None:  # tritonclient's own argument checks (raise_error without status)
             return BadInput(f"the request was not sent: {text}", hint="check the arguments", status=status)
-        return BadInput(f"the server rejected the input: {text}", hint="match the model's input (see client.model_config)", status=status)
+        return BadInput(f"the server rejected the input: {text}", hint="match the model's input: its config is at GET /v2/models/NAME/config (client.model_config in Python)", status=status)
     return ServerSideError(f"{what} failed on the {where}: {text}", hint="read the server log; the message above is Triton's",
                            server_message=failure.message, status=status)
 

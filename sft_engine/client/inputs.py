@@ -41,7 +41,7 @@ def to_numpy(value: Any) -> Any:
 def check_top_k(k: Any) -> int:
     """``classify``'s ``top_k``: an integer >= 1 (not a bool, which is an int to Python)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise BadInput(f"top_k must be an integer >= 1, given {k!r}", hint="e.g. top_k=5", expected=">= 1", given=k)
+        raise BadInput(f"top_k must be an integer >= 1, given {k!r}", hint="e.g. --top-k 5 (top_k=5 in Python)", expected=">= 1", given=k)
     return int(k)
 
 

@@ -41,7 +41,7 @@ class ClientSettings:
                ssl: bool | GrpcTls = False, root_certificates: str | Path | None = None, private_key: str | Path | None = None,
                certificate_chain: str | Path | None = None, admin_key: str | None = None) -> "ClientSettings":
         if protocol not in PROTOCOLS:
-            raise ConfigError(f"unknown protocol {protocol!r}", hint="use protocol='grpc' or 'http'")
+            raise ConfigError(f"unknown protocol {protocol!r}", hint="use grpc or http (--protocol grpc|http; protocol='grpc' in Python)")
         if not isinstance(model, str) or not model:
             raise ConfigError(f"model name {model!r} is not valid", hint="pass model='NAME' as published by sft-engine build")
         if version is None or version == "":

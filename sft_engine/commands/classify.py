@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     p.add_argument("--model", required=True)
     p.add_argument("--model-version", default=None, help="a version number (default: the latest served)")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=int, default=5, help="labels per image, best first (default: 5, as the Python client's top_k)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: 30)")
     p.add_argument("--retries", type=int, default=2, help="retries when the server is unreachable (default: 2)")
     p.add_argument("--shared-memory", action="store_true", help="send tensors through system shared memory (server on this host)")

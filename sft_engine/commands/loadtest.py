@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ __all__ = ["register", "run", "config_from_args"]
 
 _EPILOG = """\
 examples:
-  sft-engine loadtest --url 127.0.0.1:8001 --model resnet18 --concurrency 1,2,4,8 --duration 10
-  sft-engine loadtest --url 127.0.0.1:8001 --model resnet18 --rate 200 --arrival poisson --slo loadtest/default.toml
-  sft-engine loadtest --slo loadtest/capacity.toml --url 127.0.0.1:8001 --model resnet18 --find-capacity --report out/
+  sft-engine loadtest --url 127.0.0.1:8001 --model resnet18_demo --concurrency 1,2,4,8 --duration 10
+  sft-engine loadtest --url 127.0.0.1:8001 --model resnet18_demo --rate 200 --arrival poisson --slo loadtest/default.toml
+  sft-engine loadtest --slo loadtest/capacity.toml --url 127.0.0.1:8001 --model resnet18_demo --find-capacity --report out/
+  sft-engine loadtest --slo loadtest/capacity.toml --url 127.0.0.1:8001 --model resnet18_demo --find-capacity --max-rate 800
 exit codes: 0 pass, 1 SLO failed, 2 invalid run (generator saturated, too few samples, server gone) or bad input
 """
 
@@ -75,6 +77,9 @@ def register(subparsers: Any) -> None:
     gate.add_argument("--find-capacity", action="store_true", help="bisect the open-loop rate for the highest one meeting the SLO")
     gate.add_argument("--soak", default=None, metavar="DURATION",
                       help="one steady --rate for DURATION (e.g. 30m): fails on growth of the server's and stubs' RSS, fds, threads or of p99")
+    gate.add_argument("--max-rate", type=float, default=None, metavar="R",
+                      help="with --find-capacity: the upper end of the search, req/s (default: [capacity] max_rate, else a "
+                           "closed-loop probe's rate); below what the load generator can send")
 
     out = p.add_argument_group("output")
     out.add_argument("--report", type=Path, default=None, metavar="PATH",
@@ -92,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from sft_engine.loadtest.scenario import load_scenario
     from dataclasses import replace
 
-    from sft_engine.loadtest.spec import SoakSpec, parse_duration, parse_number_list
+    from sft_engine.loadtest.spec import CapacitySpec, SoakSpec, parse_duration, parse_number_list
 
     scenario = load_scenario(args.slo) if args.slo else None
     soak = None
@@ -108,8 +113,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
     }
     if load["concurrency"] is not None and load["rates"] is not None:
         raise ConfigError("--concurrency and --rate are both given", hint="closed loop takes --concurrency, open loop --rate: pick one")
+    capacity = None
+    if args.max_rate is not None:
+        if not args.find_capacity:
+            raise ConfigError("--max-rate needs --find-capacity", hint="add --find-capacity, or load at a fixed rate with --rate R")
+        capacity = replace((scenario.capacity if scenario else None) or CapacitySpec(), max_rate=args.max_rate)
+        capacity.validate()
     return LoadTestConfig.from_scenario(
         scenario,
+        capacity=capacity,
         endpoints=resolve_endpoints(args.url, args.protocol, args.metrics_url, args.allow_remote),
         model=args.model,
         load=load,

@@ -19,9 +19,9 @@ __all__ = ["register"]
 
 _ROLLOUT_EPILOG = """\
 the server must run in explicit model-control mode:
-  sft-engine serve --repository model_repository --model-control-mode explicit --load-model resnet18
+  sft-engine serve --repository model_repository --model-control-mode explicit --load-model resnet18_demo
 then:
-  sft-engine rollout --repository model_repository --model resnet18 --version 2
+  sft-engine rollout --repository model_repository --model resnet18_demo --version 2
 exit codes: 0 switched (or already serving), 1 check or load failed and rolled back,
 2 bad input (no such version, server not in explicit mode), 3 rollback failed (inspect the server)
 """
@@ -146,11 +146,11 @@ the SLO file is the load-test scenario format ([load], [slo], [validity], [capac
   [slo]
   p99_ms = 50
 examples:
-  sft-engine tune --repository model_repository --model resnet18 --slo slo.toml --budget 600
+  sft-engine tune --repository model_repository --model resnet18_demo --slo loadtest/capacity.toml --budget 600
   sft-engine tune ... --max-batch-sizes 4,8,16 --queue-delays-us 0,500 --instance-counts 1,2 --dry-run
   sft-engine tune ... --url 127.0.0.1:8000   (a running server in explicit mode, restored afterwards)
 exit codes: 0 a configuration meets the SLO (written as a new version, or printed with --dry-run),
-1 none meets it (the best is reported), 2 bad input
+1 none meets it or none could be measured validly (INVALID, with its reason), 2 bad input
 """
 
 
@@ -211,7 +211,11 @@ def run_tune(args: argparse.Namespace) -> int:
     print(candidate_table(result), file=log)
     best = result.best
     if best is None or not result.met:
-        what = f"best: #{best.index} {best.knobs.label()}, p{result.percentile:g} {best.latency_ms} ms at {best.at_rate_rps} req/s" if best else "no candidate could be measured"
+        if best is not None:
+            what = f"best: #{best.index} {best.knobs.label()}, p{result.percentile:g} {best.latency_ms} ms at {best.at_rate_rps} req/s"
+        else:
+            verdicts = ", ".join(f"#{c.index} {c.verdict}" + (f" ({c.note})" if c.note else "") for c in result.candidates)
+            what = f"no candidate has a valid measurement ({verdicts}): nothing is written"
         print(f"no candidate meets the SLO {result.slo}; {what}", file=sys.stderr)
         if args.json:
             print(json.dumps(result.to_dict(), indent=2))
@@ -324,5 +328,6 @@ def run_deploy(args: argparse.Namespace) -> int:
         print("plain Kubernetes: kubectl apply -k " + str(options.output) + " (HPA needs prometheus-adapter with prometheus-adapter-rules.yaml)")
         print("KServe:           kubectl apply -f " + str(options.output / "inferenceservice.yaml"))
     else:
-        print("start: docker compose -f " + str(options.output / "docker-compose.yml") + " up -d")
+        build = " --build" if any(p.name == "Dockerfile" for p in files) else ""  # as the file's header says
+        print("start: docker compose -f " + str(options.output / "docker-compose.yml") + " up -d" + build)
     return 0

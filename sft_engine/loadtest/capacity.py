@@ -3,15 +3,21 @@
 Capacity is searched with open-loop steps only: a closed loop cannot overload a
 server (it slows down with it), so it cannot find where the SLO breaks. The search:
 
-1. upper end: ``max_rate``, or 1.25 x the throughput of a short closed-loop probe at
-   ``probe_concurrency`` - it must fail; if it passes, double it (twice at most);
+1. upper end: ``max_rate`` (``--max-rate``), or the throughput of a short closed-loop
+   probe at ``probe_concurrency`` - the rate the server and the generator together
+   showed they can carry; it should fail; if it passes, double it (twice at most);
 2. lower end: ``min_rate`` if given (it must pass), else 0;
 3. bisect until the bracket is narrower than ``tolerance`` x its upper end or
    ``max_steps`` steps have run.
 
 A step passes when it meets every SLO target, is stable, and delivers at least
-``sustain_ratio`` of the offered rate. An INVALID step ends the search: beyond it
-the numbers would describe the generator, not the server.
+``sustain_ratio`` of the offered rate. An INVALID step is no measurement of the server.
+When it is the generator that could not keep up (send lag) at a rate the probe chose,
+that rate is out of the generator's reach: the upper end is capped by what the
+generator did send and the search goes on below it (a few times at most). A capacity
+found under such a cap is a lower bound (``limited_by = "generator"``). Any other
+INVALID step - and a saturated generator at a ``max_rate`` the user chose - ends the
+search: beyond it the numbers would describe the generator, not the server.
 
 The knee is computed over every valid search step (rate, log of the gated latency):
 the point farthest below the chord from the lowest to the highest rate, after
@@ -32,6 +38,11 @@ from sft_engine.loadtest.results import FAIL, INVALID, PASS, CapacityResult, Ste
 __all__ = ["knee_point", "CapacitySearch"]
 
 LOGGER = logging.getLogger(__name__)
+
+#: how often the probe's upper end may be lowered to what the generator could send
+_MAX_GENERATOR_CAPS = 3
+#: the lowered upper end: this fraction of the rate the saturated generator did send
+_GENERATOR_MARGIN = 0.8
 
 
 def knee_point(points: Sequence[tuple[float, float]]) -> float | None:
@@ -101,20 +112,32 @@ class CapacitySearch:
                 return self.steps, self._result(None, 0.0, probe_tp, "server unreachable")
             if probe_tp <= 0:
                 return self.steps, self._result(None, 0.0, probe_tp, "invalid step")
-            hi = probe_tp * 1.25
+            hi = probe_tp
+        capped = spec.max_rate is None  # a probe's rate may be lowered to the generator's reach
         best: float | None = None
         lo = 0.0
         verdict = self._attempt(hi)
+        generator_cap: float | None = None
+        caps = 0
+        while verdict == INVALID and capped and self.stopped == "generator" and caps < _MAX_GENERATOR_CAPS and self._budget_left():
+            generator_cap = hi
+            hi = self._below_generator(hi)
+            caps += 1
+            self.stopped = None
+            verdict = self._attempt(hi)
         doublings = 0
-        while verdict == PASS and doublings < 2 and self._budget_left():
+        while verdict == PASS and generator_cap is None and doublings < 2 and self._budget_left():
             best = lo = hi
             hi *= 2.0
             doublings += 1
             verdict = self._attempt(hi)
         if verdict == INVALID:
+            if best is not None and self.stopped == "generator":  # the server carried ``best``; the generator went no further
+                return self.steps, self._result(best, lo, probe_tp, "generator", hi=hi)
             return self.steps, self._result(best, lo, probe_tp, self.stopped, hi=hi)
         if verdict == PASS:
-            return self.steps, self._result(hi, hi, probe_tp, "max_rate", hi=None)
+            limit = "generator" if generator_cap is not None else "max_rate"
+            return self.steps, self._result(hi, hi, probe_tp, limit, hi=generator_cap)
         if spec.min_rate is not None and best is None and self._budget_left():
             verdict = self._attempt(spec.min_rate)
             if verdict == INVALID:
@@ -122,17 +145,29 @@ class CapacitySearch:
             if verdict == FAIL:
                 return self.steps, self._result(None, 0.0, probe_tp, None, hi=spec.min_rate, converged=True)
             best = lo = spec.min_rate
+        hi_out_of_reach = False  # is the upper end a rate the generator could not send (not one the server failed)?
         while self._budget_left() and (hi - lo) > spec.tolerance * hi:
             mid = (lo + hi) / 2.0
             verdict = self._attempt(mid)
             if verdict == INVALID:
-                return self.steps, self._result(best, lo, probe_tp, self.stopped, hi=hi)
+                if self.stopped != "generator" or best is None:
+                    return self.steps, self._result(best, lo, probe_tp, self.stopped, hi=hi)
+                self.stopped = None  # out of the generator's reach: an upper end all the same
             if verdict == PASS:
                 best = lo = mid
             else:
-                hi = mid
+                hi, hi_out_of_reach = mid, verdict == INVALID
         converged = (hi - lo) <= spec.tolerance * hi
-        return self.steps, self._result(best, lo, probe_tp, None, hi=hi, converged=converged)
+        limited = "generator" if hi_out_of_reach and best is not None else None
+        return self.steps, self._result(best, lo, probe_tp, limited, hi=hi, converged=converged)
+
+    def _below_generator(self, rate: float) -> float:
+        """The next upper end after the generator could not send ``rate``: below what it did send."""
+        sent = self.steps[-1].sent_rps
+        reach = sent if 0 < sent < rate else rate
+        lowered = _GENERATOR_MARGIN * reach
+        LOGGER.info("capacity search: the generator sent %.1f of %.1f req/s; searching below %.1f req/s", sent, rate, lowered)
+        return lowered
 
     def _result(
         self, capacity: float | None, lo: float, probe_tp: float | None, limited_by: str | None,

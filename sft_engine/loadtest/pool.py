@@ -81,9 +81,13 @@ class WorkerPool:
             finally:
                 child.close()
             conn = Connection(parent.detach())
-            conn.send(init)
             self._procs.append(proc)
             self._conns.append(conn)
+            try:
+                conn.send(init)
+            except OSError:  # the worker is gone before it read its settings: one line, not a traceback
+                raise LoadTestError(f"load-test worker {len(self._conns) - 1} could not start: {self._exited(len(self._procs) - 1)}",
+                                    hint="the machine may be overloaded; try fewer --workers") from None
         deadline = time.monotonic() + self._startup_timeout_s
         for i, conn in enumerate(self._conns):
             message = self._receive(i, conn, deadline)

@@ -183,22 +183,22 @@ def render_markdown(result: LoadTestResult) -> str:
     for s in result.steps:
         lat = s.latency_ms
         lines.append(
-            f"| {s.index} | {s.label} | {s.verdict} | {_f(s.offered_rps, 1)} | {_f(s.throughput_rps, 1)} | "
+            f"| {s.index + 1} | {s.label} | {s.verdict} | {_f(s.offered_rps, 1)} | {_f(s.throughput_rps, 1)} | "
             f"{s.requests.failed} | {_f(lat.get(50.0))} | {_f(lat.get(90.0))} | {_f(lat.get(99.0))} | {_f(lat.get(99.9))} | "
             f"{_f(lat.max_ms)} | {_f(s.send_lag_ms.get(99.0))} | {'-' if s.stability.stable is None else s.stability.stable} |"
         )
     lines.append("")
     for s in result.steps:
         if s.slo:
-            lines += [f"### Step {s.index} SLO: {s.slo.verdict}", "", "| target | limit | measured | result |", "|---|---:|---:|---|"]
+            lines += [f"### Step {s.index + 1} SLO: {s.slo.verdict}", "", "| target | limit | measured | result |", "|---|---:|---:|---|"]
             for t in s.slo.targets:
                 lines.append(f"| {t.name} | {t.comparison} {t.limit:g} | {_f(t.measured, 4)} | {'pass' if t.passed else '**FAIL**'} |")
             lines.append("")
         if s.validity.reasons or s.validity.warnings:
-            lines += [f"### Step {s.index} validity: {'valid' if s.validity.valid else '**INVALID**'}", ""]
+            lines += [f"### Step {s.index + 1} validity: {'valid' if s.validity.valid else '**INVALID**'}", ""]
             lines += [f"- invalid: {r}" for r in s.validity.reasons] + [f"- warning: {w}" for w in s.validity.warnings] + [""]
         if s.requests.errors:
-            lines += [f"Step {s.index} errors: " + ", ".join(f"{k} {v}" for k, v in sorted(s.requests.errors.items()))]
+            lines += [f"Step {s.index + 1} errors: " + ", ".join(f"{k} {v}" for k, v in sorted(s.requests.errors.items()))]
             lines += [f"- {k}: `{v}`" for k, v in sorted(s.error_examples.items())]
             if s.error_window is not None:
                 w = s.error_window
@@ -228,10 +228,10 @@ def render_markdown(result: LoadTestResult) -> str:
         else:
             recon = f"ok ({rec.client_reached_server} vs {rec.server_received})" if rec.ok else f"**differ by {rec.difference}**"
         if srv:
-            lines.append(f"| {s.index} | {_f(srv.throughput_rps, 1)} | {_f(srv.avg_queue_us, 1)} | {_f(srv.avg_compute_infer_us, 1)} | "
+            lines.append(f"| {s.index + 1} | {_f(srv.throughput_rps, 1)} | {_f(srv.avg_queue_us, 1)} | {_f(srv.avg_compute_infer_us, 1)} | "
                          f"{_f(srv.avg_batch_size)} | {srv.batch_sizes} | {recon} |")
         else:
-            lines.append(f"| {s.index} | - | - | - | - | - | {recon} |")
+            lines.append(f"| {s.index + 1} | - | - | - | - | - | {recon} |")
     lines += ["", "## Load generator self-check", "",
               "| step | workers | worker CPU | host CPU busy | send lag p50 / p99 / max ms | tolerance ms | saturated |",
               "|---:|---:|---|---:|---|---:|---|"]
@@ -240,7 +240,7 @@ def render_markdown(result: LoadTestResult) -> str:
         cpu = ", ".join(f"{c:.0%}" for c in g.worker_cpu)
         host = "-" if g.host_cpu_busy is None else f"{g.host_cpu_busy:.0%} of {g.host_cpus}"
         lag = g.send_lag_ms
-        lines.append(f"| {s.index} | {g.workers} | {cpu} | {host} | {_f(lag.get(50.0))} / {_f(lag.get(99.0))} / {_f(lag.max_ms)} | "
+        lines.append(f"| {s.index + 1} | {g.workers} | {cpu} | {host} | {_f(lag.get(50.0))} / {_f(lag.get(99.0))} / {_f(lag.max_ms)} | "
                      f"{g.send_lag_tolerance_ms:g} | {g.saturated} |")
     lines.append("")
     return "\n".join(lines)

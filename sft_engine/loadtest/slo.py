@@ -120,9 +120,17 @@ def overall_verdict(steps: Sequence[StepResult], capacity: CapacityResult | None
         return INVALID, EXIT_CODES[INVALID], ["no step ran"]
     if capacity is not None:
         invalid = [s for s in steps if s.verdict == INVALID]
+        if capacity.limited_by == "generator" and capacity.capacity_rps is not None:
+            # a rate the server carried within the SLO, measured validly: a lower bound of its capacity
+            return PASS, EXIT_CODES[PASS], [
+                f"capacity at least {capacity.capacity_rps:g} req/s meets the SLO; the load generator could not send faster",
+                _generator_hint(invalid),
+            ]
         if capacity.limited_by in ("generator", "server unreachable", "invalid step"):
             reasons.append(f"capacity search stopped: {capacity.limited_by}")
-            reasons.extend(f"step {s.index}: {r}" for s in invalid for r in s.validity.reasons)
+            reasons.extend(f"step {s.index + 1}: {r}" for s in invalid for r in s.validity.reasons)
+            if capacity.limited_by == "generator":
+                reasons.append(_generator_hint(invalid))
             return INVALID, EXIT_CODES[INVALID], reasons
         if capacity.capacity_rps is None:
             reasons.append("no tested rate met the SLO")
@@ -131,10 +139,10 @@ def overall_verdict(steps: Sequence[StepResult], capacity: CapacityResult | None
     verdict = MEASURED
     for step in steps:
         if step.verdict == INVALID:
-            reasons.extend(f"step {step.index} ({step.label}): {r}" for r in step.validity.reasons)
+            reasons.extend(f"step {step.index + 1} ({step.label}): {r}" for r in step.validity.reasons)
         elif step.verdict == FAIL and step.slo:
             reasons.extend(
-                f"step {step.index} ({step.label}): {t.name} = {_fmt(t.measured)} (limit {t.comparison} {t.limit:g})"
+                f"step {step.index + 1} ({step.label}): {t.name} = {_fmt(t.measured)} (limit {t.comparison} {t.limit:g})"
                 for t in step.slo.targets if not t.passed
             )
     verdicts = {s.verdict for s in steps}
@@ -145,6 +153,14 @@ def overall_verdict(steps: Sequence[StepResult], capacity: CapacityResult | None
     elif PASS in verdicts:
         verdict = PASS
     return verdict, EXIT_CODES[verdict], reasons
+
+
+def _generator_hint(invalid: Sequence[StepResult]) -> str:
+    """What to do when the generator was the limit: search below what it could send."""
+    sent = [s.sent_rps for s in invalid if s.generator.saturated and s.sent_rps > 0]
+    below = f"{0.8 * min(sent):.0f}" if sent else "R"
+    return (f"hint: search below the generator's reach with --max-rate {below} (or [capacity] max_rate in the SLO file), "
+            "add --workers, or free CPU for the generator")
 
 
 def _fmt(value: float | None) -> str:

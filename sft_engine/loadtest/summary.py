@@ -16,7 +16,7 @@ def step_lines(step: StepResult) -> list[str]:
     one indented line per invalidity reason and failed target."""
     lat = step.latency_ms
     parts = [
-        f"step {step.index} {step.label}: {step.verdict}",
+        f"step {step.index + 1} {step.label}: {step.verdict}",  # numbered from 1, as the live line numbers them
         f"{step.throughput_rps:,.1f} req/s (offered {step.offered_rps:,.1f})",
         f"p50 {_ms(lat.get(50.0))} p90 {_ms(lat.get(90.0))} p99 {_ms(lat.get(99.0))} p99.9 {_ms(lat.get(99.9))} max {_ms(lat.max_ms)}",
         f"errors {step.requests.failed}",

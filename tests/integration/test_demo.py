@@ -48,3 +48,11 @@ def test_demo_end_to_end(tmp_path):
     assert re.search(r": (PASS|FAIL( \(.+\))?|INVALID \(.+\))$", verdict[0].strip()), verdict[0]  # a reason unless PASS
     assert (work / "loadtest").is_dir() and any((work / "loadtest").iterdir())
     assert "Traceback" not in result.stderr
+    # a healthy first run: no WARNING line, and the summary says which engine and precision won, by how much
+    assert not [line for line in (out + result.stderr).splitlines() if "WARNING" in line], (out + result.stderr)[-3000:]
+    won = next(line for line in out.splitlines() if line.strip().startswith("won: "))
+    from sft_engine.engines.cpu.isa import cpu_int8_isa
+
+    if cpu_int8_isa() is not None:  # the demo keeps enough labelled images for INT8: it competes, and on such a CPU wins
+        assert "INT8 needs at least" not in out + result.stderr
+        assert " int8" in won, won

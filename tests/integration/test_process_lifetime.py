@@ -77,8 +77,8 @@ def _serve(repository: Path, port: int) -> tuple[subprocess.Popen[str], int]:
     seen = []
     for line in proc.stdout:  # type: ignore[union-attr]
         seen.append(line)
-        if line.strip().startswith("pid"):
-            return proc, int(line.split()[1])
+        if line.strip().startswith("pid"):  # "pid <serve's> (this process; its tritonserver: <tritonserver's>)"
+            return proc, int(line.rsplit(":", 1)[1].strip(" )\n"))
     raise AssertionError(f"serve did not start: {''.join(seen)[-2000:]}")
 
 

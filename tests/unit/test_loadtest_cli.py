@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sft_engine import cli
+from sft_engine.errors import ConfigError
 from sft_engine.commands import loadtest as command
 from sft_engine.server import free_port
 
@@ -86,3 +87,12 @@ def test_unreachable_server_fails_at_once(capsys: pytest.CaptureFixture[str]) ->
     assert f"no Triton server answers at 127.0.0.1:{port}" in capsys.readouterr().err
     assert cli.main(["loadtest", "--model", "m", "--url", f"http://127.0.0.1:{port}", "--duration", "1"]) == 2
     assert "no Triton server answers" in capsys.readouterr().err
+
+
+def test_max_rate_caps_the_capacity_search() -> None:
+    capacity_toml = str(REPO_ROOT / "loadtest" / "capacity.toml")
+    config = command.config_from_args(_args("--slo", capacity_toml, "--model", "m", "--find-capacity", "--max-rate", "800"))
+    assert config.capacity.max_rate == 800.0 and config.capacity.max_steps == 8  # the file's other settings stay
+    with pytest.raises(ConfigError, match="--max-rate needs --find-capacity"):
+        command.config_from_args(_args("--slo", capacity_toml, "--model", "m", "--max-rate", "800"))
+

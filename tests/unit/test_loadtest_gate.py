@@ -209,3 +209,55 @@ def test_capacity_without_any_passing_rate_fails() -> None:
     steps, result = CapacitySearch(config, run_open, run_probe=lambda c: pytest.fail("unused")).run()
     assert result.capacity_rps is None and [s.rate_rps for s in steps] == [100.0, 10.0]
     assert overall_verdict(steps, result)[:2] == (FAIL, 1)
+
+
+def _generator_limited(config: LoadTestConfig, reach: float, capacity: float, calls: list[float]):
+    """A generator that sends at most ``reach`` req/s (beyond it: send lag) before a server of ``capacity``."""
+
+    def run_open(rate: float) -> StepResult:
+        index = len(calls)
+        calls.append(rate)
+        sent = int(min(rate, reach))
+        lat = 2.0 if rate <= capacity else 200.0
+        w = _worker(0, [_flat(sent, lat)] * 3, lag_ms=500.0 if rate > reach else 0.1)
+        for wd in w.windows:
+            wd.scheduled = int(rate)
+            if rate > capacity:
+                wd.succeeded_done = int(capacity)
+        return _step(config, [w], plan=_plan(index, rate), sustain=0.95)
+
+    return run_open
+
+
+def test_capacity_search_starts_at_the_probe_rate_and_stays_within_the_generators_reach() -> None:
+    """Two cores: the closed-loop probe carries 1000 req/s, the open-loop generator sends 600 at most."""
+    config = _config(SloSpec(latency_ms={50.0: 50.0}, max_error_rate=0.0), min_tail_samples=2)
+    config.capacity = CapacitySpec(tolerance=0.05, max_steps=10)
+    calls: list[float] = []
+    probe = _step(config, [_worker(0, [_flat(1000)] * 3)])
+    steps, result = CapacitySearch(config, _generator_limited(config, reach=600.0, capacity=400.0, calls=calls),
+                                   run_probe=lambda c: probe).run()
+    assert calls[0] == pytest.approx(probe.throughput_rps)  # the probe's rate, not beyond it
+    assert calls[1] == pytest.approx(0.8 * 600.0, rel=0.01)  # capped by what the generator did send
+    assert all(r <= 600.0 for r in calls[1:])
+    assert result.capacity_rps is not None and 0.95 * 400.0 <= result.capacity_rps <= 400.0
+    assert result.limited_by is None  # the server's limit was found, below the generator's
+    assert overall_verdict(steps, result)[:2] == (PASS, 0)
+
+
+def test_a_capacity_beyond_the_generators_reach_is_a_lower_bound_and_the_hint_names_max_rate() -> None:
+    config = _config(SloSpec(latency_ms={50.0: 50.0}, max_error_rate=0.0), min_tail_samples=2)
+    config.capacity = CapacitySpec(tolerance=0.05, max_steps=10)
+    calls: list[float] = []
+    probe = _step(config, [_worker(0, [_flat(1000)] * 3)])
+    steps, result = CapacitySearch(config, _generator_limited(config, reach=600.0, capacity=5000.0, calls=calls),
+                                   run_probe=lambda c: probe).run()
+    assert result.limited_by == "generator" and result.capacity_rps is not None and result.capacity_rps <= 600.0
+    verdict, code, reasons = overall_verdict(steps, result)
+    assert (verdict, code) == (PASS, 0) and "at least" in reasons[0]
+    # a max_rate the user chose beyond the generator's reach: INVALID, and the hint says how to search below it
+    config.capacity = CapacitySpec(max_rate=3000.0)
+    steps, result = CapacitySearch(config, _generator_limited(config, reach=600.0, capacity=5000.0, calls=[]),
+                                   run_probe=lambda c: pytest.fail("no probe with max_rate")).run()
+    verdict, code, reasons = overall_verdict(steps, result)
+    assert (verdict, code) == (INVALID, 2) and any("--max-rate 480" in r for r in reasons), reasons

@@ -165,3 +165,15 @@ def test_the_closing_live_line_of_a_failing_step_names_its_most_frequent_error()
     assert _top_error_text(step) == f"server_error x20: {message}"
     p = Progress(0, step.label, "done", 3.0, 3.0, 150, 130, 20, 0, 43.0, 2.0, 2.0, 0.1, top_error=_top_error_text(step))
     assert "top error: server_error x20: [500] Stub process" in TerminalProgress.format(p)
+
+
+def test_step_numbers_match_the_live_line() -> None:
+    """The live line says [step 1/3]; the summary, the reasons and the Markdown count from 1 as well."""
+    from sft_engine.loadtest.summary import step_lines
+
+    result = _result((5.0, 100.0, 200.0), with_capacity=False)
+    assert [step_lines(s)[0].split(":")[0] for s in result.steps] == ["step 1 open 5/s constant", "step 2 open 100/s constant",
+                                                                       "step 3 open 200/s constant"]
+    assert result.reasons[0].startswith("step 1 (open 5/s constant): too few samples")
+    md = render_markdown(result)
+    assert "| 1 | open 5/s constant |" in md and "| 0 | open" not in md

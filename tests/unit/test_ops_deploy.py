@@ -214,8 +214,8 @@ def test_image_models_are_deployed_with_pillow_on_cpu_instances_beside_a_gpu_eng
     dockerfile = next(p for p in files if p.name == "Dockerfile").read_text()
     assert "pillow==" in dockerfile and "FROM nvcr.io/nvidia/tritonserver:" in dockerfile
     printed = docker_commands(root, "24.10")
-    assert printed.startswith("docker build -t model-repository-triton:24.10 - <<'EOF'") and "pillow==" in printed
-    assert printed.splitlines()[-1].startswith("docker run") and "model-repository-triton:24.10 tritonserver" in printed
+    assert printed.startswith("docker build -t sft-engine-triton:24.10 - <<'EOF'") and "pillow==" in printed
+    assert printed.splitlines()[-1].startswith("docker run") and "sft-engine-triton:24.10 tritonserver" in printed
 
 
 def test_deploy_a_repository_a_real_build_produced(tiny_weights, tmp_path):

@@ -133,3 +133,29 @@ def test_a_quantized_version_is_checked_on_its_recorded_gate_images_only(mode):
     gate = _int8_gate(data, BuildManifest(engine_details={mode: split.describe()}))
     assert len(gate.inputs) == 200 and gate.files == split.gate.files
     assert _int8_gate(data, BuildManifest(engine_details={"precision": "fp32"})) is data
+
+
+def test_no_warning_about_gate_images_when_nothing_changed(tmp_path, caplog):
+    """A previous INT8 version beside a new version built without its images: its gate is split from its own images."""
+    import logging
+
+    from sft_engine.engines.calibration import split_for_int8
+    from sft_engine.ops.rollout.check import _int8_gate
+    from sft_engine.repository.manifest import BuildManifest
+    from sft_engine.verify import ParityData
+
+    labelled = ParityData(np.arange(240, dtype=np.float32).reshape(240, 1), np.arange(240) % 4, tuple(f"c{i % 4}/{i}.png" for i in range(240)))
+    split = split_for_int8(labelled, 40, seed=5)
+    previous = BuildManifest(engine_details={"int8": split.describe()})
+    new_inputs = ParityData(np.zeros((6, 1), dtype=np.float32))  # the new version's build had no calibration images
+    with caplog.at_level(logging.INFO, logger="sft_engine.ops.rollout.check"):
+        gate = _int8_gate(new_inputs, BuildManifest(engine_details={"precision": "fp32"}), previous, own_images=lambda m: labelled)
+    assert gate.files == split.gate.files
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    with caplog.at_level(logging.INFO, logger="sft_engine.ops.rollout.check"):
+        assert _int8_gate(new_inputs, previous, own_images=lambda m: None) is new_inputs  # its images are gone: no false alarm
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    changed = ParityData(labelled.inputs, labelled.labels, tuple(f"c{i % 4}/x{i}.png" for i in range(240)))
+    with caplog.at_level(logging.INFO, logger="sft_engine.ops.rollout.check"):
+        _int8_gate(changed, previous, own_images=lambda m: changed)
+    assert any("calibration images changed" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)

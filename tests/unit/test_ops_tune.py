@@ -238,3 +238,27 @@ def test_tune_refuses_bad_flags_with_exit_2(monkeypatch, tmp_path: Path, capsys,
 def test_a_remote_metrics_url_is_taken_with_allow_remote(monkeypatch, tmp_path: Path):
     config = _tune_config_from(monkeypatch, tmp_path, "--url", "10.1.2.3:8000", "--metrics-url", "http://10.1.2.3:8002/metrics", "--allow-remote")
     assert config.url == "10.1.2.3:8000" and config.metrics_url == "http://10.1.2.3:8002/metrics" and config.allow_remote
+
+
+def test_an_invalid_candidate_never_wins_and_says_why(monkeypatch, capsys):
+    """The lower end of a search an INVALID step cut short is no capacity: it cannot meet the SLO or win."""
+    from sft_engine.cli import main
+    from sft_engine.ops.tune.search import best_of
+
+    invalid = Candidate(3, ServingKnobs(32, 0, 1), capacity_rps=1500.0, latency_ms=7.52, verdict="INVALID",
+                        note="capacity search stopped: generator; step 1: load generator saturated")
+    failing = _measured(ServingKnobs(8, 0, 1), 0, None, 180.0)
+    assert not invalid.meets_slo and failing.score() > invalid.score()
+    assert best_of([invalid, failing]) is failing
+    assert best_of([invalid]) is None
+    result = TuneResult(model="tiny", version=1, percentile=99.0, slo={"p99_ms": 50.0}, baseline=invalid, best=None, candidates=[invalid])
+    assert not result.met and result.exit_code == 1
+    table = candidate_table(result)
+    assert "*" not in table and "INVALID (capacity search stopped: generator" in table  # the verdict prints its reason
+
+    monkeypatch.setattr("sft_engine.ops.tune.runner.tune", lambda config, progress: result)
+    code = main(["tune", "--repository", "r", "--model", "tiny", "--slo", "slo.toml", "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "within the SLO" not in captured.out + captured.err and "config.pbtxt" not in captured.out
+    assert "no candidate has a valid measurement (#3 INVALID (capacity search stopped: generator" in captured.err

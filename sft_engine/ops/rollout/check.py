@@ -159,7 +159,15 @@ def gate_inputs(cfg: mc.ModelConfig, manifest: BuildManifest | None, spec: Check
     dims = tuple(int(d) for d in cfg.input[0].dims)
     if prep is not None and prep.shape == dims:
         data = parity_inputs(prep, samples, Path(calibration) if calibration else None, seed=seed, labels=_build_labels(manifest))
-        data = _int8_gate(data, manifest, previous_manifest)
+
+        def own_images(quantized: BuildManifest) -> Any:
+            """The labelled images a quantized version's own build read (None: it recorded none, or they are gone)."""
+            where = quantized.setting("calibration_dir")
+            if not where or not Path(where).is_dir():
+                return None
+            return parity_inputs(prep, samples, Path(where), seed=seed, labels=_build_labels(quantized))
+
+        data = _int8_gate(data, manifest, previous_manifest, own_images=own_images)
     else:  # not an sft-engine image model: random inputs of the configured shape
         if any(d < 1 for d in dims):
             raise ConfigError(f"input {cfg.input[0].name!r} has variable dims {list(dims)}", hint="the rollout check needs fixed input dims")
@@ -167,20 +175,32 @@ def gate_inputs(cfg: mc.ModelConfig, manifest: BuildManifest | None, spec: Check
     return data, tolerance
 
 
-def _int8_gate(data: Any, *manifests: BuildManifest | None) -> Any:
-    """For an INT8 / FP8 version (new or previous), only the images its build gated it on, never its calibration images."""
+def _int8_gate(data: Any, *manifests: BuildManifest | None, own_images: Any = None) -> Any:
+    """For an INT8 / FP8 version (new or previous), only the images its build gated it on, never its calibration images.
+
+    The gate is split again from the images that version's own build read
+    (``own_images(manifest)``) when the check's images are another build's - a previous
+    INT8 version beside a new FP32 one built without calibration images is not a change.
+    Only when that version's own images differ from what it recorded is there a warning.
+    """
     from sft_engine.engines.calibration import recorded_gate
     from sft_engine.engines.precision import record_keys
 
     for manifest in manifests:
         details = manifest.engine_details if manifest is not None else {}
         for record in (details.get(key) for key in record_keys()):
-            if not isinstance(record, dict):
+            if not isinstance(record, dict) or manifest is None:
                 continue
             gate = recorded_gate(data, record)
+            own = own_images(manifest) if gate is None and own_images is not None else None
+            if gate is None and own is not None:
+                gate = recorded_gate(own, record)
             if gate is not None:
                 return gate
-            LOGGER.warning("the quantized build's gate images cannot be found again (the calibration images changed); the check uses them all")
+            if own_images is None or own is not None:
+                LOGGER.warning("the quantized build's gate images cannot be found again (the calibration images changed); the check uses them all")
+            else:
+                LOGGER.info("the quantized build's calibration images are not at hand; the check uses the new version's inputs")
     return data
 
 

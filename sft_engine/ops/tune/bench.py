@@ -109,12 +109,21 @@ class CandidateBench:
         open_steps = [s for s in result.steps if s.mode == "open"]
         candidate.steps = len(result.steps)
         candidate.verdict = result.verdict
-        if cap is not None and cap.capacity_rps:
+        reason = "; ".join(result.reasons)
+        if result.verdict == "INVALID":
+            # the measurement is not a result: its figures are shown, its reason says why they do not count
+            candidate.note = reason or "the load test was invalid"
+            step = max((s for s in open_steps if s.verdict in ("PASS", "FAIL")), key=lambda s: s.rate_rps or 0.0, default=None)
+        elif cap is not None and cap.capacity_rps:
             candidate.capacity_rps = cap.capacity_rps
             at = [s for s in open_steps if s.rate_rps is not None and abs(s.rate_rps - cap.capacity_rps) < 1e-6 * max(1.0, cap.capacity_rps)]
             step = at[-1] if at else None
             if cap.limited_by == "max_rate":
                 candidate.note = "every tried rate met the SLO: capacity is at least this"
+            elif cap.limited_by == "generator":
+                candidate.note = "the load generator could not send faster: capacity is at least this"
+            else:
+                candidate.note = reason or f"capacity {cap.capacity_rps:g} req/s meets the SLO"
         else:
             step = min(open_steps, key=lambda s: s.rate_rps or math.inf) if open_steps else None
             candidate.note = ("capacity search stopped: " + cap.limited_by) if cap and cap.limited_by else "no tested rate met the SLO"

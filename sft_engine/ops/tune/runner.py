@@ -42,9 +42,10 @@ from sft_engine.ops.modelconfig import ServingKnobs, apply_knobs, disk_config, k
 from sft_engine.ops.snapshot import ServingSnapshot
 from sft_engine.ops.tune.bench import CandidateBench
 from sft_engine.ops.tune.config import TuneConfig, TuneResult
-from sft_engine.ops.tune.search import Candidate, coordinate_descent, default_space
+from sft_engine.ops.tune.search import Candidate, best_of, coordinate_descent, default_space
 from sft_engine.ops.tune.table import candidate_line
 from sft_engine.ops.tune.writer import publish_tuned, render_config
+from sft_engine.repository.writer import PublishedVersion
 from sft_engine.repository.manifest import BuildManifest, find_manifest
 from sft_engine.repository.writer import PublishedVersion, list_versions
 
@@ -132,8 +133,7 @@ def _run(config: TuneConfig, control: ModelControl, endpoint: Any, cfg: mc.Model
     result.candidates, skipped = coordinate_descent(current, space, evaluate, lambda: search.remaining() >= search.estimate())
     result.baseline = result.candidates[0]
     result.skipped = [k.label() for k in skipped]
-    measured = [c for c in result.candidates if c.verdict not in ("not loaded", "not ready", "skipped")]
-    result.best = max(measured, key=Candidate.score) if measured else None
+    result.best = best_of(result.candidates)
     if result.best is not None:
         result.config_text = render_config(apply_knobs(cfg, result.best.knobs), cfg)
     result.seconds = time.monotonic() - search.started

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 from sft_engine.errors import ConfigError
 from sft_engine.ops.modelconfig import ServingKnobs
 
-__all__ = ["TuneSpace", "Candidate", "default_space", "coordinate_descent", "DIMENSIONS"]
+__all__ = ["TuneSpace", "Candidate", "default_space", "coordinate_descent", "best_of", "DIMENSIONS"]
 
 _DELAYS_US = (0, 100, 500, 2000)
 
@@ -62,12 +62,19 @@ class Candidate:
 
     @property
     def meets_slo(self) -> bool:
-        return self.capacity_rps is not None and self.capacity_rps > 0
+        """Only a PASS verdict meets the SLO: the lower end of a search an INVALID step cut
+        short is a figure about the generator, not a capacity."""
+        return self.verdict == "PASS" and self.capacity_rps is not None and self.capacity_rps > 0
+
+    @property
+    def valid(self) -> bool:
+        """Measured, and the measurement can be trusted (not INVALID, not an error)."""
+        return self.verdict in ("PASS", "FAIL")
 
     def score(self) -> tuple[Any, ...]:
         """Larger is better: meets the SLO, more capacity, lower latency, fewer instances, less delay."""
         latency = self.latency_ms if self.latency_ms is not None else math.inf
-        return (self.meets_slo, self.capacity_rps or 0.0, -latency, -self.knobs.total_instances, -self.knobs.queue_delay_us)
+        return (self.meets_slo, self.valid, self.capacity_rps if self.meets_slo else 0.0, -latency, -self.knobs.total_instances, -self.knobs.queue_delay_us)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -136,3 +143,13 @@ def coordinate_descent(
             if cand.score() > best.score():
                 best = cand
     return candidates, skipped
+
+
+def best_of(candidates: list[Candidate]) -> Candidate | None:
+    """The winner among the validly measured candidates; None when none was.
+
+    An INVALID run, an error or a candidate that never loaded is no result, whatever
+    figures it carries, so it can never be the best.
+    """
+    measured = [c for c in candidates if c.valid]
+    return max(measured, key=Candidate.score) if measured else None
