@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from sft_engine.commands.security_flags import add_tls_client_flags, tls_from
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="classify images with a served model (HTTP or gRPC)",
@@ -22,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server-side", action="store_true",
                    help="send the files themselves to <model>_image, which decodes and preprocesses them on the server")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    add_tls_client_flags(p)
     p.set_defaults(func=run)
 
 
@@ -31,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
     with Client(url, protocol=args.protocol, model=args.model, version=args.model_version, timeout=args.timeout,
-                retries=args.retries, shared_memory=args.shared_memory) as client:
+                retries=args.retries, shared_memory=args.shared_memory, ssl=tls_from(args) or False) as client:
         results = client.classify(args.images, top_k=args.top_k, server_side=args.server_side)
     if args.json:
         doc = [{"image": str(path), "predictions": [{"label": p.label, "index": p.index, "score": p.score} for p in preds]}

@@ -10,6 +10,7 @@ the build writes serves with auto-completion of configs turned off.
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 import subprocess
 import threading
@@ -232,6 +233,17 @@ def test_grpc_tls_refuses_plaintext_and_answers_a_client_with_the_ca(tls_server,
     assert asyncio.run(_async_labels(tls_server.grpc_url, ssl=True, root_certificates=certs / "ca.crt")) == LABELS
     with make_control(tls_server.grpc_url, "grpc", tls=GrpcTls(root_certificates=certs / "ca.crt")) as control:
         assert control.server_ready()
+
+
+def test_classify_over_tls_from_the_command_line(tls_server, certs, tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (40, 30), (200, 120, 40)).save(image)
+    assert main(["classify", str(image), "--url", tls_server.grpc_url, "--model", MODEL, "--retries", "0"]) == 2  # plaintext: refused
+    capsys.readouterr()
+    assert main(["classify", str(image), "--url", tls_server.grpc_url, "--model", MODEL, "--tls-ca", str(certs / "ca.crt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["predictions"][0]["label"] in LABELS
 
 
 def test_tls_over_http_is_refused_in_one_line(tls_server, certs):
