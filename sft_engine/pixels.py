@@ -33,6 +33,12 @@ Python rounding, Pillow's antialiased filters, which is what both use on PIL ima
 Decoder: Pillow. simplejpeg decodes JPEG to the same pixels but was not clearly
 faster here, where resizing, not decoding, dominates (benchmarks/bench_decoders.py,
 docs/performance.md).
+
+``fast_decode`` (off unless a build enabled it and its gate passed; never for the
+client-side reference): a JPEG at least twice the resize target in both edges is
+decoded at a reduced DCT scale (``Image.draft``: 1/2, 1/4 or 1/8, never below the
+target), then resized as usual. The pixels differ slightly from the exact decode, so
+the build measures label agreement on its gate images before it may be served.
 """
 
 import io
@@ -57,7 +63,7 @@ class PixelPipeline:
     """Turns decoded images (or their encoded bytes) into normalized CHW float32 arrays."""
 
     def __init__(self, input_size, mean, std, scale=1.0 / 255.0, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
-                 resize_size=None, crop_mode="squash", interpolation="bilinear"):
+                 resize_size=None, crop_mode="squash", interpolation="bilinear", fast_decode=False):
         if crop_mode not in CROP_MODES:
             raise ValueError("unsupported preprocessing crop_mode %r (this pipeline does %s)" % (crop_mode, ", ".join(CROP_MODES)))
         if interpolation not in INTERPOLATIONS:
@@ -74,6 +80,7 @@ class PixelPipeline:
         self.std = np.asarray(std, np.float32)
         self._fill = tuple(int(round(255 * float(v))) for v in mean)
         self.max_image_pixels = int(max_image_pixels)
+        self.fast_decode = bool(fast_decode)
 
     @classmethod
     def from_parameters(cls, params):
@@ -96,6 +103,8 @@ class PixelPipeline:
             resize_size=int(get("resize_size", "0")) or None,  # absent: the plain resize of older builds
             crop_mode=get("crop_mode", "squash"),
             interpolation=get("resize", "bilinear"),
+            # not a preprocess_ entry: the engine's recorded preprocessing stays exact for every client
+            fast_decode=str(params.get("fast_decode", "false")).lower() == "true",
         )
 
     # -- bytes → image -----------------------------------------------------------------
@@ -117,11 +126,23 @@ class PixelPipeline:
         if width * height > self.max_image_pixels:
             raise ImageError("the image is %dx%d = %d pixels, over the limit of %d pixels: send a smaller image"
                              % (width, height, width * height, self.max_image_pixels))
+        if self.fast_decode:
+            self.draft(image)
         try:
             image.load()
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageError("the %s image is truncated or corrupt (%s)" % (image.format, _first_line(exc))) from None
         return image
+
+    def draft(self, image):
+        """Ask a JPEG decoder for a reduced DCT scale where the source is at least twice the target; True if it did."""
+        if image.format != "JPEG":
+            return False
+        width, height = image.size
+        target = self.resized_size(width, height)
+        if width < 2 * target[0] or height < 2 * target[1]:
+            return False
+        return image.draft(image.mode, target) is not None
 
     # -- image → tensor ----------------------------------------------------------------
     def image_to_array(self, image):
