@@ -25,6 +25,7 @@ import torch
 
 from sft_engine.build_config import BuildConfig
 from sft_engine.engines.base import EngineArtifact, EngineCandidate, ExportContext, ExportSettings, Target, serving_config
+from sft_engine.engines.fast_decode import RECORD_KEY as FAST_DECODE_KEY, gate_fast_decode
 from sft_engine.engines.precision import PRECISIONS, gate_for
 from sft_engine.engines.registry import get_target
 from sft_engine.errors import ExportError, ParityError, SftEngineError
@@ -221,6 +222,10 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
         chosen = select(target, plan, ctx, tolerance, cfg.source, cfg.selection_budget_s)
         artifact, details = chosen.artifact, chosen.details
         precision = details.get("precision")
+        if cfg.fast_decode:  # gated like a precision, on the images that judged the engine
+            gate_data = artifact.gate_data or data
+            details[FAST_DECODE_KEY] = gate_fast_decode(artifact.runner, gate_data, cfg.calibration_dir, prep,
+                                                        gate_for("int8", tolerance, cfg.source).min_top1_agreement)
         progress(f"[3/4] engine {artifact.engine}{' ' + precision if precision else ''} passed parity: {chosen.parity.max_abs_diff:.3g} max|diff|")
         config = published_config(artifact.config, settings)
         config_text = to_pbtxt(config)
@@ -243,7 +248,8 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
         progress(f"[4/4] publishing into {cfg.repository}")
         fused = "engine.json" in artifact.files and not served_as_ensemble(cfg.repository, settings.name)
         releases = [ModelRelease(settings.name, config_text, tuple(cfg.label_list), dict(artifact.files), manifest),
-                    *image_releases(config, cfg.label_list, cfg.image_serving, engine_files=artifact.files if fused else None)]
+                    *image_releases(config, cfg.label_list, cfg.image_serving, engine_files=artifact.files if fused else None,
+                                    extra_details={k: details[k] for k in (FAST_DECODE_KEY,) if k in details})]
         published = publish_models(cfg.repository, releases)[0]  # the engine and its two image models, as one unit
     return BuildResult(published, target.name, artifact.engine, chosen.parity, chosen.candidates, time.monotonic() - started, precision)
 
