@@ -79,6 +79,11 @@ class PixelPipeline:
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self._fill = tuple(int(round(255 * float(v))) for v in mean)
+        # every uint8 value of every channel, normalized by the very float32 operations applied per pixel
+        # (scale, subtract mean, divide by std): a lookup is bit-identical and several times faster
+        levels = np.arange(256, dtype=np.float32)
+        levels = levels / self._divisor if self._divisor is not None else levels * self.scale
+        self._lut = (levels[None, :] - self.mean[:, None]) / self.std[:, None]
         self.max_image_pixels = int(max_image_pixels)
         self.fast_decode = bool(fast_decode)
 
@@ -149,11 +154,12 @@ class PixelPipeline:
         """A PIL image → CHW float32, exactly the build's preprocessing."""
         from PIL import Image
 
-        image = self.resize_and_crop(image.convert("RGB"))
-        arr = np.asarray(image, dtype=np.float32)
-        arr = arr / self._divisor if self._divisor is not None else arr * self.scale
-        arr = (arr - self.mean) / self.std
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        image = self.resize_and_crop(image if image.mode == "RGB" else image.convert("RGB"))
+        planes = np.asarray(image).transpose(2, 0, 1)
+        out = np.empty(planes.shape, np.float32)
+        for channel in range(3):
+            np.take(self._lut[channel], planes[channel], out=out[channel])
+        return out
 
     def resized_size(self, width, height):
         """(width, height) after the resize step, before the crop (the arithmetic of timm / torchvision)."""
