@@ -3,7 +3,8 @@
 This file is imported by ``sft_engine.preprocess`` (so the build's parity data, the
 fine-tuning data and every client-side ``classify`` use it) and is copied unchanged,
 byte for byte, as ``model.py`` of the ``<name>_preprocess`` model that Triton runs in
-front of the engine (the ``<name>_image`` ensemble). One implementation on both sides
+front of a native engine (the ``<name>_image`` ensemble), and as ``pixels.py`` beside
+the fused ``<name>_image`` of a CPU engine, which loads it by path. One implementation on both sides
 is the point: decode or resize differences between training and serving cost accuracy
 silently. It therefore imports only numpy and Pillow, never sft-engine, so the same
 repository loads in the stock NGC Triton container.
@@ -12,7 +13,9 @@ Steps, in order: decode (PNG, JPEG or WebP; the size is checked against
 ``max_image_pixels`` from the header, before any pixel is decoded); convert to RGB;
 resize and crop to ``input_size``×``input_size`` by ``crop_mode`` (below); scale to
 [0, 1] (divide by 255, as torchvision's ``to_tensor`` / ``convert_image_dtype`` do);
-subtract ``mean`` and divide by ``std`` per channel; lay out CHW float32. The
+subtract ``mean`` and divide by ``std`` per channel; lay out CHW float32 (the last three
+through a 256-entry table per channel computed by the same float32 operations, so
+bit-identical to applying them per pixel). The
 parameters are the ``preprocess_*`` entries the build records in the engine's
 ``config.pbtxt``; the preprocessing model carries the same entries.
 

@@ -254,3 +254,17 @@ def test_the_build_flag_sets_the_field():
     build_cmd.register(parser.add_subparsers())
     args = parser.parse_args(["build", "--fast-decode"])
     assert args.fast_decode is True and "fast_decode" in build_cmd._FLAG_FIELDS
+
+
+def test_an_enabled_fast_decode_is_recorded_in_both_image_models(tmp_path):
+    repo = tmp_path / "repo"
+    engine = cpu_config("demo", 4, PREP.shape, 8, 1, 0, PREP.to_parameters())
+    files = _engine_files(tmp_path)
+    gate = {"fast_decode": {"enabled": True, "top1_agreement": 1.0, "gate_images": 200}}
+    publish_models(repo, [ModelRelease("demo", to_pbtxt(engine), LABELS, files, lambda *a: None),
+                          *image_releases(engine, list(LABELS), ImageServing(fast_decode=True), engine_files=files, extra_details=gate)])
+    for name in ("demo_image", "demo_preprocess"):
+        assert parameters_of(read_config(repo / name / "config.pbtxt"))["fast_decode"] == "true", name
+        assert json.loads((repo / name / "1" / "build_manifest.json").read_text())["engine_details"]["fast_decode"] == gate["fast_decode"]
+        assert PixelPipeline.from_parameters(parameters_of(read_config(repo / name / "config.pbtxt"))).fast_decode
+    assert "fast_decode" not in parameters_of(read_config(repo / "demo" / "config.pbtxt"))
