@@ -25,13 +25,13 @@ import torch
 
 from sft_engine.build_config import BuildConfig
 from sft_engine.engines.base import EngineArtifact, EngineCandidate, ExportContext, ExportSettings, Target, serving_config
+from sft_engine.engines.cpu import image_model as _image_model
 from sft_engine.engines.fast_decode import RECORD_KEY as FAST_DECODE_KEY, gate_fast_decode
 from sft_engine.engines.precision import PRECISIONS, gate_for
 from sft_engine.engines.registry import get_target
 from sft_engine.errors import ExportError, ParityError, SftEngineError
 from sft_engine.models import build_model, load_weights, sha256_file
 from sft_engine.repository.config import ModelConfigSpec, to_pbtxt
-from sft_engine.engines.cpu import image_model as _image_model
 from sft_engine.repository.image_models import ImageServing, ensemble_spec, fused_spec, preprocess_model_file, preprocess_spec, served_as_ensemble
 from sft_engine.repository.manifest import BuildManifest, write_manifest
 from sft_engine.repository.writer import ModelRelease, PublishedVersion, publish_models
