@@ -44,28 +44,37 @@ from sft_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 def photo_like_jpegs(count: int, width: int = 500, height: int = 375, quality: int = 90, seed: int = 0) -> list[bytes]:
     """JPEGs with the statistics of photographs rather than of noise (which compresses unlike any photo)."""
+    return photo_like(count, width, height, "JPEG", quality, seed)
+
+
+def photo_like(count: int, width: int, height: int, fmt: str = "JPEG", quality: int | None = 90, seed: int = 0) -> list[bytes]:
+    """Photo-like files: smooth gradients, soft-edged shapes, blur and grain (``quality`` None: 85-95 per image)."""
     from PIL import Image, ImageDraw, ImageFilter
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    scale = max(width, height) / 500.0  # the same scene at any resolution: features grow with the frame
     out = []
     for _ in range(count):
         base = np.stack([
-            127 + 100 * np.sin(xx / rng.uniform(20, 90) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(20, 90)),
-            127 + 100 * np.cos((xx + yy) / rng.uniform(30, 120)),
-            127 + 100 * np.sin(yy / rng.uniform(15, 80) + rng.uniform(0, 6)),
+            127 + 100 * np.sin(xx / (scale * rng.uniform(20, 90)) + rng.uniform(0, 6)) * np.cos(yy / (scale * rng.uniform(20, 90))),
+            127 + 100 * np.cos((xx + yy) / (scale * rng.uniform(30, 120))),
+            127 + 100 * np.sin(yy / (scale * rng.uniform(15, 80)) + rng.uniform(0, 6)),
         ], axis=-1)
         image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(image)
         for _ in range(12):
             x0, y0 = int(rng.uniform(0, width)), int(rng.uniform(0, height))
-            box = [x0, y0, x0 + int(rng.uniform(20, 200)), y0 + int(rng.uniform(20, 150))]
+            box = [x0, y0, x0 + int(scale * rng.uniform(20, 200)), y0 + int(scale * rng.uniform(20, 150))]
             draw.ellipse(box, fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-        image = image.filter(ImageFilter.GaussianBlur(1.2))
-        grain = rng.normal(0, 6, (height, width, 3))
+        image = image.filter(ImageFilter.GaussianBlur(1.2 * scale))
+        grain = rng.normal(0, 6, (height, width, 3)).astype(np.float32)
         image = Image.fromarray(np.clip(np.asarray(image, np.float32) + grain, 0, 255).astype(np.uint8))
         buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=quality)
+        if fmt == "JPEG":
+            image.save(buf, format="JPEG", quality=int(rng.integers(85, 96)) if quality is None else quality)
+        else:
+            image.save(buf, format=fmt)
         out.append(buf.getvalue())
     return out
 

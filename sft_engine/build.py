@@ -25,12 +25,14 @@ import torch
 
 from sft_engine.build_config import BuildConfig
 from sft_engine.engines.base import EngineArtifact, EngineCandidate, ExportContext, ExportSettings, Target, serving_config
+from sft_engine.engines.cpu import image_model as _image_model
+from sft_engine.engines.fast_decode import RECORD_KEY as FAST_DECODE_KEY, gate_fast_decode
 from sft_engine.engines.precision import PRECISIONS, gate_for
 from sft_engine.engines.registry import get_target
 from sft_engine.errors import ExportError, ParityError, SftEngineError
 from sft_engine.models import build_model, load_weights, sha256_file
 from sft_engine.repository.config import ModelConfigSpec, to_pbtxt
-from sft_engine.repository.image_models import ImageServing, ensemble_spec, preprocess_model_file, preprocess_spec
+from sft_engine.repository.image_models import ImageServing, ensemble_spec, fused_spec, preprocess_model_file, preprocess_spec, served_as_ensemble
 from sft_engine.repository.manifest import BuildManifest, write_manifest
 from sft_engine.repository.writer import ModelRelease, PublishedVersion, publish_models
 from sft_engine.timing import LatencyStats, time_interleaved
@@ -42,6 +44,8 @@ LOGGER = logging.getLogger(__name__)
 
 #: the batch candidates are timed at when a target selects among several
 TIMING_BATCH = 8
+#: ``<name>_image``'s ``model.py`` for a CPU engine (decode, preprocess and engine in one stub)
+IMAGE_MODEL = Path(_image_model.__file__)
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,10 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
         chosen = select(target, plan, ctx, tolerance, cfg.source, cfg.selection_budget_s)
         artifact, details = chosen.artifact, chosen.details
         precision = details.get("precision")
+        if cfg.fast_decode:  # gated like a precision, on the images that judged the engine
+            gate_data = artifact.gate_data or data
+            details[FAST_DECODE_KEY] = gate_fast_decode(artifact.runner, gate_data, cfg.calibration_dir, prep,
+                                                        gate_for("int8", tolerance, cfg.source).min_top1_agreement)
         progress(f"[3/4] engine {artifact.engine}{' ' + precision if precision else ''} passed parity: {chosen.parity.max_abs_diff:.3g} max|diff|")
         config = published_config(artifact.config, settings)
         config_text = to_pbtxt(config)
@@ -251,8 +259,10 @@ def build(cfg: BuildConfig, progress: Callable[[str], None] = _noop) -> BuildRes
             ))
 
         progress(f"[4/4] publishing into {cfg.repository}")
+        fused = "engine.json" in artifact.files and not served_as_ensemble(cfg.repository, settings.name)
         releases = [ModelRelease(settings.name, config_text, tuple(cfg.label_list), dict(artifact.files), manifest),
-                    *image_releases(config, cfg.label_list, cfg.image_serving)]
+                    *image_releases(config, cfg.label_list, cfg.image_serving, engine_files=artifact.files if fused else None,
+                                    extra_details={k: details[k] for k in (FAST_DECODE_KEY,) if k in details})]
         published = publish_models(cfg.repository, releases)[0]  # the engine and its two image models, as one unit
     return BuildResult(published, target.name, artifact.engine, chosen.parity, chosen.candidates, time.monotonic() - started, precision)
 
@@ -338,28 +348,41 @@ def _refuse(target: Target, precision: str, records: list[CandidateRecord]) -> N
     raise ExportError(f"no {target.label} engine could be exported ({errors})", hint=hint or target.export_hint or "see the log")
 
 
-#: what the manifests of the two image-serving models record as their ``engine``
-IMAGE_ROLES = {"python": "preprocess", "ensemble": "ensemble"}
+#: what the manifests of the image-serving models record as their ``engine``
+PREPROCESS_ROLE, ENSEMBLE_ROLE, FUSED_ROLE = "preprocess", "ensemble", "image"
 
 
-def image_releases(engine: ModelConfigSpec, labels: list[str], settings: ImageServing, engine_version: int | None = None) -> list[ModelRelease]:
+def image_releases(engine: ModelConfigSpec, labels: list[str], settings: ImageServing, engine_version: int | None = None,
+                   engine_files: Mapping[str, Path] | None = None, extra_details: Mapping[str, Any] | None = None) -> list[ModelRelease]:
     """The next versions of ``<name>_preprocess`` and ``<name>_image``, to publish with the engine's.
 
     Every build publishes them, in the same unit as the engine's version, so a
     repository always answers image files with the preprocessing of its latest engine;
     versions stay additive for all three models. Their manifests name the engine's
     version: the new one of the same unit, or (published beside an existing engine
-    version) ``engine_version``.
+    version) ``engine_version``. ``engine_files``: the CPU engine's version files
+    (``engine.json``, its ``model.py``, the engine), given when ``<name>_image`` is to be
+    the one fused Python model that decodes and runs this engine; otherwise (GPU or
+    native engines) it is the ensemble. ``extra_details`` go into both manifests
+    (the fast decode's gate).
     """
+    preprocess = (preprocess_spec(engine, settings), {"model.py": preprocess_model_file()}, PREPROCESS_ROLE)
+    if engine_files is not None and "engine.json" in engine_files:
+        files = {n: p for n, p in engine_files.items() if n != "model.py"}
+        files.update({"model.py": IMAGE_MODEL, "serving_model.py": engine_files["model.py"], "pixels.py": preprocess_model_file()})
+        image = (fused_spec(engine, settings), files, FUSED_ROLE)
+    else:
+        image = (ensemble_spec(engine), {}, ENSEMBLE_ROLE)
     releases = []
-    for spec, files in ((preprocess_spec(engine, settings), {"model.py": preprocess_model_file()}), (ensemble_spec(engine), {})):
+    for spec, files, role in (preprocess, image):
         text = to_pbtxt(spec)
 
-        def manifest(version_dir: Path, version: int, unit: Mapping[str, int], spec: ModelConfigSpec = spec, text: str = text) -> None:
+        def manifest(version_dir: Path, version: int, unit: Mapping[str, int], spec: ModelConfigSpec = spec, text: str = text,
+                     role: str = role) -> None:
             write_manifest(version_dir, BuildManifest(
-                model=spec.name, version=version, engine=IMAGE_ROLES[spec.platform or spec.backend or ""],
+                model=spec.name, version=version, engine=role,
                 preprocessing=dict(spec.parameters), config_pbtxt_sha256=_sha_text(text),
-                engine_details={"serves": {"model": engine.name, "version": unit.get(engine.name, engine_version)}},
+                engine_details={"serves": {"model": engine.name, "version": unit.get(engine.name, engine_version)}, **(extra_details or {})},
             ))
 
         releases.append(ModelRelease(spec.name, text, tuple(labels), files, manifest))

@@ -95,6 +95,8 @@ class BuildConfig:
     max_queue_delay_us: int = 200
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     preprocess_instances: int = 2
+    #: the image models decode large JPEGs at a reduced DCT scale (gated: label agreement on the gate images)
+    fast_decode: bool = False
     parity_atol: float = 1e-3
     parity_rtol: float = 1e-3
     parity_min_top1_agreement: float = 0.99
@@ -208,6 +210,9 @@ class BuildConfig:
         if not 0 < cfg.parity_min_top1_agreement <= 1:
             raise ConfigError("parity top-1 agreement must be in (0, 1]", hint="e.g. 0.99")
         cfg.image_serving  # validates the preprocessing model's limits
+        if cfg.fast_decode and cfg.calibration_dir is None:
+            raise ConfigError("--fast-decode needs labelled images to gate it, and none were given",
+                              hint="pass --calibration DIR with images in one folder per class (the size clients send), or drop --fast-decode")
         return replace(cfg, name=validate_model_name(cfg.name or _default_name(cfg)))
 
     @property
@@ -218,7 +223,7 @@ class BuildConfig:
     @property
     def image_serving(self) -> ImageServing:
         """Settings of the ``<name>_preprocess`` model published beside the engine."""
-        return ImageServing(max_image_pixels=self.max_image_pixels, instances=self.preprocess_instances)
+        return ImageServing(max_image_pixels=self.max_image_pixels, instances=self.preprocess_instances, fast_decode=bool(self.fast_decode))
 
     @property
     def label_list(self) -> list[str]:

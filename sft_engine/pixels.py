@@ -3,7 +3,8 @@
 This file is imported by ``sft_engine.preprocess`` (so the build's parity data, the
 fine-tuning data and every client-side ``classify`` use it) and is copied unchanged,
 byte for byte, as ``model.py`` of the ``<name>_preprocess`` model that Triton runs in
-front of the engine (the ``<name>_image`` ensemble). One implementation on both sides
+front of a native engine (the ``<name>_image`` ensemble), and as ``pixels.py`` beside
+the fused ``<name>_image`` of a CPU engine, which loads it by path. One implementation on both sides
 is the point: decode or resize differences between training and serving cost accuracy
 silently. It therefore imports only numpy and Pillow, never sft-engine, so the same
 repository loads in the stock NGC Triton container.
@@ -12,7 +13,9 @@ Steps, in order: decode (PNG, JPEG or WebP; the size is checked against
 ``max_image_pixels`` from the header, before any pixel is decoded); convert to RGB;
 resize and crop to ``input_size``×``input_size`` by ``crop_mode`` (below); scale to
 [0, 1] (divide by 255, as torchvision's ``to_tensor`` / ``convert_image_dtype`` do);
-subtract ``mean`` and divide by ``std`` per channel; lay out CHW float32. The
+subtract ``mean`` and divide by ``std`` per channel; lay out CHW float32 (the last three
+through a 256-entry table per channel computed by the same float32 operations, so
+bit-identical to applying them per pixel). The
 parameters are the ``preprocess_*`` entries the build records in the engine's
 ``config.pbtxt``; the preprocessing model carries the same entries.
 
@@ -33,6 +36,12 @@ Python rounding, Pillow's antialiased filters, which is what both use on PIL ima
 Decoder: Pillow. simplejpeg decodes JPEG to the same pixels but was not clearly
 faster here, where resizing, not decoding, dominates (benchmarks/bench_decoders.py,
 docs/performance.md).
+
+``fast_decode`` (off unless a build enabled it and its gate passed; never for the
+client-side reference): a JPEG at least twice the resize target in both edges is
+decoded at a reduced DCT scale (``Image.draft``: 1/2, 1/4 or 1/8, never below the
+target), then resized as usual. The pixels differ slightly from the exact decode, so
+the build measures label agreement on its gate images before it may be served.
 """
 
 import io
@@ -57,7 +66,7 @@ class PixelPipeline:
     """Turns decoded images (or their encoded bytes) into normalized CHW float32 arrays."""
 
     def __init__(self, input_size, mean, std, scale=1.0 / 255.0, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
-                 resize_size=None, crop_mode="squash", interpolation="bilinear"):
+                 resize_size=None, crop_mode="squash", interpolation="bilinear", fast_decode=False):
         if crop_mode not in CROP_MODES:
             raise ValueError("unsupported preprocessing crop_mode %r (this pipeline does %s)" % (crop_mode, ", ".join(CROP_MODES)))
         if interpolation not in INTERPOLATIONS:
@@ -73,7 +82,13 @@ class PixelPipeline:
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self._fill = tuple(int(round(255 * float(v))) for v in mean)
+        # every uint8 value of every channel, normalized by the very float32 operations applied per pixel
+        # (scale, subtract mean, divide by std): a lookup is bit-identical and several times faster
+        levels = np.arange(256, dtype=np.float32)
+        levels = levels / self._divisor if self._divisor is not None else levels * self.scale
+        self._lut = (levels[None, :] - self.mean[:, None]) / self.std[:, None]
         self.max_image_pixels = int(max_image_pixels)
+        self.fast_decode = bool(fast_decode)
 
     @classmethod
     def from_parameters(cls, params):
@@ -96,6 +111,8 @@ class PixelPipeline:
             resize_size=int(get("resize_size", "0")) or None,  # absent: the plain resize of older builds
             crop_mode=get("crop_mode", "squash"),
             interpolation=get("resize", "bilinear"),
+            # not a preprocess_ entry: the engine's recorded preprocessing stays exact for every client
+            fast_decode=str(params.get("fast_decode", "false")).lower() == "true",
         )
 
     # -- bytes → image -----------------------------------------------------------------
@@ -117,22 +134,35 @@ class PixelPipeline:
         if width * height > self.max_image_pixels:
             raise ImageError("the image is %dx%d = %d pixels, over the limit of %d pixels: send a smaller image"
                              % (width, height, width * height, self.max_image_pixels))
+        if self.fast_decode:
+            self.draft(image)
         try:
             image.load()
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageError("the %s image is truncated or corrupt (%s)" % (image.format, _first_line(exc))) from None
         return image
 
+    def draft(self, image):
+        """Ask a JPEG decoder for a reduced DCT scale where the source is at least twice the target; True if it did."""
+        if image.format != "JPEG":
+            return False
+        width, height = image.size
+        target = self.resized_size(width, height)
+        if width < 2 * target[0] or height < 2 * target[1]:
+            return False
+        return image.draft(image.mode, target) is not None
+
     # -- image → tensor ----------------------------------------------------------------
     def image_to_array(self, image):
         """A PIL image → CHW float32, exactly the build's preprocessing."""
         from PIL import Image
 
-        image = self.resize_and_crop(image.convert("RGB"))
-        arr = np.asarray(image, dtype=np.float32)
-        arr = arr / self._divisor if self._divisor is not None else arr * self.scale
-        arr = (arr - self.mean) / self.std
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        image = self.resize_and_crop(image if image.mode == "RGB" else image.convert("RGB"))
+        planes = np.asarray(image).transpose(2, 0, 1)
+        out = np.empty(planes.shape, np.float32)
+        for channel in range(3):
+            np.take(self._lut[channel], planes[channel], out=out[channel])
+        return out
 
     def resized_size(self, width, height):
         """(width, height) after the resize step, before the crop (the arithmetic of timm / torchvision)."""

@@ -19,6 +19,7 @@ _FLAG_FIELDS = (
     "parity_rtol", "parity_min_top1_agreement", "parity_samples", "accuracy_max_drop", "calibration_dir", "int8_calibration_images", "build_gpus", "serve_gpus", "seed",
     "allow_unmatched_tensorrt", "allow_int8_without_isa",
     "max_image_pixels", "preprocess_instances",
+    "fast_decode",
 )
 
 
@@ -80,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     img = p.add_argument_group("image serving (the <name>_preprocess and <name>_image models)")
     img.add_argument("--max-image-pixels", type=int, help="refuse larger images before decoding them (default 40000000)")
     img.add_argument("--preprocess-instances", type=int, help="CPU instances of the preprocessing model (default 2)")
+    img.add_argument("--fast-decode", action="store_true", default=None,
+                     help="decode JPEGs at least twice the target at a reduced DCT scale (faster, pixels differ slightly); "
+                          "the build refuses it unless the engine's labels agree on the gate images as the INT8 gate asks")
     gate = p.add_argument_group("parity gate")
     gate.add_argument("--parity-atol", type=float)
     gate.add_argument("--parity-rtol", type=float)

@@ -97,6 +97,45 @@ def test_raw_tritonclient_gets_the_client_side_labels(server, images, expected, 
         client.close()
 
 
+def _photographs() -> list[bytes]:
+    """Photo-like JPEGs (gradients, grain; quality 85-95), small and large (under this repository's 1 MP limit), and a PNG."""
+    rng = np.random.default_rng(21)
+    out = []
+    for i, (width, height) in enumerate([(500, 375), (375, 500), (1152, 864), (640, 480), (1000, 750), (320, 240)]):
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        s = width / 500.0
+        base = np.stack([127 + 100 * np.sin(xx / (s * rng.uniform(20, 90))), 127 + 100 * np.cos((xx + yy) / (s * rng.uniform(30, 120))),
+                         127 + 100 * np.sin(yy / (s * rng.uniform(15, 80)))], axis=-1) + rng.normal(0, 6, (height, width, 3))
+        buf = io.BytesIO()
+        image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+        image.save(buf, format="PNG") if i == 5 else image.save(buf, format="JPEG", quality=int(rng.integers(85, 96)))
+        out.append(buf.getvalue())
+    return out
+
+
+def test_the_cpu_engines_image_model_is_one_python_model_answering_the_exact_path(repo, server):
+    """``<name>_image`` of a CPU engine decodes and runs the engine in one stub; its labels are the client-side path's."""
+    import tritonclient.grpc as grpcclient
+
+    from sft_engine.repository.config import read_config
+
+    cfg = read_config(repo / f"{MODEL}_image" / "config.pbtxt")
+    assert cfg.backend == "python" and not cfg.platform and not cfg.ensemble_scheduling.step
+    photos = _photographs()
+    with Client(server.grpc_url, model=MODEL) as client:
+        prep = client.model_info.preprocessing  # type: ignore[union-attr]
+        exact = client.infer(np.stack([prep.pipeline().bytes_to_array(p) for p in photos]))
+    raw = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        single = [raw.infer(f"{MODEL}_image", [_image_request(grpcclient, [p])[0]]).as_numpy("logits")[0] for p in photos]
+        batched = raw.infer(f"{MODEL}_image", [_image_request(grpcclient, photos[:4])[0]]).as_numpy("logits")
+    finally:
+        raw.close()
+    assert np.array_equal(np.argmax(single, axis=1), exact.argmax(1))
+    np.testing.assert_allclose(np.stack(single), exact, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(batched, exact[:4], atol=1e-4, rtol=1e-4)
+
+
 def _readme_curl() -> str:
     text = README.read_text()
     block = re.search(r"<!-- image-curl -->\s*```bash\n(.*?)```", text, re.S)
