@@ -7,6 +7,7 @@ otherwise everything here is a no-op, so the trainer has one code path.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -98,16 +99,31 @@ def replicas_agree(model: torch.nn.Module) -> bool | None:
 
     DistributedDataParallel keeps the replicas in step only while every rank runs the same
     steps on gradients it averaged; a rank that skipped a step or diverged numerically would
-    otherwise go unnoticed, since only rank 0 writes the checkpoint. One float64 sum per
-    parameter tensor is compared by reducing it with MAX and with MIN over the processes.
+    otherwise go unnoticed, since only rank 0 writes the checkpoint. The raw bytes of every
+    parameter (with its name, shape and dtype) go into one SHA-256 per rank: a sum would miss
+    two swapped values or a difference below its rounding. The digest, as four int64, is
+    reduced with MAX and with MIN over the processes, on the parameters' device (NCCL
+    reduces only CUDA tensors).
     """
     if not is_initialized():
         return None
-    sums = torch.stack([p.detach().to("cpu", torch.float64).sum() for p in model.parameters()])
-    high, low = sums.clone(), sums.clone()
+    digest = _parameters_digest(model)
+    device = next(model.parameters(), torch.empty(0)).device
+    words = torch.frombuffer(bytearray(digest), dtype=torch.int64).to(device)
+    high, low = words.clone(), words.clone()
     torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
     torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
     return bool(torch.equal(high, low))
+
+
+def _parameters_digest(model: torch.nn.Module) -> bytes:
+    """SHA-256 over every parameter's name, shape, dtype and raw bytes, in the model's order."""
+    sha = hashlib.sha256()
+    for name, param in model.named_parameters():
+        tensor = param.detach().to("cpu").contiguous()
+        sha.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        sha.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return sha.digest()
 
 
 class Shard(torch.utils.data.Sampler[int]):

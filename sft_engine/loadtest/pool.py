@@ -31,6 +31,9 @@ from sft_engine.loadtest.worker import WorkerInit, WorkerStepResult
 
 __all__ = ["WorkerPool"]
 
+#: what each worker interpreter runs (``python -c``); a module constant so a test can wrap it
+_WORKER_CODE = "import sys; from sft_engine.loadtest.worker import worker_main; sys.exit(worker_main())"
+
 
 class WorkerPool:
     """Starts the worker processes once, hands them step plans, collects their results."""
@@ -69,12 +72,11 @@ class WorkerPool:
     def start(self) -> "WorkerPool":
         self.control = ControlBlock.create(self.n_workers)
         env = self._environment()
-        code = "import sys; from sft_engine.loadtest.worker import worker_main; sys.exit(worker_main())"
         for init in self._inits:
             parent, child = socket.socketpair()
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-c", code, str(child.fileno()), str(self.control.path), str(self.n_workers)],
+                    [sys.executable, "-c", _WORKER_CODE, str(child.fileno()), str(self.control.path), str(self.n_workers)],
                     pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     preexec_fn=die_with_parent(),
                 )

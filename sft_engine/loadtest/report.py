@@ -218,6 +218,8 @@ def render_markdown(result: LoadTestResult) -> str:
         if c.probe_throughput_rps is not None:
             lines.append(f"- closed-loop probe throughput: {_f(c.probe_throughput_rps, 1)} req/s")
         lines += ["- search: " + ", ".join(f"{t['rate_rps']}/s {t['verdict']}" for t in c.trail), ""]
+    if result.soak is not None:
+        lines += _soak_markdown(result.soak)
     lines += ["## Server side (measured interval)", "",
               "| step | server req/s | avg queue us | avg infer us | avg batch | batch sizes | client vs server |",
               "|---:|---:|---:|---:|---:|---|---|"]
@@ -246,7 +248,58 @@ def render_markdown(result: LoadTestResult) -> str:
     return "\n".join(lines)
 
 
+def _soak_markdown(soak: Any) -> list[str]:
+    """The soak's verdict, its rule and one row per fitted series (``soak.SoakReport``)."""
+    lines = [f"## Soak: {'PASS' if soak.passed else '**FAIL**'}", "",
+             f"- {soak.duration_s:g} s, the server's processes sampled every {soak.sample_s:g} s"
+             + (f" (tritonserver pid {soak.server_pid})" if soak.server_pid is not None else " (no local tritonserver found)"),
+             f"- rule: {soak.rule}", ""]
+    lines += ["| series | points | first | last | slope /h | t | rise over the soak | allowed | result |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for s in soak.series:
+        if not s.judged:
+            lines.append(f"| {s.name} | {s.points} | - | - | - | - | - | - | not judged: {s.note} |")
+            continue
+        lines.append(f"| {s.name} | {s.points} | {_f(s.first)} | {_f(s.last)} | {s.slope_per_h:+.3g} | {_f(s.t_value, 1)} | "
+                     f"{s.growth:+.3g} | {s.allowed:.3g} | {'ok' if s.passed else '**GROWS**'} |")
+    return lines + [""]
+
+
 # -- plot ----------------------------------------------------------------------------------
+def _plot_soak(p99_axis: Any, growth_axis: Any, result: LoadTestResult) -> None:
+    """The soak: p99 per window over time with the fitted line, and each series' rise against its allowance."""
+    from sft_engine.loadtest.soak import fit_line
+
+    soak, step = result.soak, result.steps[0]
+    settle_s = float((result.config.get("soak") or {}).get("settle_fraction", 0.2)) * soak.duration_s
+    points = [((w.start_s + w.end_s) / 2, w.latency_ms.get(99.0)) for w in step.windows]
+    points = [(t, v) for t, v in points if v is not None]
+    p99 = next((s for s in soak.series if s.name == "p99_ms"), None)
+    if points:
+        p99_axis.plot(*zip(*points), color="tab:purple", linewidth=0.8, label="p99 per window")
+    fitted = [(t, v) for t, v in points if t >= settle_s]
+    if len(fitted) >= 2:
+        slope, intercept, _ = fit_line(fitted)
+        ends = [fitted[0][0], fitted[-1][0]]
+        verdict = "-" if p99 is None or not p99.judged else ("ok" if p99.passed else "GROWS")
+        p99_axis.plot(ends, [intercept + slope * t for t in ends], color="black", linestyle="--",
+                      label=f"fit {slope * 3600:+.3g} ms/h ({verdict})")
+    p99_axis.axvspan(0, settle_s, color="gray", alpha=0.15, label="settling, not fitted")
+    p99_axis.set_xlabel("time in the soak (s)")
+    p99_axis.set_ylabel("p99 (ms)")
+    p99_axis.legend(fontsize=8)
+    p99_axis.grid(True, alpha=0.3)
+    judged = [s for s in soak.series if s.judged and s.allowed]
+    ratios = [s.growth / s.allowed for s in judged]
+    growth_axis.barh(range(len(judged)), ratios, color=["tab:green" if s.passed else "red" for s in judged])
+    growth_axis.set_yticks(range(len(judged)), [s.name for s in judged], fontsize=7)
+    growth_axis.axvline(1.0, color="red", linestyle=":", label="allowance")
+    growth_axis.set_xlabel("rise over the soak / allowed (fails above 1 when the slope is real)")
+    growth_axis.set_title(f"soak {soak.duration_s:g} s: {'PASS' if soak.passed else 'FAIL'}", fontsize=9)
+    growth_axis.legend(fontsize=8)
+    growth_axis.grid(True, axis="x", alpha=0.3)
+
+
 def _plot_error_window(axis: Any, step: StepResult) -> None:
     """Answered and failed requests per window over the step's time, the error window shaded."""
     xs = [(w.start_s + w.end_s) / 2 for w in step.windows]
@@ -283,7 +336,8 @@ def render_plot(result: LoadTestResult) -> bytes:
     use_open = bool(open_steps)
     shown = open_steps if use_open else closed_steps
     faulty = [s for s in result.steps if s.error_window is not None and s.windows]
-    rows = (2 if use_open else 1) + (1 if faulty else 0)
+    soaked = result.soak is not None and bool(result.steps)
+    rows = (2 if use_open else 1) + (1 if faulty else 0) + (2 if soaked else 0)
     fig = Figure(figsize=(8, 3 + 2.5 * rows), dpi=110)
     FigureCanvasAgg(fig)
     axes = list(fig.subplots(rows, 1, gridspec_kw={"height_ratios": [2] + [1] * (rows - 1)})) if rows > 1 else [fig.add_subplot(1, 1, 1)]
@@ -291,7 +345,9 @@ def render_plot(result: LoadTestResult) -> bytes:
     if use_open:
         ax2.sharex(ax)
     if faulty:
-        _plot_error_window(axes[-1], faulty[0])
+        _plot_error_window(axes[(2 if use_open else 1)], faulty[0])
+    if soaked:
+        _plot_soak(axes[-2], axes[-1], result)
 
     def x_of(step: StepResult) -> float:
         return step.offered_rps if use_open else step.throughput_rps

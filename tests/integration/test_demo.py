@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -41,11 +42,15 @@ def test_demo_end_to_end(tmp_path):
     for step in ("1/5", "2/5", "3/5", "4/5", "5/5"):
         assert f"== {step}" in out
     assert list_versions(work / "model_repository" / "demo") == [1]
-    assert re.search(r"\d/4 correct", out)
+    # step 4: every image right, and gRPC and HTTP give the same top label for each
+    answers = [line.strip() for line in out.splitlines() if re.match(r"\s+\d+\.png: ", line)]
+    assert len(answers) == 4, out[-3000:]
+    assert all(line.endswith("; same over HTTP") for line in answers), answers  # else "HTTP says <label>"
+    assert re.search(r"^\s+4/4 correct$", out, re.MULTILINE), out[-3000:]
+    # step 5: the SLO verdict line, and it is a PASS
     verdict = [line for line in out.splitlines() if line.strip().startswith("SLO p")]
     assert len(verdict) == 1, out[-3000:]
     assert "too few samples for" not in verdict[0], verdict[0]  # the gated percentile has its samples
-    assert re.search(r": (PASS|FAIL( \(.+\))?|INVALID \(.+\))$", verdict[0].strip()), verdict[0]  # a reason unless PASS
     assert (work / "loadtest").is_dir() and any((work / "loadtest").iterdir())
     assert "Traceback" not in result.stderr
     # a healthy first run: no WARNING line, and the summary says which engine and precision won, by how much
@@ -56,3 +61,16 @@ def test_demo_end_to_end(tmp_path):
     if cpu_int8_isa() is not None:  # the demo keeps enough labelled images for INT8: it competes, and on such a CPU wins
         assert "INT8 needs at least" not in out + result.stderr
         assert " int8" in won, won
+    if verdict[0].strip().endswith(": PASS"):
+        return
+    # Not a PASS. A FAIL, or an INVALID for any reason of the product's, fails the test; an
+    # INVALID only because other processes starved the load generator is this host's doing:
+    # reported as a skip, never a pass.
+    def starved(step: dict) -> bool:
+        reasons = step["validity"]["reasons"]
+        return (step["verdict"] == "INVALID" and step["generator"]["saturated"] and bool(reasons)
+                and all(r.startswith("load generator saturated") for r in reasons))
+
+    steps = json.loads((work / "loadtest" / "loadtest.json").read_text())["steps"]
+    assert all(step["verdict"] == "PASS" or starved(step) for step in steps), verdict[0]
+    pytest.skip(f"the host starved the demo's load generator (INVALID, not FAIL): {verdict[0].strip()[:300]}")

@@ -4,8 +4,9 @@ Two builds of a resnet18 (32×32, 4 classes, max_batch_size 8) give versions 1 a
 all three models. The images are PNGs and JPEGs of a size the preprocessing must
 resize. Checked: the README's curl line and raw tritonclient (gRPC and HTTP) get the
 labels ``Client.classify`` gets client-side; every kind of bad image is its request's
-one-line error while the good ones around it are answered, also 1,000 of them
-interleaved with good requests under load; the server keeps serving.
+one-line error (a real GIF and a truncated PNG among them) while the good ones around it
+are answered, also 1,000 of them interleaved with good requests under load; the server
+keeps serving.
 """
 
 from __future__ import annotations
@@ -168,8 +169,17 @@ def _big_png() -> bytes:
     return buf.getvalue()
 
 
+def _encoded(fmt: str, size=(200, 150)) -> bytes:
+    """A real image file of format ``fmt``, as Pillow writes it."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
 BAD = {
     "not an image": (b"this is not an image at all", "not a PNG, JPEG or WebP image"),
+    "real GIF": (_encoded("GIF"), "not a PNG, JPEG or WebP image"),  # a well-formed file of a format not served
+    "truncated PNG": (_encoded("PNG")[:2000], "truncated or corrupt"),
     "truncated JPEG": (_jpeg()[:400], "truncated or corrupt"),
     "0 bytes": (b"", r"empty \(0 bytes\)"),
     "too many pixels": (_big_png(), "1200x1000 = 1200000 pixels, over the limit of 1000000 pixels"),

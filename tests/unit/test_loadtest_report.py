@@ -177,3 +177,69 @@ def test_step_numbers_match_the_live_line() -> None:
     assert result.reasons[0].startswith("step 1 (open 5/s constant): too few samples")
     md = render_markdown(result)
     assert "| 1 | open 5/s constant |" in md and "| 0 | open" not in md
+
+
+def _soak_result(rss_leak: bool) -> LoadTestResult:
+    """A 20 s soak at 50 req/s: 20 windows of flat latency; the stub's RSS flat or leaking 10 MB/s."""
+    from dataclasses import replace
+
+    from sft_engine.loadtest.soak import ProcessSample, judge
+    from sft_engine.loadtest.spec import SoakSpec
+
+    spec = SoakSpec(duration_s=20.0, sample_s=1.0, max_rss_growth_mb=64.0)
+    config = LoadTestConfig(endpoints=(parse_endpoint("127.0.0.1:8001"),), model="m",
+                            load=LoadSpec(mode="open", rates=(50.0,), duration_s=20.0), soak=spec)
+    rng = np.random.default_rng(0)
+    windows = [WindowData(50, 50, 50, {}, _enc(list(3.0 + rng.random(50))), _enc([1.0] * 50), _enc([0.1] * 50)) for _ in range(20)]
+    worker = WorkerStepResult(0, windows, {"ok": 1000}, [1000], {}, 0.5, 20.0)
+    plan = StepPlan(0, "open", None, 50.0, "constant", 0.0, 1.0, 21.0, 1.0, 0, 1.0)
+    step = judge_step(build_step(StepObservations(plan, [worker], [], None, [], None, 21.0, None, None, None, None, 1), config), config)
+    samples = {
+        "tritonserver": [(float(t), ProcessSample(100.0 + 0.1 * (t % 2), 60, 100)) for t in range(21)],
+        "stub m/1": [(float(t), ProcessSample(200.0 + (10.0 * t if rss_leak else 0.0), 7, 7)) for t in range(21)],
+    }
+    p99 = [((w.start_s + w.end_s) / 2, w.latency_ms.get(99.0)) for w in step.windows]
+    soak = judge(spec, samples, p99, 4321)
+    result = LoadTestResult(SCHEMA_VERSION, {"name": "t", "version": "0"}, "start", "end", "PASS" if soak.passed else "FAIL",
+                            0 if soak.passed else 1, soak.reasons, config.to_dict(), {"name": "m"},
+                            {"batch_size": 1, "protocol": "grpc"}, [step], None)
+    return replace(result, soak=soak)
+
+
+def test_the_markdown_report_has_the_soak_verdict_rule_and_one_row_per_series() -> None:
+    md = render_markdown(_soak_result(rss_leak=True))
+    assert "## Soak: **FAIL**" in md and "tritonserver pid 4321" in md and "- rule: fails on a slope >= 3" in md
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| stub ") or line.startswith("| tritonserver ")
+            or line.startswith("| p99_ms ")}
+    assert set(rows) == {f"{p} {m}" for p in ("tritonserver", "stub m/1") for m in ("rss_mb", "fds", "threads")} | {"p99_ms"}
+    assert rows["stub m/1 rss_mb"].endswith("| **GROWS** |") and "| +200 |" in rows["stub m/1 rss_mb"]  # 10 MB/s over 20 s
+    assert all(line.endswith("| ok |") for name, line in rows.items() if name != "stub m/1 rss_mb")
+    passing = render_markdown(_soak_result(rss_leak=False))
+    assert "## Soak: PASS" in passing and "**GROWS**" not in passing
+    assert "## Soak" not in render_markdown(_result())  # no soak, no section
+
+
+def test_the_plot_shows_the_soak_p99_with_its_fit_and_each_series_against_its_allowance(monkeypatch) -> None:
+    from matplotlib.figure import Figure
+
+    from sft_engine.loadtest import report
+
+    result = _soak_result(rss_leak=True)
+    fig = Figure()
+    p99_axis, growth_axis = fig.subplots(2, 1)
+    report._plot_soak(p99_axis, growth_axis, result)
+    labels = [line.get_label() for line in p99_axis.get_lines()]
+    assert labels[0] == "p99 per window" and len(p99_axis.get_lines()[0].get_xdata()) == 20
+    assert any(label.startswith("fit ") and label.endswith("ms/h (ok)") for label in labels), labels
+    names = [tick.get_text() for tick in growth_axis.get_yticklabels()]
+    bars = dict(zip(names, growth_axis.patches))
+    assert set(names) >= {"stub m/1 rss_mb", "tritonserver rss_mb", "p99_ms"}
+    leak = bars["stub m/1 rss_mb"]
+    assert leak.get_width() == pytest.approx(200.0 / 64.0, rel=1e-3) and leak.get_facecolor()[:3] == (1.0, 0.0, 0.0)
+    assert all(bar.get_width() < 1.0 for name, bar in bars.items() if name != "stub m/1 rss_mb")
+    assert growth_axis.get_title() == "soak 20 s: FAIL"
+    drawn = []
+    monkeypatch.setattr(report, "_plot_soak", lambda *args: drawn.append(args[2].soak.passed))
+    assert report.render_plot(result)[:8] == b"\x89PNG\r\n\x1a\n" and drawn == [False]
+    report.render_plot(_result())
+    assert drawn == [False]  # no soak, no soak panels
