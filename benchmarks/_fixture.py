@@ -19,14 +19,23 @@ from typing import Any
 __all__ = ["random_weights", "build_random", "embedded_server"]
 
 
-def random_weights(path: Path, arch: str = "resnet18", num_classes: int = 10, seed: int = 0) -> Any:
-    """Seeded random weights for ``arch`` saved at ``path`` (safetensors); returns the model, in eval mode."""
+def random_weights(path: Path, arch: str = "resnet18", num_classes: int = 10, seed: int = 0, jitter: float = 0.0) -> Any:
+    """Seeded random weights for ``arch`` saved at ``path`` (safetensors); returns the model, in eval mode.
+
+    ``jitter``: add seeded noise of this scale to every parameter. A family's own init
+    (zeroed heads, LayerScale near zero) can answer one class for every image; moved off
+    it, labels vary from image to image, so agreement with eager measures something.
+    """
     import torch
 
     from sft_engine.models import build_model, save_state_dict
 
     torch.manual_seed(seed)
     model = build_model(arch, num_classes).eval()
+    if jitter:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * jitter)
     save_state_dict(model, path)
     return model
 
