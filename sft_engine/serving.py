@@ -120,7 +120,7 @@ def serve_until_stopped(cfg: ServerConfig, report: Report, warn: Report, watchdo
                f"  metrics  {server.metrics_url}\n  pid      {os.getpid()} (this process; its tritonserver: {server.pid})")
         for name in names:  # only what is loaded: in explicit mode, the --load-model names and their image models
             report(f"  model    http://{server.http_url}/v2/models/{name}/config")
-        if explicit and not served:
+        if explicit and not names:
             report("  no model loaded (explicit mode): load one with POST /v2/repository/models/NAME/load")
         report("press Ctrl-C to stop")
         if watchdog is not None:
