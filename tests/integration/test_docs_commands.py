@@ -41,6 +41,7 @@ SKIPPED = (
     ("--dataset cifar10", "needs the network (CIFAR-10 download)"),
     ('"data": [ ... ]', "elided tensor data in the example"),
     ("header.json", "a header file the text builds by hand"),
+    ("checkpoint.pth.tar", "a checkpoint trained elsewhere, which the reader brings (that path runs in test_zoo_serving.py)"),
 )
 
 #: (regex, replacement, why): applied to every command before it runs
