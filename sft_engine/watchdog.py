@@ -15,6 +15,12 @@ no-op for Triton and would leave the dead stub in place, and an unload waits on 
 dead stub. In the other modes, which refuse explicit loads, by
 restarting tritonserver on the same ports. One line reports the fault, one the
 recovery with the time it took.
+
+A model whose own traffic shows it answering (its success count rose since the last
+check and its failure count did not, from the statistics API) is not sent a health
+inference: under load the probe would only add requests to what a load test measures
+and to the server-side counts it reconciles. An idle model, or one whose failures
+rose, gets the real inference.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class ModelWatchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sft-watchdog", daemon=True)
         self._configs: dict[str, dict[str, Any]] = {}
+        #: per model, the (success, fail) counts of the last check, the probe's own answer included
+        self._counts: dict[str, tuple[int, int]] = {}
 
     def _control(self) -> HttpControl:
         cfg = self.server.config
@@ -75,7 +83,16 @@ class ModelWatchdog:
         control = self._control()
         out = []
         for model in self.models:
+            counts = _counts(control, model)
+            last, self._counts[model] = self._counts.get(model), counts
+            if counts is not None and last is not None and counts[0] > last[0] and counts[1] == last[1]:
+                health = Health(model, True)  # its own requests were answered, and none failed: no probe needed
+                self._health[model] = health
+                out.append(health)
+                continue
             health = check_model(control, model, config=self._configs.get(model), timeout_s=self.config.probe_timeout_s)
+            if counts is not None and health.ok:
+                self._counts[model] = (counts[0] + 1, counts[1])  # the probe's own success is not traffic
             if health.ok and model not in self._configs:
                 try:
                     self._configs[model] = control.model_config(model)
@@ -146,6 +163,20 @@ class ModelWatchdog:
                 return
             time.sleep(0.1)
         self.report(f"recovery of {names} did not complete within {self.config.recover_timeout_s:.0f} s; trying again")
+
+
+def _counts(control: HttpControl, model: str) -> tuple[int, int] | None:
+    """The model's cumulative (success, fail) request counts over its versions, or None when they cannot be read."""
+    try:
+        stats = control.statistics(model)
+    except ControlError:
+        return None
+    success = fail = 0
+    for version in stats.get("model_stats", []):
+        inference = version.get("inference_stats", {})
+        success += int(inference.get("success", {}).get("count", 0))
+        fail += int(inference.get("fail", {}).get("count", 0))
+    return success, fail
 
 
 def _marked(config: dict[str, Any] | None, when: float) -> dict[str, Any] | None:

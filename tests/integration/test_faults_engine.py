@@ -143,3 +143,29 @@ def test_readiness_probe_fails_while_the_stub_is_dead_though_triton_says_ready(r
         with urllib.request.urlopen(f"http://{srv.http_url}/v2/models/{MODEL}/ready", timeout=5) as resp:
             assert resp.status == 200
         assert not stubs_of(repository)
+
+
+def test_the_watchdog_sends_no_probe_while_the_model_answers_its_own_traffic(repository):
+    """Under load the model's own answers are the health check: the server counts only the load's requests."""
+    from sft_engine.triton.control import HttpControl
+    from sft_engine.triton.address import parse_address
+    from sft_engine.watchdog import ModelWatchdog, WatchdogConfig
+
+    cfg = ServerConfig(repository=repository, http_port=0, grpc_port=0, metrics_port=0, model_control_mode="explicit",
+                       load_models=[MODEL])
+
+    def successes(control) -> int:
+        return sum(int(v["inference_stats"]["success"]["count"]) for v in control.statistics(MODEL)["model_stats"])
+
+    with TritonServer(cfg) as server, HttpControl(parse_address(server.http_url, "http")) as control:
+        with ModelWatchdog(server, [MODEL], lambda line: None, WatchdogConfig(interval_s=0.1)):
+            time.sleep(0.5)  # idle: the watchdog probes with real inferences
+            assert successes(control) >= 2
+            with Load(server.http_url) as load:
+                time.sleep(0.5)  # the first checks under load
+                before, answered_before = successes(control), len(load.log)
+                time.sleep(2.0)  # about 20 checks
+                after, answered_after = successes(control), len(load.log)
+    assert all(ok for _, ok, _ in load.log)
+    # every success the server counted in the window is one of the load's (one request may straddle each edge)
+    assert abs((after - before) - (answered_after - answered_before)) <= 2, (after - before, answered_after - answered_before)
