@@ -111,6 +111,45 @@ def labelled_images(model: torch.nn.Module, prep: Any, root: Path, count: int, s
     return full, subset, x
 
 
+def fit_head(model: torch.nn.Module, prep: Any, root: Path, count: int, ridge: float = 1e-1, scale: float = 10.0) -> float:
+    """Fit the head by ridge regression to the synthetic task's true labels on ``count`` images of their own; top-1 there.
+
+    With random weights the logits of most families sit close together, so any rounding
+    flips labels and a gate judges noise. A head fitted to what the (random) backbone
+    computes gives decisions margins like a linear probe's on its task, which is what an
+    INT8 or bf16 gate sees on a fine-tuned model. The fit images are apart from the
+    labelled images that calibrate and gate.
+    """
+    from sft_engine.finetune.synthetic import make_synthetic_images, synthetic_labels
+    from sft_engine.models.heads import find_head
+    from sft_engine.verify import eager_logits
+
+    head = model.get_submodule(find_head(model, CLASSES, "the model"))
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"--fit-head needs a final nn.Linear, this family's head is {type(head).__name__}")
+    files = make_synthetic_images(root / "fit", count=count, num_classes=CLASSES, image_size=prep.input_size, seed=11)
+    names = synthetic_labels(CLASSES)
+    labels = torch.tensor([names.index(p.parent.name) for p in files])
+    feats: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, inp, _out: feats.append(inp[0].detach().double().reshape(inp[0].shape[0], -1)))
+    try:
+        eager_logits(model, prep.batch(files), batch_size=16)
+    finally:
+        hook.remove()
+    x = torch.cat(feats)
+    mean = x.mean(0, keepdim=True)
+    centered = x - mean
+    targets = torch.nn.functional.one_hot(labels, CLASSES).double() * scale
+    gram = centered.T @ centered
+    gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=torch.float64)
+    weight = torch.linalg.solve(gram, centered.T @ (targets - targets.mean(0, keepdim=True)))
+    with torch.no_grad():
+        head.weight.copy_(weight.T.float())
+        if head.bias is not None:
+            head.bias.copy_((targets.mean(0) - (mean @ weight).squeeze(0)).float())
+    return float(((centered @ weight + targets.mean(0)).argmax(1) == labels).double().mean())
+
+
 def candidate_failures(precision: str, rows: list[dict]) -> list[dict]:
     """Each candidate of a build that did not export, could not run, or failed its gate: stage and one line."""
     out = []
@@ -126,6 +165,7 @@ def candidate_failures(precision: str, rows: list[dict]) -> list[dict]:
 def bench_family(arch: str, args: argparse.Namespace, precisions: list[str], work: Path) -> dict[str, Any]:
     from sft_engine.build import build
     from sft_engine.build_config import BuildConfig, default_model_name
+    from sft_engine.models import save_state_dict
     from sft_engine.models.preprocessing import resolve_preprocessing
 
     slug = default_model_name(arch)
@@ -138,6 +178,10 @@ def bench_family(arch: str, args: argparse.Namespace, precisions: list[str], wor
         prep, origin = resolve_preprocessing(arch)
         weights = work / f"{slug}.safetensors"
         model = random_weights(weights, arch, CLASSES, jitter=args.jitter)
+        if args.fit_head:
+            out["fit_head_top1"] = round(fit_head(model, prep, work, args.fit_head), 4)
+            save_state_dict(model, weights)
+            say(f"head fitted on {args.fit_head} synthetic images: top-1 {out['fit_head_top1']:.1%} there")
         labels = [f"class_{i}" for i in range(CLASSES)]
         count = args.images if "int8" in precisions else args.fp_gate_images  # only INT8 needs the gate's 200 and more
         full, subset, x_all = labelled_images(model, prep, work, count, args.fp_gate_images, labels)
@@ -246,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=232, help=f"labelled images: {GATE_IMAGES} gate INT8, the rest (>= 32) calibrate it")
     ap.add_argument("--fp-gate-images", type=int, default=48, help="of them, how many gate fp32 and bf16")
     ap.add_argument("--jitter", type=float, default=0.05, help="noise added to the random init, so labels vary")
+    ap.add_argument("--fit-head", type=int, default=0, metavar="N",
+                    help="fit the head to the synthetic task on N images of their own (ridge regression), so decisions have margins")
     ap.add_argument("--concurrency", type=int, default=2, help="requests in flight in the served measurement")
     ap.add_argument("--no-serve", action="store_true", help="skip the served measurement")
     ap.add_argument("--json", type=Path, help="write the results here (after each family)")

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--arch", help="any torchvision classifier by its name (resnet50, vit_b_16, swin_t; also torchvision:NAME) "
                                     "or any timm model as timm:NAME (timm:convnext_tiny); list them with sft-engine models")
     src.add_argument("--weights", metavar="FILE",
-                     help="fine-tuned weights: .safetensors, .pth or .bin holding tensors only; sft-engine's, timm train.py's, "
+                     help="fine-tuned weights: .safetensors, .pth, .bin or .ckpt holding tensors only; sft-engine's, timm train.py's, "
                           "Hugging Face's or Lightning's layout (state_dict / model / module. prefixes)")
     src.add_argument("--pretrained", metavar="NAME|PATH", help="the source's weights: a torchvision enum name, a timm tag, or DEFAULT "
                                                               "(from the cache, else downloaded), or a local file; instead of --weights")

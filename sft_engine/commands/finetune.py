@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--arch", help="any torchvision classifier (resnet50, vit_b_16, swin_t) or timm model as timm:NAME; see sft-engine models")
     model.add_argument("--pretrained", metavar="NAME|PATH|none",
-                       help="the source's weights (torchvision enum name, timm tag, or DEFAULT), a .safetensors/.pth/.bin checkpoint, a finetune output DIR, or none")
+                       help="the source's weights (torchvision enum name, timm tag, or DEFAULT), a .safetensors/.pth/.bin/.ckpt checkpoint, a finetune output DIR, or none")
     model.add_argument("--freeze-backbone", action="store_true", default=None, help="train the head only (linear probe)")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, help="synthetic (built in, default), cifar10 or imagefolder")
@@ -100,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run_.add_argument("--holdout-images", type=int, metavar="N",
                       help="labelled validation images kept in DIR/holdout/ for build's accuracy gate (default 256, 0: none)")
     run_.add_argument("--device", help="auto (default), cpu, cuda, cuda:N; under torchrun each rank takes cuda:LOCAL_RANK")
-    run_.add_argument("--amp", choices=AMP_MODES, help="mixed precision on CUDA: auto (bf16 if supported), bf16, fp16, none")
+    run_.add_argument("--amp", choices=AMP_MODES, help="mixed precision: on CUDA auto is bf16 if supported (else fp16); on CPUs with AMX-BF16/AVX512-BF16 bf16 autocasts, auto stays FP32")
     run_.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format (default: on CUDA)")
     run_.add_argument("--num-workers", type=int, help="DataLoader workers (default: 0 on CPU, up to 8 on CUDA)")
     run_.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")

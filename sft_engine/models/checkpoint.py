@@ -1,6 +1,6 @@
 """Safe loading of fine-tuned weights.
 
-Only tensors are ever read: ``.safetensors`` files, or ``.pt``/``.pth`` files through
+Only tensors are ever read: ``.safetensors`` files, or ``.pt``/``.pth``/``.bin``/``.ckpt`` files through
 ``torch.load(weights_only=True)``, so a checkpoint can never run code on load (as
 timm's ``_helpers.py`` does it). Wrapper keys (``state_dict``, ``model``) and the
 ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) prefixes are removed, and a
@@ -9,8 +9,9 @@ mismatch names every missing, unexpected and mis-shaped key.
 Checkpoints fine-tuned elsewhere: timm's ``train.py`` (``{"state_dict", "args",
 ...}``; ``args`` is an ``argparse.Namespace``, the one non-tensor class allowed, as it
 only holds values), Hugging Face (``model.safetensors`` / ``pytorch_model.bin``, a
-``timm_model.`` prefix from transformers' timm wrapper) and Lightning (``state_dict``
-with the module's attribute as prefix, ``model.``, beside loss or metric buffers).
+``timm_model.`` prefix from transformers' timm wrapper) and Lightning (``.ckpt``: ``state_dict``
+with the module's attribute as prefix, ``model.``, beside loss or metric buffers, and
+optimizer, scheduler, callback and loop states that are plain values and tensors).
 A wrapper prefix is removed only where the model's own keys do not start with it and
 removing it makes the keys fit (``align_keys``).
 """
@@ -34,7 +35,7 @@ LOGGER = logging.getLogger(__name__)
 
 _PREFIXES = ("module.", "_orig_mod.")
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "weights")
-SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

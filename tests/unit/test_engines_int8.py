@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sft_engine.engines.calibration import MIN_GATE_IMAGES, files_sha256, image_digest, split_for_int8
-from sft_engine.engines.cpu.isa import cpu_int8_isa, require_int8_isa
+from sft_engine.engines.cpu.isa import cpu_bf16_isa, cpu_int8_isa, require_int8_isa
 from sft_engine.engines.precision import gate_for
 from sft_engine.verify import INT8_TOLERANCE
 from sft_engine.errors import ConfigError, ExportError, TargetUnavailable
@@ -29,6 +29,12 @@ def test_isa_detection_prefers_amx_then_vnni():
     assert cpu_int8_isa(CPUINFO.format(extra="avx2")) == "AVX2"  # u8s8 in two instructions: the pre-VNNI kernels
     assert cpu_int8_isa(CPUINFO.format(extra="avx512_bf16")) is None
     assert cpu_int8_isa("") is None
+
+
+def test_bf16_detection_needs_the_hardware_flags():
+    assert cpu_bf16_isa(CPUINFO.format(extra="avx512_vnni amx_bf16 amx_int8 avx512_bf16")) == "AMX-BF16"
+    assert cpu_bf16_isa(CPUINFO.format(extra="avx512_bf16")) == "AVX512-BF16"
+    assert cpu_bf16_isa(CPUINFO.format(extra="avx512_vnni avx512bw")) is None  # bf16 there is emulated
 
 
 def test_int8_is_refused_without_the_instructions_naming_them():

@@ -102,8 +102,39 @@ def test_missing_pretrained_checkpoint(tmp_path: Path, capsys: pytest.CaptureFix
     _not_complete(tmp_path / "out")
 
 
-def test_amp_on_cpu_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(capsys, ["--amp", "bf16", "--device", "cpu", "--output", str(tmp_path / "out"), *FAST], "needs a CUDA device")
+def test_fp16_amp_on_cpu_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(capsys, ["--amp", "fp16", "--device", "cpu", "--output", str(tmp_path / "out"), *FAST], "needs a CUDA device")
+
+
+def test_bf16_amp_on_cpu_follows_the_hardware() -> None:
+    """bf16 autocast on a CPU only with bf16 in hardware; ``auto`` stays FP32 on every CPU."""
+    import torch
+
+    from sft_engine.errors import ConfigError
+    from sft_engine.finetune.optim import resolve_amp
+
+    cpu = torch.device("cpu")
+    assert resolve_amp(FinetuneConfig(amp="bf16"), cpu, bf16_isa="AVX512-BF16") is torch.bfloat16
+    assert resolve_amp(FinetuneConfig(amp="auto"), cpu, bf16_isa="AMX-BF16") is None
+    with pytest.raises(ConfigError, match="would run emulated"):
+        resolve_amp(FinetuneConfig(amp="bf16"), cpu, bf16_isa=None)
+
+
+def test_bf16_autocast_trains_on_a_cpu_that_has_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sft_engine.engines.cpu.isa import cpu_bf16_isa
+
+    argv = ["--amp", "bf16", "--device", "cpu", "--num-classes", "3", "--synthetic-train-size", "32", "--synthetic-val-size", "12",
+            "--epochs", "1", "--output", str(tmp_path / "out"), *FAST]
+    if cpu_bf16_isa() is None:
+        _fails(capsys, argv, "would run emulated", "--amp none")
+        return
+    assert main(["finetune", *argv]) == 0, capsys.readouterr().err
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert meta["training"]["amp"] == "bfloat16" and meta["epochs"] == 1
+    fp32 = [*argv[:argv.index("--output")], "--output", str(tmp_path / "fp32"), *FAST]
+    assert main(["finetune", *fp32[2:]]) == 0  # the same seeded run without autocast
+    losses = [float((tmp_path / out / "metrics.csv").read_text().splitlines()[1].split(",")[3]) for out in ("out", "fp32")]
+    assert losses[0] != losses[1], losses  # bf16 arithmetic really ran: the same seeded run's training loss moved
 
 
 def test_without_a_terminal_progress_is_one_line_per_epoch(tmp_path):

@@ -17,18 +17,17 @@ from pathlib import Path
 
 from sft_engine.errors import TargetUnavailable
 
-__all__ = ["INT8_ISAS", "cpu_int8_isa", "require_int8_isa", "cpu_has_native_bf16"]
+__all__ = ["INT8_ISAS", "BF16_ISAS", "cpu_int8_isa", "cpu_bf16_isa", "require_int8_isa", "cpu_has_native_bf16"]
 
 
 #: /proc/cpuinfo flag → name, best first
 INT8_ISAS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2"))
+#: bf16 arithmetic in hardware (oneDNN's bf16 kernels; without them PyTorch emulates it, slower than fp32)
+BF16_ISAS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"))
 
 
-def cpu_int8_isa(cpuinfo: str | None = None) -> str | None:
-    """The best INT8 dot-product instruction set of this CPU (``AMX-INT8``, ...), or None.
-
-    ``cpuinfo``: the text of /proc/cpuinfo (read when not given; None off Linux).
-    """
+def _best_isa(table: tuple[tuple[str, str], ...], cpuinfo: str | None) -> str | None:
+    """The first entry of ``table`` whose /proc/cpuinfo flag this CPU has (None off Linux)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -38,10 +37,24 @@ def cpu_int8_isa(cpuinfo: str | None = None) -> str | None:
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             flags.update(line.partition(":")[2].split())
-    for flag, name in INT8_ISAS:
-        if flag in flags:
-            return name
-    return None
+    return next((name for flag, name in table if flag in flags), None)
+
+
+def cpu_int8_isa(cpuinfo: str | None = None) -> str | None:
+    """The best INT8 dot-product instruction set of this CPU (``AMX-INT8``, ...), or None.
+
+    ``cpuinfo``: the text of /proc/cpuinfo (read when not given; None off Linux).
+    """
+    return _best_isa(INT8_ISAS, cpuinfo)
+
+
+def cpu_bf16_isa(cpuinfo: str | None = None) -> str | None:
+    """``AMX-BF16`` or ``AVX512-BF16`` where this CPU does bf16 arithmetic natively, else None.
+
+    Read from /proc/cpuinfo rather than OpenVINO (``cpu_has_native_bf16``) so that
+    fine-tuning, which needs only torch, can ask too.
+    """
+    return _best_isa(BF16_ISAS, cpuinfo)
 
 
 def require_int8_isa(isa: str | None) -> str:
