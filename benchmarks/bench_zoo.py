@@ -4,6 +4,9 @@
 For each family (torchvision names, or ``timm:NAME``), with seeded random weights (nothing
 downloads) moved off the family's own init so that labels vary from image to image:
 
+* ``--time-refused``: a precision its gate refused is built again with the gate opened and
+  timed beside the others (marked ``*``, never chosen), so that INT8 can be compared with
+  bf16 where bf16 narrowly fails;
 * labelled images: synthetic images at the family's input size, labelled with the eager
   model's own predictions (so INT8's gate agreement and accuracy drop mean agreement with
   eager), preprocessed by the family's own recipe (timm's ``pretrained_cfg``, torchvision's
@@ -25,6 +28,7 @@ family, so an interrupted run keeps what it measured) to ``--json``.
 
     python benchmarks/bench_zoo.py --batch 1 --budget 1 --json reports/bench_zoo.json
     python benchmarks/bench_zoo.py --models vit_b_16,swin_t --batch 1 --budget 1 --no-serve
+    python benchmarks/bench_zoo.py --models timm:vit_small_patch14_reg4_dinov2 --batch 1 --budget 0.5 --time-refused
 """
 
 from __future__ import annotations
@@ -111,43 +115,13 @@ def labelled_images(model: torch.nn.Module, prep: Any, root: Path, count: int, s
     return full, subset, x
 
 
-def fit_head(model: torch.nn.Module, prep: Any, root: Path, count: int, ridge: float = 1e-1, scale: float = 10.0) -> float:
-    """Fit the head by ridge regression to the synthetic task's true labels on ``count`` images of their own; top-1 there.
+def ungated_runner(cfg: Any, work: Path, precision: str) -> Any:
+    """The engine of a build its gate refused, built again with the gate opened, to time it: never published as a choice."""
+    from sft_engine.build import build
 
-    With random weights the logits of most families sit close together, so any rounding
-    flips labels and a gate judges noise. A head fitted to what the (random) backbone
-    computes gives decisions margins like a linear probe's on its task, which is what an
-    INT8 or bf16 gate sees on a fine-tuned model. The fit images are apart from the
-    labelled images that calibrate and gate.
-    """
-    from sft_engine.finetune.synthetic import make_synthetic_images, synthetic_labels
-    from sft_engine.models.heads import find_head
-    from sft_engine.verify import eager_logits
-
-    head = model.get_submodule(find_head(model, CLASSES, "the model"))
-    if not isinstance(head, torch.nn.Linear):
-        raise TypeError(f"--fit-head needs a final nn.Linear, this family's head is {type(head).__name__}")
-    files = make_synthetic_images(root / "fit", count=count, num_classes=CLASSES, image_size=prep.input_size, seed=11)
-    names = synthetic_labels(CLASSES)
-    labels = torch.tensor([names.index(p.parent.name) for p in files])
-    feats: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda _m, inp, _out: feats.append(inp[0].detach().double().reshape(inp[0].shape[0], -1)))
-    try:
-        eager_logits(model, prep.batch(files), batch_size=16)
-    finally:
-        hook.remove()
-    x = torch.cat(feats)
-    mean = x.mean(0, keepdim=True)
-    centered = x - mean
-    targets = torch.nn.functional.one_hot(labels, CLASSES).double() * scale
-    gram = centered.T @ centered
-    gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=torch.float64)
-    weight = torch.linalg.solve(gram, centered.T @ (targets - targets.mean(0, keepdim=True)))
-    with torch.no_grad():
-        head.weight.copy_(weight.T.float())
-        if head.bias is not None:
-            head.bias.copy_((targets.mean(0) - (mean @ weight).squeeze(0)).float())
-    return float(((centered @ weight + targets.mean(0)).argmax(1) == labels).double().mean())
+    loose = cfg.merged({"name": f"{cfg.name}_ungated", "repository": work / f"repo-{precision}-ungated", "parity_atol": 1e9,
+                        "parity_rtol": 1e9, "parity_min_top1_agreement": 1e-6, "accuracy_max_drop": 100.0}, "flags")
+    return EngineRunner(str(build(loose).published.path)).run
 
 
 def candidate_failures(precision: str, rows: list[dict]) -> list[dict]:
@@ -165,7 +139,6 @@ def candidate_failures(precision: str, rows: list[dict]) -> list[dict]:
 def bench_family(arch: str, args: argparse.Namespace, precisions: list[str], work: Path) -> dict[str, Any]:
     from sft_engine.build import build
     from sft_engine.build_config import BuildConfig, default_model_name
-    from sft_engine.models import save_state_dict
     from sft_engine.models.preprocessing import resolve_preprocessing
 
     slug = default_model_name(arch)
@@ -178,10 +151,6 @@ def bench_family(arch: str, args: argparse.Namespace, precisions: list[str], wor
         prep, origin = resolve_preprocessing(arch)
         weights = work / f"{slug}.safetensors"
         model = random_weights(weights, arch, CLASSES, jitter=args.jitter)
-        if args.fit_head:
-            out["fit_head_top1"] = round(fit_head(model, prep, work, args.fit_head), 4)
-            save_state_dict(model, weights)
-            say(f"head fitted on {args.fit_head} synthetic images: top-1 {out['fit_head_top1']:.1%} there")
         labels = [f"class_{i}" for i in range(CLASSES)]
         count = args.images if "int8" in precisions else args.fp_gate_images  # only INT8 needs the gate's 200 and more
         full, subset, x_all = labelled_images(model, prep, work, count, args.fp_gate_images, labels)
@@ -191,7 +160,7 @@ def bench_family(arch: str, args: argparse.Namespace, precisions: list[str], wor
         return out
     out.update(input_size=prep.input_size, preprocessing=origin, label_classes=int(len(set(x.name for x in full.iterdir()))))
     say(f"input {prep.input_size}, preprocessing {origin}; eager labels {out['label_classes']} of {CLASSES} classes")
-    runners, published = {}, {}
+    runners, published, ungated = {}, {}, {}
     for precision in precisions:
         name = f"{slug}_{precision}"
         cfg = BuildConfig(arch=arch, num_classes=CLASSES, labels=labels, weights=weights, name=name,
@@ -210,6 +179,9 @@ def bench_family(arch: str, args: argparse.Namespace, precisions: list[str], wor
                                         "agreement": {r["candidate"]: r["top1_agreement"] for r in rows if "top1_agreement" in r}}
             out["failures"].append({"precision": precision, "candidate": "-", "stage": failure_stage(exc), "reason": one_line(exc)})
             say(f"{precision}: refused at stage {failure_stage(exc)} after {time.perf_counter() - t0:.0f} s: {one_line(exc)}")
+            if args.time_refused and failure_stage(exc) == "gate":
+                ungated[precision] = ungated_runner(cfg, work, precision)
+                say(f"{precision}: built again without its gate, for timing only (never chosen)")
             continue
         out["failures"] += candidate_failures(precision, res.candidates)
         chosen_name = next(r["candidate"] for r in res.candidates if (r["engine"], r["precision"]) == (res.engine, res.precision)) \
@@ -226,17 +198,19 @@ def bench_family(arch: str, args: argparse.Namespace, precisions: list[str], wor
     if not runners:
         return out
     torch.set_num_threads(os.cpu_count() or 1)
+    timed = {**runners, **{f"{p} (gate failed)": run for p, run in ungated.items()}}
 
     def eager(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
 
     x = np.ascontiguousarray(np.resize(x_all, (args.batch, *x_all.shape[1:])))
-    stats = time_interleaved({"eager": eager, **runners}, x, budget_s=(1 + len(runners)) * args.budget)
+    stats = time_interleaved({"eager": eager, **timed}, x, budget_s=(1 + len(timed)) * args.budget)
     out["images_per_s"] = {k: round(v.images_per_s, 2) for k, v in stats.items()}
-    out["x_eager"] = {p: round(stats[p].images_per_s / stats["eager"].images_per_s, 3) for p in runners}
-    if "bf16" in runners:
-        out["x_bf16"] = {p: round(stats[p].images_per_s / stats["bf16"].images_per_s, 3) for p in runners}
+    out["x_eager"] = {p: round(stats[p].images_per_s / stats["eager"].images_per_s, 3) for p in timed}
+    bf16 = next((k for k in ("bf16", "bf16 (gate failed)") if k in stats), None)
+    if bf16 is not None:
+        out["x_bf16"] = {p: round(stats[p].images_per_s / stats[bf16].images_per_s, 3) for p in timed}
     chosen = max(runners, key=lambda p: stats[p].images_per_s)
     out["chosen"] = {"precision": chosen, "engine": out["builds"][chosen]["engine"], "candidate": out["builds"][chosen]["candidate"],
                      "export_s": out["builds"][chosen]["export_s"].get(out["builds"][chosen]["candidate"])}
@@ -271,9 +245,14 @@ def table(results: list[dict]) -> str:
         if agr is None and int8.get("agreement"):
             agr = max(int8["agreement"].values())  # the best candidate's, that failed its gate
         chosen = r.get("chosen", {})
-        lines.append(f"{r['family']:34s} {r.get('input_size', '-')!s:>4s} {chosen.get('engine', '-'):22s} {_fmt(xe.get('fp32')):>6s} "
-                     f"{_fmt(xe.get('bf16')):>6s} {_fmt(xe.get('int8')):>6s} {_fmt(xb.get('int8')):>9s} {_fmt(agr, '.1%'):>8s} "
+
+        def x(table: dict, p: str) -> str:  # '*': timed though its gate refused it
+            return _fmt(table[p]) if p in table else (_fmt(table.get(f"{p} (gate failed)")) + "*").replace("-*", "-")
+
+        lines.append(f"{r['family']:34s} {r.get('input_size', '-')!s:>4s} {chosen.get('engine', '-'):22s} {x(xe, 'fp32'):>6s} "
+                     f"{x(xe, 'bf16'):>6s} {x(xe, 'int8'):>6s} {x(xb, 'int8') + ('*' if 'bf16 (gate failed)' in xe and 'int8' in xb else ''):>9s} {_fmt(agr, '.1%'):>8s} "
                      f"{_fmt(chosen.get('export_s'), '.0f'):>8s} {_fmt(r.get('served', {}).get('ratio')):>9s}")
+    lines.append("(* timed with --time-refused: that precision's gate refused it, so it is never chosen)")
     fails = [(r["family"], f) for r in results for f in r["failures"]]
     if fails:
         lines.append("\nfailures (family, precision, candidate, stage: reason):")
@@ -290,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=232, help=f"labelled images: {GATE_IMAGES} gate INT8, the rest (>= 32) calibrate it")
     ap.add_argument("--fp-gate-images", type=int, default=48, help="of them, how many gate fp32 and bf16")
     ap.add_argument("--jitter", type=float, default=0.05, help="noise added to the random init, so labels vary")
-    ap.add_argument("--fit-head", type=int, default=0, metavar="N",
-                    help="fit the head to the synthetic task on N images of their own (ridge regression), so decisions have margins")
+    ap.add_argument("--time-refused", action="store_true",
+                    help="time a precision its gate refused too (built again without the gate; shown as 'gate failed', never chosen)")
     ap.add_argument("--concurrency", type=int, default=2, help="requests in flight in the served measurement")
     ap.add_argument("--no-serve", action="store_true", help="skip the served measurement")
     ap.add_argument("--json", type=Path, help="write the results here (after each family)")

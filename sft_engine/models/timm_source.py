@@ -102,14 +102,22 @@ class TimmSource:
             ) from None
 
 
-@functools.lru_cache(maxsize=None)
-def _info(model: str) -> ArchInfo:
+def _skeleton(model: str, **kwargs: Any) -> nn.Module:
+    """The model without weights (on the meta device where it can be built there)."""
     timm = _timm()
     try:
         with torch.device("meta"):
-            net = timm.create_model(model, pretrained=False)
+            return timm.create_model(model, pretrained=False, **kwargs)
     except (NotImplementedError, RuntimeError):
-        net = timm.create_model(model, pretrained=False)
+        return timm.create_model(model, pretrained=False, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _info(model: str) -> ArchInfo:
+    timm = _timm()
+    net = _skeleton(model)
+    if getattr(net, "num_classes", None) == 0:  # a backbone by default (DINOv2, CLIP towers): the head exists once classes are asked for
+        net = _skeleton(model, num_classes=2)
     head = net.get_classifier()
     if isinstance(head, (tuple, list)):
         raise ModelError(f"timm:{model} has {len(head)} classifier heads (a distilled model)", hint="pick the model without distillation heads")

@@ -217,3 +217,20 @@ def test_a_failure_inside_the_library_carries_its_message(tmp_path, library):
         with pytest.raises(QuantizationError, match="nncf.quantize failed: ") as info:
             quantize_openvino(tmp_path / "broken.xml", _calibration(2), tmp_path / "out.xml")
     assert isinstance(info.value, ExportError) and "\n" not in str(info.value)
+
+
+def test_a_bare_assert_in_a_quantizer_is_named_by_its_place():
+    """ONNX Runtime's quantizer asserts without a message on some graphs: the one line then says where it failed."""
+    from sft_engine.engines.cpu.quantize import _library_failure
+
+    def library_code():
+        raise AssertionError  # what a bare assert raises outside pytest's rewriting
+
+    try:
+        library_code()
+    except AssertionError as exc:
+        err = _library_failure("onnxruntime quantize_static", exc)
+    assert str(err).startswith("onnxruntime quantize_static failed: AssertionError: at ")
+    assert "test_engines_int8.py:" in str(err) and "raise AssertionError" in str(err)
+    assert "\n" not in str(err)
+    assert str(_library_failure("nncf.quantize", ValueError("bad\nshape"))).startswith("nncf.quantize failed: ValueError: bad shape")

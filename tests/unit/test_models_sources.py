@@ -48,6 +48,7 @@ def test_torchvision_heads(arch, head):
     ("timm:test_vit", "head"), ("timm:test_convnext", "head.fc"), ("timm:test_efficientnet", "classifier"),
     ("timm:resnet10t", "fc"), ("timm:mobilenetv4_conv_small", "classifier"), ("timm:vit_tiny_patch16_224", "head"),
     ("timm:deit_tiny_patch16_224", "head"), ("timm:convnext_atto", "head.fc"), ("timm:efficientvit_b0", "head.classifier.4"),
+    ("timm:vit_small_patch14_reg4_dinov2", "head"),  # a backbone by default (num_classes=0): its head appears once classes are asked for
 ])
 def test_timm_heads(arch, head):
     assert head_prefix(arch) == head + "."

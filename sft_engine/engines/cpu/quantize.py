@@ -90,7 +90,17 @@ def _batches(images: np.ndarray, batch: int = CALIBRATION_BATCH) -> list[np.ndar
 
 
 def _library_failure(library: str, exc: Exception) -> QuantizationError:
-    return QuantizationError(f"{library} failed: {type(exc).__name__}: {exc}"[:400], hint="build with --precision fp32 or bf16")
+    """The library's own words; a bare ``assert`` has none, so its place in the library is named instead."""
+    detail = " ".join(str(exc).split())
+    if not detail:
+        import traceback
+
+        frames = traceback.extract_tb(exc.__traceback__)
+        if frames:
+            last = frames[-1]
+            path = Path(last.filename)
+            detail = f"at {'/'.join(path.parts[-3:])}:{last.lineno} ({(last.line or '').strip()[:120]})"
+    return QuantizationError(f"{library} failed: {type(exc).__name__}: {detail}"[:400], hint="build with --precision fp32 or bf16")
 
 
 def quantize_openvino(model_xml: Path, calibration: np.ndarray, out_xml: Path) -> dict[str, Any]:
