@@ -49,7 +49,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from _fixture import embedded_server, random_weights
+from _fixture import build_without_gate, embedded_server, random_weights
 from bench_cpu import available_precisions, saturation
 
 from sft_engine.engines.cpu.serving_model import EngineRunner
@@ -115,15 +115,6 @@ def labelled_images(model: torch.nn.Module, prep: Any, root: Path, count: int, s
     return full, subset, x
 
 
-def ungated_runner(cfg: Any, work: Path, precision: str) -> Any:
-    """The engine of a build its gate refused, built again with the gate opened, to time it: never published as a choice."""
-    from sft_engine.build import build
-
-    loose = cfg.merged({"name": f"{cfg.name}_ungated", "repository": work / f"repo-{precision}-ungated", "parity_atol": 1e9,
-                        "parity_rtol": 1e9, "parity_min_top1_agreement": 1e-6, "accuracy_max_drop": 100.0}, "flags")
-    return EngineRunner(str(build(loose).published.path)).run
-
-
 def candidate_failures(precision: str, rows: list[dict]) -> list[dict]:
     """Each candidate of a build that did not export, could not run, or failed its gate: stage and one line."""
     out = []
@@ -180,7 +171,8 @@ def bench_family(arch: str, args: argparse.Namespace, precisions: list[str], wor
             out["failures"].append({"precision": precision, "candidate": "-", "stage": failure_stage(exc), "reason": one_line(exc)})
             say(f"{precision}: refused at stage {failure_stage(exc)} after {time.perf_counter() - t0:.0f} s: {one_line(exc)}")
             if args.time_refused and failure_stage(exc) == "gate":
-                ungated[precision] = ungated_runner(cfg, work, precision)
+                loose = build_without_gate(cfg, name=f"{cfg.name}_ungated", repository=work / f"repo-{precision}-ungated")
+                ungated[precision] = EngineRunner(str(loose.published.path)).run
                 say(f"{precision}: built again without its gate, for timing only (never chosen)")
             continue
         out["failures"] += candidate_failures(precision, res.candidates)

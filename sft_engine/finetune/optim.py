@@ -8,11 +8,12 @@ device supports.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from sft_engine.engines.cpu.isa import cpu_bf16_isa
 from sft_engine.errors import ConfigError
 from sft_engine.finetune.config import FinetuneConfig
 
@@ -101,21 +102,16 @@ def make_optimizer(groups: list[dict[str, Any]], config: FinetuneConfig) -> torc
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def resolve_amp(config: FinetuneConfig, device: torch.device, bf16_isa: str | None | bool = False) -> torch.dtype | None:
+def resolve_amp(config: FinetuneConfig, device: torch.device, bf16_isa: Callable[[], str | None] = cpu_bf16_isa) -> torch.dtype | None:
     """The autocast dtype of the run, or None for FP32.
 
     On CUDA ``auto`` is bf16 where supported, else fp16 (with a gradient scaler). On a
     CPU only ``--amp bf16`` turns autocast on, and only where the CPU has bf16 in
-    hardware (``bf16_isa``: AMX-BF16 / AVX512-BF16, read from /proc/cpuinfo when left
-    False): elsewhere PyTorch emulates bf16 and trains slower than FP32. ``auto`` stays
+    hardware (``bf16_isa()``: AMX-BF16 / AVX512-BF16, read from /proc/cpuinfo): elsewhere PyTorch emulates bf16 and trains slower than FP32. ``auto`` stays
     FP32 on CPUs, so that a run's numerics do not depend on which CPU it landed on.
     """
     if device.type == "cpu" and config.amp == "bf16":
-        if bf16_isa is False:
-            from sft_engine.engines.cpu.isa import cpu_bf16_isa
-
-            bf16_isa = cpu_bf16_isa()
-        if not bf16_isa:
+        if not bf16_isa():
             raise ConfigError("--amp bf16 on this CPU would run emulated: it has neither AMX-BF16 nor AVX512-BF16",
                               hint="pass --amp none (or auto), or run on a CPU with bf16 in hardware or with --device cuda")
         return torch.bfloat16

@@ -65,8 +65,12 @@ def fit_head(model: torch.nn.Module, inputs: np.ndarray, labels: np.ndarray, sca
         fc.bias.copy_(bias.float())
 
 
-def make_classifier(root: Path, images_per_class: int) -> Classifier:
-    """Labelled images in class folders under ``root``, and a resnet18 whose fitted head classifies them all."""
+def make_classifier(root: Path, images_per_class: int, scale: int = 1, suffix: str = ".png") -> Classifier:
+    """Labelled images in class folders under ``root``, and a resnet18 whose fitted head classifies them all.
+
+    ``scale``: the files are that many times the input size (bicubic upscaling), as clients'
+    photographs are; ``suffix`` picks the format (``.jpg``: quality 92).
+    """
     from PIL import Image
 
     from sft_engine.models import build_model, save_state_dict
@@ -78,8 +82,11 @@ def make_classifier(root: Path, images_per_class: int) -> Classifier:
         folder = root / "calibration" / kind
         folder.mkdir(parents=True)
         for i in range(images_per_class):
-            path = folder / f"{i:03d}.png"
-            Image.fromarray(_image(kind, rng)).save(path)
+            path = folder / f"{i:03d}{suffix}"
+            image = Image.fromarray(_image(kind, rng))
+            if scale != 1:
+                image = image.resize((INPUT_SIZE * scale,) * 2, Image.Resampling.BICUBIC)
+            image.save(path, **({"quality": 92} if suffix == ".jpg" else {}))
             files.append(path)
             labels.append(index)
     prep = Preprocessing(input_size=INPUT_SIZE)

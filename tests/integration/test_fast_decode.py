@@ -15,18 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from sft_engine.cli import main
-from sft_engine.models import build_model, save_state_dict
 from sft_engine.pixels import PixelPipeline
-from sft_engine.preprocess import Preprocessing
 from sft_engine.repository.manifest import read_manifest
 from sft_engine.repository.config import parameters_of, read_config
 from sft_engine.server import ServerConfig, TritonServer
-from sft_engine.verify import parity_inputs
-from tests.gpu.conftest import CLASSES, INPUT_SIZE, _image, fit_head
+from tests.gpu.conftest import CLASSES, INPUT_SIZE, make_classifier
 from tests.helpers import tree_digest
 
 pytestmark = pytest.mark.integration
@@ -40,19 +36,9 @@ NAME = "fastdec"
 def classifier(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(weights, labelled JPEG folder, labels file)."""
     root = tmp_path_factory.mktemp("fast-decode")
-    rng = np.random.default_rng(3)
-    for kind in CLASSES:
-        (root / "jpeg" / kind).mkdir(parents=True)
-        for i in range(PER_CLASS):
-            big = Image.fromarray(_image(kind, rng)).resize((INPUT_SIZE * SCALE,) * 2, Image.Resampling.BICUBIC)
-            big.save(root / "jpeg" / kind / f"{i:02d}.jpg", quality=92)
-    data = parity_inputs(Preprocessing(input_size=INPUT_SIZE), 1, root / "jpeg", labels=CLASSES)
-    torch.manual_seed(0)
-    model = build_model("resnet18", len(CLASSES)).eval()
-    fit_head(model, data.inputs, data.labels)
-    save_state_dict(model, root / "classifier.safetensors")
-    (root / "labels.txt").write_text("\n".join(CLASSES) + "\n")
-    return root / "classifier.safetensors", root / "jpeg", root / "labels.txt"
+    made = make_classifier(root, PER_CLASS, scale=SCALE, suffix=".jpg")
+    (root / "labels.txt").write_text("\n".join(made.labels) + "\n")
+    return made.weights, made.calibration, root / "labels.txt"
 
 
 def _argv(classifier, repo: Path, calibration: Path) -> list[str]:

@@ -114,10 +114,10 @@ def test_bf16_amp_on_cpu_follows_the_hardware() -> None:
     from sft_engine.finetune.optim import resolve_amp
 
     cpu = torch.device("cpu")
-    assert resolve_amp(FinetuneConfig(amp="bf16"), cpu, bf16_isa="AVX512-BF16") is torch.bfloat16
-    assert resolve_amp(FinetuneConfig(amp="auto"), cpu, bf16_isa="AMX-BF16") is None
+    assert resolve_amp(FinetuneConfig(amp="bf16"), cpu, bf16_isa=lambda: "AVX512-BF16") is torch.bfloat16
+    assert resolve_amp(FinetuneConfig(amp="auto"), cpu, bf16_isa=lambda: "AMX-BF16") is None
     with pytest.raises(ConfigError, match="would run emulated"):
-        resolve_amp(FinetuneConfig(amp="bf16"), cpu, bf16_isa=None)
+        resolve_amp(FinetuneConfig(amp="bf16"), cpu, bf16_isa=lambda: None)
 
 
 def test_bf16_autocast_trains_on_a_cpu_that_has_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
