@@ -234,3 +234,64 @@ def test_a_bare_assert_in_a_quantizer_is_named_by_its_place():
     assert "test_engines_int8.py:" in str(err) and "raise AssertionError" in str(err)
     assert "\n" not in str(err)
     assert str(_library_failure("nncf.quantize", ValueError("bad\nshape"))).startswith("nncf.quantize failed: ValueError: bad shape")
+
+
+def test_calibration_batch_fits_the_memory_available():
+    """ONNX Runtime's calibration holds every activation of a batch: the batch shrinks with memory, and one image that cannot fit is refused."""
+    from sft_engine.engines.cpu.quantize import CALIBRATION_BATCH, QuantizationError, calibration_batch
+
+    gib = 2**30
+    assert calibration_batch(10 * 2**20, 20 * gib) == CALIBRATION_BATCH  # a CNN at 224: the fixed batch
+    assert calibration_batch(int(2.6 * gib), 20 * gib) == 3  # DINOv2 ViT-S at 518 px on a 24 GiB host
+    assert calibration_batch(int(2.6 * gib), 0) == CALIBRATION_BATCH  # nothing known about memory
+    with pytest.raises(QuantizationError, match=r"holds about 2\.6 GiB per image, more than 50% of the 4\.0 GiB available") as info:
+        calibration_batch(int(2.6 * gib), 4 * gib)
+    assert "--engine openvino" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")
+def test_onnxruntime_calibration_batches_by_the_graphs_activations(small_onnx, tmp_path, monkeypatch):
+    """The per-image activation bytes come from the graph's inferred shapes; the reader hands over that many images a pass."""
+    import onnx
+
+    from sft_engine.engines.cpu import quantize
+
+    src, _ = small_onnx
+    seen: list[int] = []
+    real = quantize.Received.batch
+    monkeypatch.setattr(quantize.Received, "batch", lambda self, b: (seen.append(len(b)), real(self, b))[1])
+    monkeypatch.setattr(quantize, "available_memory", lambda: 64 * 2**30)
+    first = quantize.quantize_onnx(src, _calibration(12), tmp_path / "first.onnx")
+    per_image = first["activation_bytes_per_image"]
+    assert first["calibration_batch"] == quantize.CALIBRATION_BATCH and seen == [12]
+    assert per_image > 8 * 32 * 32 * 4  # more than the input and a feature map: every intermediate tensor counts
+    seen.clear()
+    monkeypatch.setattr(quantize, "available_memory", lambda: int(per_image * 5 / quantize.ORT_CALIBRATION_MEMORY_SHARE) + 1)
+    info = quantize.quantize_onnx(src, _calibration(12), tmp_path / "model.onnx")
+    assert info["calibration_batch"] == 5 and seen == [5, 5, 2]
+    assert info["received_image_digests"] == [image_digest(x) for x in _calibration(12)]
+    monkeypatch.setattr(quantize, "available_memory", lambda: per_image)  # one image would take all of it
+    with pytest.raises(quantize.QuantizationError, match="per image, more than 50%"):
+        quantize.quantize_onnx(src, _calibration(12), tmp_path / "refused.onnx")
+    assert not (tmp_path / "refused.onnx").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")
+def test_onnxruntime_quantizes_torchvisions_vit_where_symbolic_shape_inference_stops(tmp_path):
+    """torchvision's ViT graph makes ORT's symbolic shape inference assert (a Reshape of unknown rank): INT8 goes on with ONNX's shapes."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from sft_engine.engines.cpu.quantize import quantize_onnx
+    from sft_engine.engines.export.onnx import export_onnx
+
+    model = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=4).eval()
+    src = tmp_path / "vit.onnx"
+    export_onnx(model, torch.randn(2, 3, 32, 32), src)
+    with pytest.raises(AssertionError):  # what stopped every ONNX Runtime INT8 build of vit_b_16
+        quant_pre_process(str(src), str(tmp_path / "prepared.onnx"))
+    info = quantize_onnx(src, _calibration(8), tmp_path / "model.onnx")
+    assert info["pre_process"].startswith("without symbolic shape inference (symbolic shape inference failed: AssertionError: at ")
+    assert info["family"]["family"] == "transformer" and info["family"]["activation_matmuls_in_float"] == 2
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node}

@@ -26,6 +26,10 @@ count and a digest of every image), under its own keys, so the split's counts ca
 hide a quantizer that was handed other images. A
 failure inside the library raises ``QuantizationError`` carrying the library's
 message, so the build records that candidate as failed and goes on with the others.
+
+ONNX Runtime's calibration holds about every activation of a batch at once, so its batch
+is sized from the graph's shapes against the memory available (``calibration_batch``);
+a graph of which not one image fits is refused in one line, not killed by the kernel.
 """
 
 from __future__ import annotations
@@ -43,11 +47,13 @@ from sft_engine.engines.calibration import Received
 from sft_engine.errors import ExportError
 
 __all__ = ["QuantizationError", "quantize_openvino", "quantize_onnx", "CALIBRATION_BATCH", "transformer_ops", "onnx_transformer_settings",
-           "TRANSFORMER_OPS", "ORT_TRANSFORMER_OP_TYPES"]
+           "TRANSFORMER_OPS", "ORT_TRANSFORMER_OP_TYPES", "available_memory", "activation_bytes_per_image", "calibration_batch"]
 
 LOGGER = logging.getLogger(__name__)
 #: images per calibration forward pass (ranges are the same for any batching; memory is not)
 CALIBRATION_BATCH = 16
+#: share of the memory available when calibration starts that ONNX Runtime's calibration may hold
+ORT_CALIBRATION_MEMORY_SHARE = 0.5
 
 
 #: op types (ONNX; OpenVINO's names beside) whose presence makes a graph a transformer family's for INT8
@@ -87,6 +93,54 @@ class QuantizationError(ExportError):
 
 def _batches(images: np.ndarray, batch: int = CALIBRATION_BATCH) -> list[np.ndarray]:
     return [np.ascontiguousarray(images[i:i + batch]) for i in range(0, len(images), batch)]
+
+
+def available_memory() -> int:
+    """Bytes the kernel says a new allocation can have now (``MemAvailable``); 0 where it does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def activation_bytes_per_image(model: Any) -> int:
+    """Bytes of every floating-point tensor of one image's forward pass through an ``onnx.ModelProto``.
+
+    ONNX Runtime's min-max calibration adds a ReduceMin/ReduceMax output for each of them and,
+    measured, holds about this much per image in a batch: 2.6 GB for a DINOv2 ViT-S at 518 px
+    (1374 tokens, attention maps of 1374²), where a batch of 16 was killed at 24 GiB. The shapes
+    are those of the shape inference that ``quant_pre_process`` ran; a symbolic dimension
+    (the batch) counts 1.
+    """
+    import onnx
+
+    sizes = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.DOUBLE: 8}
+    total = 0
+    for info in (*model.graph.value_info, *model.graph.output):
+        tensor = info.type.tensor_type
+        if tensor.elem_type in sizes and tensor.HasField("shape"):
+            total += int(np.prod([d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim])) * sizes[tensor.elem_type]
+    return total
+
+
+def calibration_batch(per_image: int, available: int, share: float = ORT_CALIBRATION_MEMORY_SHARE) -> int:
+    """Images per calibration pass so that ``per_image`` × batch fits ``share`` of ``available`` (at most ``CALIBRATION_BATCH``).
+
+    Raises ``QuantizationError`` when not even one image fits, so the INT8 candidate fails in
+    one line and the build goes on, instead of the kernel killing the whole build.
+    """
+    if available <= 0 or per_image <= 0:  # nothing known: the fixed batch, as before
+        return CALIBRATION_BATCH
+    fits = int(available * share) // per_image
+    if fits < 1:
+        raise QuantizationError(
+            f"onnxruntime calibration of this graph holds about {per_image / 2**30:.1f} GiB per image, more than "
+            f"{share:.0%} of the {available / 2**30:.1f} GiB available",
+            hint="free memory, or build with --engine openvino, a smaller --input-size or --precision bf16")
+    return min(CALIBRATION_BATCH, fits)
 
 
 def _library_failure(library: str, exc: Exception) -> QuantizationError:
@@ -135,10 +189,10 @@ def quantize_onnx(model_onnx: Path, calibration: np.ndarray, out_onnx: Path, inp
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
-        """The calibration images, ``CALIBRATION_BATCH`` at a time."""
+        """The calibration images, ``batch`` at a time (``calibration_batch``: what memory allows)."""
 
-        def __init__(self) -> None:
-            self._batches: Iterator[np.ndarray] = iter(_batches(calibration))
+        def __init__(self, batch: int) -> None:
+            self._batches: Iterator[np.ndarray] = iter(_batches(calibration, batch))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._batches, None)
@@ -147,25 +201,49 @@ def quantize_onnx(model_onnx: Path, calibration: np.ndarray, out_onnx: Path, inp
     import onnx
 
     received = Received()
-    reader = Reader()
     settings: dict[str, Any] = {"format": "QDQ", "activation_type": "QUInt8", "weight_type": "QInt8", "per_channel": True,
                                 "calibrate_method": "MinMax", "calibration_images": int(len(calibration))}
     try:
         with tempfile.TemporaryDirectory(prefix="sft-ort-quant-") as tmp:
             prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(model_onnx), str(prepared))
-            family = onnx_transformer_settings(onnx.load(str(prepared)))
+            settings["pre_process"] = _pre_process(quant_pre_process, model_onnx, prepared)
+            graph = onnx.load(str(prepared))
+            family = onnx_transformer_settings(graph)
+            per_image = activation_bytes_per_image(graph)
+            batch = calibration_batch(per_image, available_memory())
+            del graph
+            settings.update(calibration_batch=batch, activation_bytes_per_image=per_image)
             kwargs: dict[str, Any] = {}
             if family is not None:
                 record = family.pop("record")
                 kwargs = family
                 settings["family"] = record
-            quantize_static(str(prepared), str(out_onnx), reader, quant_format=QuantFormat.QDQ,
+            quantize_static(str(prepared), str(out_onnx), Reader(batch), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                             calibrate_method=CalibrationMethod.MinMax, **kwargs)
+    except QuantizationError:
+        raise
     except Exception as exc:  # any failure inside ONNX Runtime's quantizer is this candidate's, not the build's
         raise _library_failure("onnxruntime quantize_static", exc) from exc
     return {"quantizer": "onnxruntime.quantization", "version": ort.__version__, **settings, **received.describe()}
+
+
+def _pre_process(quant_pre_process: Any, source: Path, prepared: Path) -> str:
+    """ORT's ``quant_pre_process``; where its symbolic shape inference stops, again with ONNX's own shape inference only.
+
+    The symbolic pass asserts on some graphs (torchvision's ``vit_b_16``: a ``Reshape``
+    whose shape has no literal rank, ``symbolic_shape_infer.py``); ONNX Runtime documents
+    it as optional (``skip_symbolic_shape``), so the quantizer goes on with ONNX's shapes,
+    and the manifest says so.
+    """
+    try:
+        quant_pre_process(str(source), str(prepared))
+        return "full"
+    except Exception as exc:  # noqa: BLE001 - the retry below fails loudly if it is not the symbolic pass
+        reason = _library_failure("symbolic shape inference", exc).message
+    LOGGER.info("quant_pre_process: %s; again without symbolic shape inference", reason)
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    return f"without symbolic shape inference ({reason})"
 
 
 def _first_pass(received: Received, n: int) -> Received:
