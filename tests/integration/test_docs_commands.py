@@ -8,7 +8,8 @@ is listed in ``SUBSTITUTIONS``; what is not run, and why, in ``SKIPPED`` - only
 commands that need a GPU, docker, kubectl or the network. The developer commands
 (``./scripts/*.sh``, ``pytest``, ``pip``, ``python benchmarks/...``) are not the
 product's commands: ``scripts/demo.sh`` is ``sft-engine demo`` (tests/integration/
-test_demo.py), the benchmarks measure for minutes by design.
+test_demo.py), the benchmarks measure for minutes by design. A command written twice
+(an overview and its own section) runs once.
 """
 
 from __future__ import annotations
@@ -186,6 +187,9 @@ def test_every_documented_command_runs(workdir):
                                                        load_models=models_to_load(repo, model_names(repo)))).start()
                     ports = {8000: server.config.http_port, 8001: server.config.grpc_port, 8002: server.config.metrics_port}
                 command = _substitute(raw, ports)
+                if command in ran:  # the same command in two places (an overview and its section): it ran already
+                    skipped.append((doc.name, raw, "ran already, as written earlier in the docs"))
+                    continue
                 started = time.monotonic()
                 result = _run(command, workdir)
                 print(f"{time.monotonic() - started:6.1f} s  {command[:120]}")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_engine.server import free_port
+from sft_engine.server import _port_in_use, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -88,14 +88,12 @@ def _serve(repository: Path, port: int) -> tuple[subprocess.Popen[str], int]:
 
 
 def _port_free(port: int) -> bool:
-    import socket
+    """No process holds ``port`` any more, judged as a restarted ``serve`` judges it (``SO_REUSEADDR``).
 
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    A plain ``bind()`` would wait out the TIME-WAIT of the old server's connections (a
+    minute), which a restart does not have to wait for (test_faults_restart.py).
+    """
+    return not _port_in_use("127.0.0.1", port)
 
 
 def test_sigkill_of_serve_takes_its_tritonserver_down(repository: Path) -> None:
