@@ -1,12 +1,21 @@
-"""Child processes that die with their parent: ``PR_SET_PDEATHSIG`` through ``preexec_fn``.
+"""Child processes that die with their parent: ``PR_SET_PDEATHSIG``, set by a tiny exec shim.
 
 A child started with ``subprocess.Popen`` survives its parent's SIGKILL: it is
 re-parented to init and keeps its ports and memory, so a supervisor that restarts the
 parent (systemd, Kubernetes) then finds "port in use". Linux's
-``prctl(PR_SET_PDEATHSIG, SIGKILL)``, set in the child between fork and exec, makes
-the kernel kill the child when its parent dies. The parent may die before the child
-sets it, so right after setting it the child checks that its parent is still the
-process that started it and kills itself otherwise.
+``prctl(PR_SET_PDEATHSIG, SIGKILL)`` makes the kernel kill the child when its parent
+dies, and it is kept across ``execve``. The parent may die before the child sets it, so
+right after setting it the child checks that its parent is still the process that
+started it and kills itself otherwise.
+
+Why a shim and not ``preexec_fn``: with ``preexec_fn`` CPython forks (no ``vfork``) and runs
+the interpreter's at-fork hooks in the child between fork and exec. gRPC's hooks start a
+poller thread there, ``close_fds`` then closes its epoll descriptor, and the child
+aborts before it execs ("Epoll1Poller encountered epoll_wait error: Bad file
+descriptor", exit -6): a load-test worker started from a process with live gRPC
+channels died that way before reading its settings. ``bound_to_parent(argv)`` instead starts
+``python -I -S -c SHIM <parent pid> argv...``: the shim sets the signal, checks its
+parent and ``execvp``s ``argv`` in the same process (same pid, same file descriptors).
 
 The signal fires when the *thread* that forked the child ends, not only the process:
 start long-lived children from a thread that lives as long as they should (the main
@@ -15,30 +24,24 @@ thread, as every caller in sft-engine does).
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import sys
-from typing import Callable
+from typing import Sequence
 
-__all__ = ["die_with_parent"]
+__all__ = ["bound_to_parent"]
 
-_PR_SET_PDEATHSIG = 1
+#: the exec shim: PR_SET_PDEATHSIG (1) = SIGKILL, the parent check, then argv in this process
+_SHIM = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that ties the child's life to this process; None where Linux's prctl is missing."""
+def bound_to_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` so that it runs as a child that the kernel kills when this process dies (unchanged off Linux)."""
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: after fork only async-safe work
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the line above took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _SHIM, str(os.getpid()), *argv]

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from sft_engine.errors import ServerError
-from sft_engine.lifetime import die_with_parent
+from sft_engine.lifetime import bound_to_parent
 from sft_engine.triton.address import Address, is_loopback
 from sft_engine.triton.control import HttpControl
 from sft_engine.triton.security import ServerTls, redact, restricted_api_args
@@ -277,8 +277,8 @@ class TritonServer:
         LOGGER.info("starting %s", " ".join(shlex.quote(a) for a in redact(argv, cfg.admin_key)))
         with os.fdopen(fd, "wb") as log:
             self._process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=server_environment(install), start_new_session=True, preexec_fn=die_with_parent(),
+                bound_to_parent(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=server_environment(install), start_new_session=True,
             )
         self._finalizer = weakref.finalize(self, _kill, self._process)
         try:

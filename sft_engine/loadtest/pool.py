@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sft_engine.errors import LoadTestError
-from sft_engine.lifetime import die_with_parent
+from sft_engine.lifetime import bound_to_parent
 from sft_engine.loadtest.config import Endpoint
 from sft_engine.loadtest.shared_block import ControlBlock
 from sft_engine.loadtest.payload import Payload
@@ -76,9 +76,8 @@ class WorkerPool:
             parent, child = socket.socketpair()
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-c", _WORKER_CODE, str(child.fileno()), str(self.control.path), str(self.n_workers)],
+                    bound_to_parent([sys.executable, "-c", _WORKER_CODE, str(child.fileno()), str(self.control.path), str(self.n_workers)]),
                     pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    preexec_fn=die_with_parent(),
                 )
             finally:
                 child.close()

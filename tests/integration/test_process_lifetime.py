@@ -143,7 +143,7 @@ def test_sigkill_of_a_process_using_the_launcher_takes_its_server_down(repositor
 
 # A load-test coordinator whose workers have the worker's own "is my parent still there?"
 # poll (``os.getppid`` in its monitor) frozen, so only the kernel's PR_SET_PDEATHSIG, set by
-# ``lifetime.die_with_parent`` when the pool starts them, can end them while they are
+# ``lifetime.bound_to_parent`` when the pool starts them, can end them while they are
 # inside a long step. ``off`` also drops the PDEATHSIG: the control that shows the test
 # would catch its loss.
 _COORDINATOR = """
@@ -152,7 +152,7 @@ from sft_engine import cli
 from sft_engine.loadtest import pool
 pool._WORKER_CODE = "import os; _p = os.getppid(); os.getppid = lambda: _p; " + pool._WORKER_CODE
 if sys.argv[1] == "off":
-    pool.die_with_parent = lambda: None
+    pool.bound_to_parent = list
 sys.exit(cli.main(["loadtest", "--url", sys.argv[2], "--model", "lt_identity", "--rate", "20", "--duration", "600",
                    "--workers", "2", "--max-send-lag-ms", "100000", "--quiet"]))
 """
