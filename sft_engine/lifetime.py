@@ -9,11 +9,12 @@ right after setting it the child checks that its parent is still the process tha
 started it and kills itself otherwise.
 
 Why a shim and not ``preexec_fn``: with ``preexec_fn`` CPython forks (no ``vfork``) and runs
-the interpreter's at-fork hooks in the child between fork and exec. gRPC's hooks start a
-poller thread there, ``close_fds`` then closes its epoll descriptor, and the child
-aborts before it execs ("Epoll1Poller encountered epoll_wait error: Bad file
-descriptor", exit -6): a load-test worker started from a process with live gRPC
-channels died that way before reading its settings. ``bound_to_parent(argv)`` instead starts
+the interpreter's at-fork hooks in the child between fork and exec, a process that may
+hold gRPC's state; ``close_fds`` then closes descriptors under it. A load-test worker
+started from a process with live gRPC channels died before reading its settings with
+"Epoll1Poller encountered epoll_wait error: Bad file descriptor" (exit -6), the mark of
+a poller whose epoll descriptor was closed. With the shim nothing runs between fork and
+exec but CPython's own C code. ``bound_to_parent(argv)`` starts
 ``python -I -S -c SHIM <parent pid> argv...``: the shim sets the signal, checks its
 parent and ``execvp``s ``argv`` in the same process (same pid, same file descriptors).
 

@@ -252,8 +252,6 @@ def test_calibration_batch_fits_the_memory_available():
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")
 def test_onnxruntime_calibration_batches_by_the_graphs_activations(small_onnx, tmp_path, monkeypatch):
     """The per-image activation bytes come from the graph's inferred shapes; the reader hands over that many images a pass."""
-    import onnx
-
     from sft_engine.engines.cpu import quantize
 
     src, _ = small_onnx

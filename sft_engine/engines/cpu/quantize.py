@@ -109,8 +109,8 @@ def available_memory() -> int:
 def activation_bytes_per_image(model: Any) -> int:
     """Bytes of every floating-point tensor of one image's forward pass through an ``onnx.ModelProto``.
 
-    ONNX Runtime's min-max calibration adds a ReduceMin/ReduceMax output for each of them and,
-    measured, holds about this much per image in a batch: 2.6 GB for a DINOv2 ViT-S at 518 px
+    ONNX Runtime's min-max calibration adds ReduceMin/ReduceMax outputs to the tensors it
+    quantizes and, measured, holds about this much per image in a batch: 2.6 GB for a DINOv2 ViT-S at 518 px
     (1374 tokens, attention maps of 1374²), where a batch of 16 was killed at 24 GiB. The shapes
     are those of the shape inference that ``quant_pre_process`` ran; a symbolic dimension
     (the batch) counts 1.
@@ -186,7 +186,6 @@ def quantize_onnx(model_onnx: Path, calibration: np.ndarray, out_onnx: Path, inp
     """ONNX Runtime static QDQ INT8 of ``model_onnx`` into ``out_onnx``, calibrated on ``calibration``."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         """The calibration images, ``batch`` at a time (``calibration_batch``: what memory allows)."""
@@ -206,7 +205,7 @@ def quantize_onnx(model_onnx: Path, calibration: np.ndarray, out_onnx: Path, inp
     try:
         with tempfile.TemporaryDirectory(prefix="sft-ort-quant-") as tmp:
             prepared = Path(tmp) / "prepared.onnx"
-            settings["pre_process"] = _pre_process(quant_pre_process, model_onnx, prepared)
+            settings["pre_process"] = _pre_process(model_onnx, prepared)
             graph = onnx.load(str(prepared))
             family = onnx_transformer_settings(graph)
             per_image = activation_bytes_per_image(graph)
@@ -228,7 +227,7 @@ def quantize_onnx(model_onnx: Path, calibration: np.ndarray, out_onnx: Path, inp
     return {"quantizer": "onnxruntime.quantization", "version": ort.__version__, **settings, **received.describe()}
 
 
-def _pre_process(quant_pre_process: Any, source: Path, prepared: Path) -> str:
+def _pre_process(source: Path, prepared: Path) -> str:
     """ORT's ``quant_pre_process``; where its symbolic shape inference stops, again with ONNX's own shape inference only.
 
     The symbolic pass asserts on some graphs (torchvision's ``vit_b_16``: a ``Reshape``
@@ -236,6 +235,8 @@ def _pre_process(quant_pre_process: Any, source: Path, prepared: Path) -> str:
     it as optional (``skip_symbolic_shape``), so the quantizer goes on with ONNX's shapes,
     and the manifest says so.
     """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     try:
         quant_pre_process(str(source), str(prepared))
         return "full"
